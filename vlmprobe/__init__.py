@@ -1,0 +1,2 @@
+"""vlmprobe."""
+__version__ = "0.1.0"

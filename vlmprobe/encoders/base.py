@@ -1,0 +1,103 @@
+"""The encoder contract every model family implements.
+
+An :class:`Encoder` is built from a registry entry and, once :meth:`Encoder.load` ran, gives the
+model's official transform (``transform_``: PIL image -> normalized tensor) and
+``encode_images(batch) -> float32 [B, d]`` from one object, so preprocessing can never be paired
+with the wrong model. Families subclass it and register with :func:`register_family`.
+"""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from typing import Callable, ClassVar
+
+import torch
+
+from ..geometry import InputGeometry, input_geometry
+from ..registry import ModelEntry
+from ..validation import VlmprobeError
+
+FAMILIES: dict[str, type["Encoder"]] = {}
+
+
+def register_family(cls: type["Encoder"]) -> type["Encoder"]:
+    if cls.family in FAMILIES:
+        raise RuntimeError(f"model family {cls.family!r} registered twice")
+    FAMILIES[cls.family] = cls
+    return cls
+
+
+def state_dict_sha256(model: torch.nn.Module) -> str:
+    """Checksum of the weights actually in the model (for seeded or converted weights)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Encoder(ABC):
+    """A model family adapter. ``__init__`` only stores; :meth:`load` does the work."""
+
+    family: ClassVar[str]
+    #: extra packages the family needs, shown in errors when an import fails
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, entry: ModelEntry, device: str | torch.device = "cpu"):
+        self.entry = entry
+        self.device = device
+
+    # -- what a family implements -------------------------------------------------------------
+    @abstractmethod
+    def _load_model(self) -> torch.nn.Module:
+        """Build the model with its weights, through the family's production loading path."""
+
+    @abstractmethod
+    def _build_transform(self) -> Callable:
+        """The family's own official transform for this model (PIL image -> [3, H, W])."""
+
+    @abstractmethod
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The tap named by ``entry.tap``: pixels [B, 3, H, W] -> features [B, d]."""
+
+    @abstractmethod
+    def _weights_sha256(self) -> str:
+        """sha256 of the weights file loaded (or of the state dict when there is no file)."""
+
+    # -- shared behaviour ---------------------------------------------------------------------
+    def load(self) -> "Encoder":
+        self.model_ = self._load_model().eval().to(self.device)
+        self.transform_ = self._build_transform()
+        self.weights_sha256_ = self._weights_sha256()
+        return self
+
+    @property
+    def preprocess_cfg(self):
+        return self.entry.preprocess
+
+    @property
+    def embed_dim(self) -> int:
+        return self.entry.embed_dim
+
+    def geometry(self, width: int, height: int) -> InputGeometry:
+        return input_geometry(self.entry.preprocess, width, height)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels [B, 3, H, W] -> float32 embeddings [B, d] on the model's device."""
+        if not hasattr(self, "model_"):
+            raise VlmprobeError(f"Encoder {self.entry.name!r} is not loaded; call .load() first.")
+        feats = self._forward(pixels.to(self.device, non_blocking=True)).float()
+        if feats.ndim != 2 or feats.shape[1] != self.entry.embed_dim:
+            raise VlmprobeError(
+                f"Model {self.entry.name!r} tap {self.entry.tap!r} gave features of shape "
+                f"{tuple(feats.shape)}, but the registry says embed_dim={self.entry.embed_dim}. "
+                "Fix embed_dim or tap in the registry entry."
+            )
+        return feats
+
+    def describe(self) -> dict:
+        """Provenance of this encoder: the entry, preprocessing, weights checksum."""
+        return {"model": self.entry.name, "family": self.family, "entry": self.entry.to_dict(),
+                "weights_sha256": getattr(self, "weights_sha256_", None),
+                "transform": repr(getattr(self, "transform_", None))}

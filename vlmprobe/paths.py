@@ -1,0 +1,51 @@
+"""Where data, caches and outputs live: environment variables > explicit options > defaults."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_ENV = "VLMPROBE_DATA"
+CACHE_ENV = "VLMPROBE_CACHE"
+DEFAULT_CACHE_DIR = Path("~/.cache/vlmprobe").expanduser()
+
+
+def data_root(dataset: str, root: str | Path | None = None) -> Path:
+    """``--root`` if given, else ``$VLMPROBE_DATA/<dataset>``, else ``./data/<dataset>``."""
+    if root is not None:
+        return Path(root).expanduser()
+    base = os.environ.get(DATA_ENV)
+    return (Path(base).expanduser() if base else Path("data")) / dataset
+
+
+def cache_dir(out: str | Path | None = None) -> Path:
+    """``--out`` if given, else ``$VLMPROBE_CACHE``, else ``~/.cache/vlmprobe``."""
+    if out is not None:
+        return Path(out).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else DEFAULT_CACHE_DIR
+
+
+def cache_path(cache_root: Path, dataset: str, model: str) -> Path:
+    """Caches are laid out ``<cache_root>/<dataset>/<model>.h5``; stage outputs sit beside them."""
+    return Path(cache_root) / dataset / f"{model}.h5"
+
+
+def find_caches(paths: list[str | Path] | None, out: str | Path | None = None) -> list[Path]:
+    """Explicit cache files/directories, or every cache under the cache directory."""
+    from .validation import VlmprobeError
+
+    roots = [Path(p).expanduser() for p in paths] if paths else [cache_dir(out)]
+    found: list[Path] = []
+    for r in roots:
+        if r.is_file():
+            found.append(r)
+        elif r.is_dir():
+            found.extend(sorted(p for p in r.rglob("*.h5") if not p.name.startswith(".")))
+        else:
+            raise VlmprobeError(f"No cache at {r}. Run `vlmprobe extract` first, or pass a cache path.")
+    if not found:
+        raise VlmprobeError(
+            f"No caches (*.h5) under {', '.join(map(str, roots))}. Run `vlmprobe extract --model M "
+            f"--dataset D` first, or set ${CACHE_ENV} / pass --out to where the caches are."
+        )
+    return found

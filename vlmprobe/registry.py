@@ -1,0 +1,161 @@
+"""The model registry: ``model_registry.yaml`` entries, one per model, validated once.
+
+A model is data (source, tap, dim, preprocessing), its family is code (an adapter class in
+:mod:`vlmprobe.encoders`). Users add models by pointing ``$VLMPROBE_REGISTRY`` at extra YAML files
+(``:``-separated); a key defined twice is an error, as in eva's registry.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .validation import VlmprobeError, unknown_key_error
+
+REGISTRY_ENV = "VLMPROBE_REGISTRY"
+BUILTIN_REGISTRY = Path(__file__).resolve().parent.parent / "model_registry.yaml"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_NAMED_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
+                "half": ((0.5,) * 3, (0.5,) * 3)}
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """What the model's official transform does, as facts (cf. timm's ``pretrained_cfg``).
+
+    resize: ``shortest`` (shortest side to ``resize_size``, then centre-crop ``image_size``),
+    ``squash`` (both sides to ``image_size``, aspect not kept), ``pad_square`` (pad to a square
+    with ``pad_color``, then as ``shortest``).
+    """
+
+    image_size: int
+    resize: str = "shortest"
+    resize_size: int | None = None
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    pad_color: tuple[int, int, int] = (0, 0, 0)
+
+    RESIZE_MODES = ("shortest", "squash", "pad_square")
+
+    @property
+    def crop_pct(self) -> float:
+        return self.image_size / (self.resize_size or self.image_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resize_size"] = self.resize_size or self.image_size
+        return d
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``model_registry.yaml`` entry."""
+
+    name: str
+    family: str
+    source: str
+    embed_dim: int
+    preprocess: PreprocessCfg
+    tap: str
+    architecture: str | None = None
+    revision: str | None = None
+    weights_file: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    medical: bool = False
+    baseline: bool = False
+    gated: bool = False
+    trust_remote_code: bool = False
+    licence: str = "unknown"
+    description: str = ""
+    seed: int | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+
+_REQUIRED = ("family", "source", "embed_dim", "preprocess", "tap")
+
+
+def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
+    raw = dict(raw)
+    stats = raw.pop("stats", None)
+    if stats is not None:
+        if stats not in _NAMED_STATS:
+            raise VlmprobeError(f"{where}: model {name!r} has preprocess.stats={stats!r}; use one of "
+                                f"{sorted(_NAMED_STATS)} or give mean/std explicitly.")
+        raw.setdefault("mean", _NAMED_STATS[stats][0])
+        raw.setdefault("std", _NAMED_STATS[stats][1])
+    for key in ("mean", "std", "pad_color"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    try:
+        cfg = PreprocessCfg(**raw)
+    except TypeError as e:
+        raise VlmprobeError(f"{where}: model {name!r} has a bad preprocess block ({e}).") from None
+    if cfg.resize not in PreprocessCfg.RESIZE_MODES:
+        raise VlmprobeError(f"{where}: model {name!r} has preprocess.resize={cfg.resize!r}; "
+                            f"valid: {', '.join(PreprocessCfg.RESIZE_MODES)}.")
+    return cfg
+
+
+def _parse_file(path: Path) -> dict[str, ModelEntry]:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise VlmprobeError(f"{path} is not valid YAML: {e}") from None
+    except OSError as e:
+        raise VlmprobeError(f"Cannot read model registry {path}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
+        raise VlmprobeError(f"{path}: expected a top-level 'models:' mapping of name -> entry.")
+    entries = {}
+    for name, raw in doc["models"].items():
+        if not isinstance(raw, dict):
+            raise VlmprobeError(f"{path}: model {name!r} must be a mapping, got {type(raw).__name__}.")
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise VlmprobeError(f"{path}: model {name!r} lacks required field(s) {missing}.")
+        raw = dict(raw)
+        raw["preprocess"] = _parse_preprocess(name, raw["preprocess"], path)
+        try:
+            entries[name] = ModelEntry(name=name, **raw)
+        except TypeError as e:
+            raise VlmprobeError(f"{path}: model {name!r}: {e}. Known fields: "
+                                f"{', '.join(ModelEntry.__dataclass_fields__)}.") from None
+    return entries
+
+
+def registry_files() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get(REGISTRY_ENV, "").split(os.pathsep) if p]
+    return [BUILTIN_REGISTRY, *extra]
+
+
+def load_registry() -> dict[str, ModelEntry]:
+    """All entries from the built-in registry plus ``$VLMPROBE_REGISTRY`` files."""
+    entries: dict[str, ModelEntry] = {}
+    for path in registry_files():
+        for name, entry in _parse_file(path).items():
+            if name in entries:
+                raise VlmprobeError(f"Model {name!r} is defined twice (again in {path}); rename one.")
+            entries[name] = entry
+    return entries
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return sorted(fnmatch.filter(load_registry(), pattern))
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    entries = load_registry()
+    if name not in entries:
+        raise unknown_key_error("model", name, entries)
+    return entries[name]

@@ -1,0 +1,56 @@
+"""User-facing errors and input checks, in one place (as sklearn.utils.validation).
+
+Every check raises :class:`VlmprobeError` with a message that names the offending file or
+value and says what to do; the CLI prints it without a traceback and exits non-zero.
+"""
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+class VlmprobeError(Exception):
+    """An error caused by the user's input, with a message that says how to fix it."""
+
+
+def unknown_key_error(kind: str, key: str, valid: Iterable[str]) -> VlmprobeError:
+    """Error for a registry/dataset key that does not exist, listing the valid ones."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return VlmprobeError(f"Unknown {kind} {key!r}.{hint} Valid {kind}s: {', '.join(valid)}.")
+
+
+def check_dir(path: Path, what: str, expected_layout: str) -> Path:
+    """A directory that exists and is not empty, or an error naming it and the layout wanted."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise VlmprobeError(f"{what} {path} does not exist. Expected layout: {expected_layout}")
+    if not path.is_dir():
+        raise VlmprobeError(f"{what} {path} is not a directory. Expected layout: {expected_layout}")
+    if not any(path.iterdir()):
+        raise VlmprobeError(f"{what} {path} is empty. Expected layout: {expected_layout}")
+    return path
+
+
+def check_labels_for_cv(labels: Sequence, n_folds: int, test_fraction: float, source: str) -> None:
+    """Refuse label vectors a stratified test split + k-fold CV cannot handle."""
+    counts = Counter(np.asarray(labels).tolist())
+    if len(counts) < 2:
+        raise VlmprobeError(
+            f"{source}: found {len(counts)} class(es) {dict(counts)}; a probe needs at least 2. "
+            "Check the dataset root or the --label column."
+        )
+    # Each class needs >= n_folds samples in the training part and >= 1 in the test part.
+    need = int(np.ceil(n_folds / (1.0 - test_fraction))) + 1
+    small = {k: v for k, v in counts.items() if v < need}
+    if small:
+        raise VlmprobeError(
+            f"{source}: classes {small} have fewer than {need} samples, too few for a stratified "
+            f"{test_fraction:.0%} test split plus {n_folds}-fold cross-validation. Add images, merge "
+            "classes, or probe another --label."
+        )
