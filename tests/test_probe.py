@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from vlmprobe.probe import LinearProbe, ProbeConfig, c_value, fit_probe
+from vlmprobe.splits import SplitSpec, make_split
+
+
+def test_c_grid_is_t_times_d_over_n():
+    assert c_value(1, 1280, 400) == pytest.approx(3.2)
+    assert [c_value(t, 512, 100) for t in (1, 10, 100)] == pytest.approx([5.12, 51.2, 512.0])
+
+
+def _problem(n=300, d=20, noise=1.5, seed=0, n_classes=3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    centers = rng.normal(size=(n_classes, d)) * 1.5
+    X = centers[y] + rng.normal(size=(n, d)) * noise
+    s = make_split([f"{i:04d}" for i in range(n)], y, SplitSpec(seed=seed))
+    test, fold = s.align([f"{i:04d}" for i in range(n)], "t")
+    return X, y, test, fold
+
+
+def test_protocol_on_a_learnable_problem():
+    X, y, test, fold = _problem()
+    fields, probe = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=200))
+    assert fields["n_train"] == (~test).sum() and fields["n_test"] == test.sum()
+    assert 0.6 < fields["test"]["macro_f1"] <= 1.0
+    assert fields["selected_t"] in ProbeConfig().t_grid
+    best = int(np.argmax(fields["val_macro_f1"]))
+    assert fields["selected_t"] == ProbeConfig().t_grid[best]
+    lo, hi = fields["refit_test_macro_f1_ci95"]
+    assert lo <= fields["refit_test"]["macro_f1"] <= hi
+    # The saved probe reproduces the refit SVM's predictions (C = t*d/N_train recorded).
+    assert probe.info["C"] == pytest.approx(fields["selected_t"] * X.shape[1] / (~test).sum())
+    acc = (probe.predict(X[test]) == y[test]).mean()
+    assert acc == pytest.approx(fields["refit_test"]["accuracy"])
+
+
+def test_separable_high_dim_data_saturates_the_grid():
+    # N << d: every t gives the same hard-margin classifier, and the tool says so.
+    X, y, test, fold = _problem(n=60, d=2000, noise=0.05, n_classes=2)
+    fields, _ = fit_probe(X, y, test, fold, ["neg", "pos"], ProbeConfig(n_bootstrap=50), "pos")
+    assert fields["saturated"]
+    assert fields["selected_t"] == 1.0  # ties go to the smallest t
+    assert "binary_f1" in fields["test"]
+
+
+def test_ties_go_to_smallest_t_and_sd_is_ddof0():
+    X, y, test, fold = _problem(n=200, d=5, noise=0.01)
+    fields, _ = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=50))
+    assert fields["selected_t"] == 1.0 and fields["test"]["macro_f1"] == 1.0
+    assert fields["test_sd"]["macro_f1"] == 0.0
+
+
+def test_saved_probe_roundtrip_and_torch_decision(tmp_path):
+    import torch
+
+    X, y, test, fold = _problem()
+    _, probe = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=20))
+    path = probe.save(tmp_path / "p")
+    assert path.suffix == ".npz" and (tmp_path / "p.json").is_file()
+    back = LinearProbe.load(tmp_path / "p")
+    np.testing.assert_allclose(back.decision_function(X), probe.decision_function(X))
+    t = back.decision_function(torch.as_tensor(X, dtype=torch.float64))
+    np.testing.assert_allclose(t.numpy(), probe.decision_function(X), rtol=1e-6)
+    # No pickle anywhere in the saved probe.
+    np.load(path, allow_pickle=False)
+
+
+def test_binary_probe_decision_has_one_column_per_class():
+    X, y, test, fold = _problem(n=120, n_classes=2)
+    _, probe = fit_probe(X, y, test, fold, ["neg", "pos"], ProbeConfig(n_bootstrap=20))
+    d = probe.decision_function(X)
+    assert d.shape == (len(X), 2) and np.allclose(d[:, 0], -d[:, 1])

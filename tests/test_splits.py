@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from vlmprobe.splits import SplitSpec, load_or_create_split, make_split
+from vlmprobe.validation import VlmprobeError
+
+
+def _data(n_per=(40, 25, 15)):
+    paths = [f"c{c}/img{i:03d}.png" for c, n in enumerate(n_per) for i in range(n)]
+    labels = np.repeat(np.arange(len(n_per)), n_per)
+    return paths, labels
+
+
+def test_split_is_stratified_disjoint_and_covers_everything():
+    paths, y = _data()
+    s = make_split(paths, y, SplitSpec(seed=0))
+    assert len(s.relpaths) == len(paths) and set(s.relpaths) == set(paths)
+    assert abs(s.test.mean() - 0.2) < 0.02
+    assert (s.fold[s.test] == -1).all() and set(s.fold[~s.test]) == set(range(5))
+    test, fold = s.align(paths, "t")
+    for c in range(3):  # every class in the test set and in every fold, in proportion
+        frac = test[y == c].mean()
+        assert abs(frac - 0.2) < 0.06
+        for k in range(5):
+            assert ((fold == k) & (y == c)).sum() >= 1
+
+
+def test_split_is_seeded_and_order_independent():
+    paths, y = _data()
+    a = make_split(paths, y, SplitSpec(seed=3))
+    perm = np.random.default_rng(1).permutation(len(paths))
+    b = make_split([paths[i] for i in perm], y[perm], SplitSpec(seed=3))
+    assert a.relpaths == b.relpaths and np.array_equal(a.test, b.test) and np.array_equal(a.fold, b.fold)
+    c = make_split(paths, y, SplitSpec(seed=4))
+    assert not np.array_equal(a.test, c.test)
+
+
+def test_split_file_written_once_and_reused(tmp_path):
+    paths, y = _data()
+    names = ["a", "b", "c"]
+    s1 = load_or_create_split(tmp_path, "fp", paths, y, names, SplitSpec())
+    mtime = s1.path.stat().st_mtime_ns
+    s2 = load_or_create_split(tmp_path, "fp", paths, y, names, SplitSpec())
+    assert s2.path == s1.path and s2.path.stat().st_mtime_ns == mtime
+    assert np.array_equal(s1.test, s2.test) and np.array_equal(s1.fold, s2.fold)
+    header = s1.path.read_text().splitlines()[0]
+    assert header == "relpath,label,test,fold"
+    assert s1.path.with_suffix(".json").is_file()
+    other = load_or_create_split(tmp_path, "other-fingerprint", paths, y, names, SplitSpec())
+    assert other.path != s1.path
+
+
+def test_split_refuses_too_few_samples_and_single_class():
+    with pytest.raises(VlmprobeError, match="fewer than"):
+        make_split([f"x{i}" for i in range(10)], np.array([0] * 7 + [1] * 3), SplitSpec())
+    with pytest.raises(VlmprobeError, match="at least 2"):
+        make_split([f"x{i}" for i in range(30)], np.zeros(30, int), SplitSpec())
+
+
+def test_align_detects_images_missing_from_split():
+    paths, y = _data()
+    s = make_split(paths, y, SplitSpec())
+    with pytest.raises(VlmprobeError, match="not in split file"):
+        s.align(paths + ["new.png"], "cache.h5")

@@ -1,0 +1,176 @@
+"""The embedding cache: one HDF5 file per (model, dataset). This module alone owns its schema.
+
+Schema version 1 (``/`` is the file root)::
+
+    /embeddings          float32 [N, d]   one row per readable image, in ``relpaths`` order
+    /labels              int64   [N]      index into the ``class_names`` attribute
+    /relpaths            str     [N]      posix paths relative to the dataset root
+    /meta/<column>       str     [N]      per-image metadata (mask paths, manifest columns, ...)
+    /files/relpath       str     [M]      every image file listed (M >= N), for the fingerprint
+    /files/size          int64   [M]
+    /files/digest        str     [M]      blake2b-128 of the file content
+    /skipped/relpath     str     [K]      unreadable files, left out of /embeddings
+    /skipped/error       str     [K]      why
+    attrs: schema_version, model, dataset, class_names (JSON), embed_dim, baseline (bool),
+           dataset_fingerprint, cache_key, intensity_pipeline, encoder (JSON: entry, preprocessing,
+           weights_sha256), dataset_entry (JSON), phantom (JSON or ""), provenance (JSON)
+
+The file is written to a temporary name and renamed into place, so a cache that exists is whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .validation import VlmprobeError
+
+SCHEMA_VERSION = 1
+_STR = h5py.string_dtype()
+
+
+@dataclass
+class Cache:
+    """An embedding cache held in memory (embeddings of one dataset are small)."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+    relpaths: list[str]
+    class_names: list[str]
+    model: str
+    dataset: str
+    dataset_fingerprint: str
+    cache_key: str
+    metadata: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, list] = field(default_factory=lambda: {"relpath": [], "size": [], "digest": []})
+    skipped: dict[str, list[str]] = field(default_factory=lambda: {"relpath": [], "error": []})
+    attrs: dict = field(default_factory=dict)  # JSON-decoded extra attributes
+    path: Path | None = None
+
+    @property
+    def baseline(self) -> bool:
+        return bool(self.attrs.get("baseline", False))
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def label_view(self, column: str | None) -> tuple[np.ndarray, list[str], str]:
+        """Labels to probe: the class (``column=None``) or a metadata column, as indices + names."""
+        if column is None:
+            return self.labels, self.class_names, "class"
+        if column not in self.metadata:
+            raise VlmprobeError(f"{self.path}: no metadata column {column!r}; columns: "
+                                f"{', '.join(sorted(self.metadata)) or 'none'}.")
+        values = np.asarray(self.metadata[column], dtype=object)
+        names = sorted({str(v) for v in values})
+        index = {n: i for i, n in enumerate(names)}
+        return np.array([index[str(v)] for v in values], dtype=np.int64), names, column
+
+
+def cache_key(encoder_desc: dict, dataset_fingerprint: str, intensity_pipeline: str) -> str:
+    """What a cache depends on; a request with another key must not be served this cache."""
+    payload = json.dumps({"schema": SCHEMA_VERSION, "encoder": encoder_desc,
+                          "dataset_fingerprint": dataset_fingerprint,
+                          "intensity": intensity_pipeline}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _json_attrs(cache: Cache) -> dict:
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in cache.attrs.items()}
+
+
+def write_cache(path: Path, cache: Cache) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("embeddings", data=np.asarray(cache.embeddings, np.float32))
+            f.create_dataset("labels", data=np.asarray(cache.labels, np.int64))
+            f.create_dataset("relpaths", data=cache.relpaths, dtype=_STR)
+            meta = f.create_group("meta")
+            for col, values in cache.metadata.items():
+                meta.create_dataset(col, data=[str(v) for v in values], dtype=_STR)
+            files = f.create_group("files")
+            files.create_dataset("relpath", data=cache.files["relpath"], dtype=_STR)
+            files.create_dataset("size", data=np.asarray(cache.files["size"], np.int64))
+            files.create_dataset("digest", data=cache.files["digest"], dtype=_STR)
+            skipped = f.create_group("skipped")
+            for k in ("relpath", "error"):
+                skipped.create_dataset(k, data=cache.skipped[k], dtype=_STR)
+            f.attrs.update({"schema_version": SCHEMA_VERSION, "model": cache.model,
+                            "dataset": cache.dataset, "class_names": json.dumps(cache.class_names),
+                            "dataset_fingerprint": cache.dataset_fingerprint,
+                            "cache_key": cache.cache_key, "embed_dim": cache.embed_dim})
+            f.attrs.update(_json_attrs(cache))
+            f.flush()
+            os.fsync(f.id.get_vfd_handle())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _strings(ds) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
+
+
+_CORE_ATTRS = {"schema_version", "model", "dataset", "class_names", "dataset_fingerprint",
+               "cache_key", "embed_dim"}
+
+
+def read_cache(path: str | Path) -> Cache:
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            version = int(f.attrs.get("schema_version", -1))
+            if version != SCHEMA_VERSION:
+                raise VlmprobeError(f"{path} has cache schema version {version}; this vlmprobe "
+                                    f"reads version {SCHEMA_VERSION}. Re-run `vlmprobe extract`.")
+            return Cache(
+                embeddings=f["embeddings"][()], labels=f["labels"][()],
+                relpaths=_strings(f["relpaths"]),
+                class_names=json.loads(f.attrs["class_names"]),
+                model=str(f.attrs["model"]), dataset=str(f.attrs["dataset"]),
+                dataset_fingerprint=str(f.attrs["dataset_fingerprint"]),
+                cache_key=str(f.attrs["cache_key"]),
+                metadata={k: _strings(v) for k, v in f["meta"].items()},
+                files={"relpath": _strings(f["files/relpath"]), "size": f["files/size"][()].tolist(),
+                       "digest": _strings(f["files/digest"])},
+                skipped={k: _strings(f["skipped"][k]) for k in ("relpath", "error")},
+                attrs={k: json.loads(v) for k, v in f.attrs.items() if k not in _CORE_ATTRS},
+                path=path,
+            )
+    except (OSError, KeyError) as e:
+        raise VlmprobeError(f"{path} is not a readable vlmprobe cache ({e}). Delete it and re-run "
+                            "`vlmprobe extract`.") from None
+
+
+def read_cache_key(path: Path) -> str | None:
+    """The key of an existing cache without loading its arrays (None if unreadable)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs["cache_key"])
+    except (OSError, KeyError):
+        return None
+
+
+def describe_fingerprint_difference(a: Cache, b: Cache) -> str:
+    """Which files differ between two caches of one dataset (for refusing mixed caches)."""
+    fa = dict(zip(a.files["relpath"], zip(a.files["size"], a.files["digest"])))
+    fb = dict(zip(b.files["relpath"], zip(b.files["size"], b.files["digest"])))
+    only_a, only_b = sorted(fa.keys() - fb.keys()), sorted(fb.keys() - fa.keys())
+    changed = sorted(k for k in fa.keys() & fb.keys() if fa[k] != fb[k])
+    parts = []
+    for label, items in (("only in " + str(a.path), only_a), ("only in " + str(b.path), only_b),
+                         ("content differs", changed)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{len(items)} file(s) {label}: {', '.join(items[:5])}{more}")
+    return "; ".join(parts) or "same files, different metadata"

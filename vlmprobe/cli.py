@@ -1,0 +1,191 @@
+"""The ``vlmprobe`` command line: a thin typer layer over the Python API (parse, call, print)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from .progress import console
+from .validation import VlmprobeError
+
+app = typer.Typer(help="Measure what medical vision-language encoders really see.",
+                  pretty_exceptions_show_locals=False, no_args_is_help=True,
+                  add_completion=False)
+datasets_app = typer.Typer(help="List the dataset registry, or make phantom datasets.",
+                           invoke_without_command=True)
+app.add_typer(datasets_app, name="datasets")
+
+CacheArgs = typer.Argument(None, help="Cache files or directories (default: every cache under "
+                                      "--out / $VLMPROBE_CACHE).", show_default=False)
+OutOpt = typer.Option(None, "--out", help="Cache directory (default $VLMPROBE_CACHE or "
+                                          "~/.cache/vlmprobe); outputs are written beside the caches.")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON array.")):
+    """List the model registry."""
+    from .registry import load_registry
+
+    entries = load_registry()
+    if as_json:
+        print(json.dumps([e.to_dict() for e in entries.values()], indent=2, default=str))
+        return
+    table = Table("name", "family", "source", "dim", "input", "medical", "notes")
+    for e in entries.values():
+        notes = ", ".join(n for n, on in (("baseline", e.baseline), ("gated", e.gated),
+                                          ("remote code", e.trust_remote_code)) if on)
+        table.add_row(e.name, e.family, e.source, str(e.embed_dim),
+                      f"{e.preprocess.image_size} {e.preprocess.resize}", "yes" if e.medical else "",
+                      notes)
+    console.print(table)
+
+
+@datasets_app.callback()
+def datasets(ctx: typer.Context):
+    """List the dataset registry (datasets.yaml)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .datasets import load_datasets_file
+
+    table = Table("name", "paper name", "modality", "classes", "expected N", "layout")
+    for e in load_datasets_file().values():
+        n = sum(e.expected_counts.values()) if e.expected_counts else e.expected_total
+        table.add_row(e.name, e.paper_name, e.modality, str(len(e.classes) or "from CSV"),
+                      f"{n:,}" if n else "-", e.layout)
+    console.print(table)
+
+
+@datasets_app.command("make-phantom")
+def make_phantom_cmd(
+    dataset: str = typer.Argument(..., help="Which dataset to imitate (breastus)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the phantom dataset into."),
+    n: int = typer.Option(600, "--n", help="Number of images."),
+    seed: int = typer.Option(0, "--seed"),
+    text_label_correlation: float = typer.Option(
+        0.8, "--text-label-correlation",
+        help="r in [0,1]: probability that the burnt-in word is the class's word (see README)."),
+):
+    """Write a phantom dataset in the real on-disk layout, with known ground truth."""
+    from .phantom import make_phantom
+
+    path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation)
+    console.print(f"Phantom {dataset} ({n} images, seed {seed}) written to {path}")
+
+
+@app.command()
+def extract(
+    model: str = typer.Option(..., "--model", help="Registry key (see `vlmprobe models`)."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset key (see `vlmprobe datasets`)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (default "
+                                        "$VLMPROBE_DATA/<dataset>)."),
+    out: Optional[Path] = OutOpt,
+    batch_size: int = typer.Option(32, "--batch-size"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a cache made from other inputs."),
+):
+    """Embed every image of a dataset with one model into an HDF5 cache."""
+    from .extract import extract as run
+
+    r = run(model, dataset, root=root, out=out, batch_size=batch_size, device=device,
+            num_workers=workers, force=force)
+    skipped = f", {r.n_skipped} unreadable file(s) skipped and recorded" if r.n_skipped else ""
+    console.print(f"Cache {r.status}: {r.path} ({r.n_images} images{skipped})")
+
+
+@app.command()
+def probe(
+    caches: Optional[List[Path]] = CacheArgs,
+    out: Optional[Path] = OutOpt,
+    label: Optional[str] = typer.Option(None, "--label", help="Probe a metadata column instead "
+                                        "of the class (e.g. the burnt-in word)."),
+    seed: int = typer.Option(0, "--seed", help="Split seed."),
+):
+    """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
+    from .cache import read_cache
+    from .paths import cache_dir, find_caches
+    from .probe import probe_caches, write_table
+
+    loaded = [read_cache(p) for p in find_caches(caches, out)]
+    results = probe_caches(loaded, label=label, split_seed=seed, log=console.print)
+    name = "probe_results" if label is None else f"probe_results.label-{label}"
+    table_dir = cache_dir(out) if not caches else Path(loaded[0].path).parent.parent
+    md, csv_path = write_table(results, table_dir, name)
+    console.print(f"Table: {md} and {csv_path}")
+
+
+@app.command()
+def umap(
+    caches: Optional[List[Path]] = CacheArgs,
+    out: Optional[Path] = OutOpt,
+    metric: str = typer.Option("cosine", "--metric"),
+    n_neighbors: int = typer.Option(15, "--n-neighbors"),
+    min_dist: float = typer.Option(0.1, "--min-dist"),
+    seed: int = typer.Option(0, "--seed"),
+    color_by: Optional[List[str]] = typer.Option(None, "--color-by", help="Also colour by this "
+                                                 "metadata column (repeatable)."),
+):
+    """2-D UMAP map of each cache, coloured by class (and metadata columns)."""
+    from .cache import read_cache
+    from .paths import find_caches
+    from .umap_maps import UmapConfig, umap_caches
+
+    cfg = UmapConfig(metric=metric, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
+    umap_caches([read_cache(p) for p in find_caches(caches, out)], cfg, color_by=color_by or [],
+                log=console.print)
+
+
+@app.command()
+def rise(
+    caches: Optional[List[Path]] = CacheArgs,
+    out: Optional[Path] = OutOpt,
+    images: int = typer.Option(3, "--images", help="How many test images to explain."),
+    n_masks: int = typer.Option(4096, "--n-masks"),
+    s: int = typer.Option(8, "--s", help="Mask grid size."),
+    p: float = typer.Option(0.5, "--p", help="Keep probability of a grid cell."),
+    fill: str = typer.Option("mean", "--fill", help="mean | black: what masked pixels become."),
+    score: str = typer.Option("decision", "--score", help="decision | softmax"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root, if it moved since "
+                                        "extraction."),
+    device: str = typer.Option("auto", "--device"),
+    include_baselines: bool = typer.Option(False, "--include-baselines",
+                                           help="Also explain null-baseline caches."),
+):
+    """RISE saliency through preprocessing -> encoder -> scaler -> SVM, on original images."""
+    from .cache import read_cache
+    from .paths import find_caches
+    from .rise import RiseConfig, rise_caches
+
+    cfg = RiseConfig(n_masks=n_masks, s=s, p=p, fill=fill, score=score, seed=seed,
+                     batch_size=batch_size)
+    loaded = [read_cache(c) for c in find_caches(caches, out)]
+    if not include_baselines:
+        loaded = [c for c in loaded if not c.baseline] or loaded
+    rise_caches(loaded, cfg, n_images=images, root=root, device=device, log=console.print)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Where the demo writes everything."),
+    n: int = typer.Option(600, "--n", help="Phantom images."),
+    seed: int = typer.Option(0, "--seed", help="Phantom seed."),
+    n_masks: int = typer.Option(1024, "--n-masks", help="RISE masks per image."),
+    images: int = typer.Option(3, "--images", help="Images explained with RISE."),
+):
+    """The offline demo: phantom BUSI -> extract -> probe -> umap -> rise -> summary."""
+    from .demo import run_demo
+
+    run_demo(out, n=n, seed=seed, n_masks=n_masks, n_images=images)
+
+
+def main() -> None:
+    try:
+        app()
+    except VlmprobeError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        raise SystemExit(2) from None

@@ -1,0 +1,113 @@
+"""Train/test splits shared by every model of a dataset (protocol.md §2).
+
+A split is written once per (dataset fingerprint, label view, grouping, seed, fractions) as
+``<cache dir>/<dataset>/splits/<label>-<grouping>-seed<seed>-<key>.csv`` with a JSON sidecar, and
+reused by every model, so all models are scored on identical images. CSV columns:
+``relpath, label, test (0/1), fold (0..k-1 for training images, -1 for test images)``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from .provenance import provenance
+from .validation import VlmprobeError, check_labels_for_cv
+
+GROUPINGS = ("paper",)  # "grouped" (by patient / near-duplicate cluster) comes with dataset checks
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    label_view: str = "class"
+    grouping: str = "paper"
+    seed: int = 0
+    test_fraction: float = 0.2
+    n_folds: int = 5
+
+    def key(self, fingerprint: str) -> str:
+        payload = json.dumps({"fingerprint": fingerprint, **self.__dict__}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Split:
+    relpaths: list[str]
+    test: np.ndarray  # bool [N]
+    fold: np.ndarray  # int [N], -1 on test images
+    spec: SplitSpec
+    path: Path | None = None
+
+    def align(self, relpaths: list[str], source: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(test, fold)`` in the order of ``relpaths`` (a cache's order)."""
+        index = {r: i for i, r in enumerate(self.relpaths)}
+        missing = [r for r in relpaths if r not in index]
+        if missing:
+            raise VlmprobeError(f"{source}: {len(missing)} image(s) are not in split file {self.path} "
+                                f"(e.g. {missing[0]}). The dataset changed; delete the split file "
+                                "to make a new one (all models will then be re-split together).")
+        order = np.array([index[r] for r in relpaths])
+        return self.test[order], self.fold[order]
+
+
+def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source: str = "") -> Split:
+    """Seeded stratified test split, then stratified k folds on the rest; order-independent."""
+    if spec.grouping not in GROUPINGS:
+        raise VlmprobeError(f"grouping {spec.grouping!r} is not available; use one of {GROUPINGS}.")
+    check_labels_for_cv(labels, spec.n_folds, spec.test_fraction, source or "split")
+    order = np.argsort(relpaths, kind="stable")
+    paths = [relpaths[i] for i in order]
+    y = np.asarray(labels)[order]
+    idx = np.arange(len(paths))
+    train_idx, test_idx = train_test_split(idx, test_size=spec.test_fraction, stratify=y,
+                                           random_state=spec.seed)
+    fold = np.full(len(paths), -1, dtype=np.int64)
+    skf = StratifiedKFold(n_splits=spec.n_folds, shuffle=True, random_state=spec.seed)
+    for k, (_, val) in enumerate(skf.split(train_idx, y[train_idx])):
+        fold[train_idx[val]] = k
+    test = np.zeros(len(paths), dtype=bool)
+    test[test_idx] = True
+    return Split(paths, test, fold, spec)
+
+
+def write_split(split: Split, labels_by_path: dict[str, str], path: Path, extra: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["relpath", "label", "test", "fold"])
+        for r, t, k in zip(split.relpaths, split.test, split.fold):
+            w.writerow([r, labels_by_path[r], int(t), int(k)])
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps(
+        {"spec": split.spec.__dict__, "columns": {"relpath": "path relative to the dataset root",
+         "label": "label name", "test": "1 = held-out test image",
+         "fold": "cross-validation fold of a training image, -1 for test images"},
+         **extra, "provenance": provenance(stage="split")}, indent=2, default=str))
+    split.path = path
+    return path
+
+
+def read_split(path: Path, spec: SplitSpec) -> Split:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return Split([r["relpath"] for r in rows], np.array([r["test"] == "1" for r in rows]),
+                 np.array([int(r["fold"]) for r in rows]), spec, path)
+
+
+def load_or_create_split(split_dir: Path, fingerprint: str, relpaths: list[str],
+                         labels: np.ndarray, label_names: list[str], spec: SplitSpec,
+                         source: str = "") -> Split:
+    """The split file for this dataset/spec: read if it exists, else made once and written."""
+    path = Path(split_dir) / f"{spec.label_view}-{spec.grouping}-seed{spec.seed}-{spec.key(fingerprint)}.csv"
+    if path.is_file():
+        return read_split(path, spec)
+    split = make_split(relpaths, labels, spec, source)
+    names = {r: label_names[int(l)] for r, l in zip(relpaths, labels)}
+    write_split(split, names, path, {"dataset_fingerprint": fingerprint})
+    return split
