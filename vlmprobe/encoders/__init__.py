@@ -6,7 +6,7 @@ import torch
 from ..registry import ModelEntry, get_model_entry
 from ..validation import VlmprobeError, unknown_key_error
 from .base import FAMILIES, Encoder, register_family
-from . import timm_family  # noqa: F401  (importing a family module registers it)
+from . import hf_family, open_clip_family, timm_family  # noqa: F401  (importing registers them)
 
 __all__ = ["Encoder", "FAMILIES", "load_encoder", "register_family", "resolve_device"]
 

@@ -1,0 +1,73 @@
+"""open_clip models from the Hugging Face hub (``source: hf-hub:<org>/<repo>``).
+
+open_clip reads the repo's ``open_clip_config.json`` (architecture and ``preprocess_cfg``) and
+its weights, ``open_clip_model.safetensors`` if present, else ``open_clip_pytorch_model.bin``.
+A text tower from transformers (``text_cfg.hf_model_name``, e.g. BiomedBERT for BiomedCLIP) also
+needs that other repo's ``config.json``, even though its weights come from the CLIP checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..validation import VlmprobeError
+from .base import Encoder, register_family
+from .hf_family import cached_weights_sha256, hub_fix_hint, import_family_package
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def _text_tower_repo(repo_id: str) -> str | None:
+    """The HF text tower repo named by the cached ``open_clip_config.json``, if it is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "open_clip_config.json")
+    if not isinstance(path, str):
+        return None
+    return json.loads(Path(path).read_text())["model_cfg"]["text_cfg"].get("hf_model_name")
+
+
+@register_family
+class OpenClipEncoder(Encoder):
+    """``open_clip.create_model_from_pretrained(source)``; its returned transform is the official one."""
+
+    family = "open_clip"
+    requires = ("open_clip_torch",)
+
+    @property
+    def repo_id(self) -> str:
+        return self.entry.source.removeprefix(HF_HUB_PREFIX)
+
+    def _load_model(self):
+        e = self.entry
+        if e.tap != "encode_image":
+            raise VlmprobeError(f"open_clip entry {e.name!r}: tap {e.tap!r} unknown; open_clip "
+                                "models offer 'encode_image'.")
+        if not e.source.startswith(HF_HUB_PREFIX):
+            raise VlmprobeError(f"open_clip entry {e.name!r}: source {e.source!r} must read "
+                                "hf-hub:<org>/<repo>.")
+        if e.revision:
+            # open_clip's hf-hub loader always reads the default branch: a pin would be ignored.
+            raise VlmprobeError(f"open_clip entry {e.name!r}: open_clip cannot load a hub "
+                                f"revision ({e.revision!r}); remove 'revision' from the entry.")
+        open_clip = import_family_package(self, "open_clip")
+        try:
+            model, self._transform = open_clip.create_model_from_pretrained(
+                e.source, device=self.device, return_transform=True)
+        except (OSError, RuntimeError) as err:
+            repos = [self.repo_id, *filter(None, [_text_tower_repo(self.repo_id)])]
+            raise VlmprobeError(f"open_clip could not load {e.source!r}: {err}\n"
+                                f"{hub_fix_hint(e, *repos)}") from None
+        return model
+
+    def _build_transform(self):
+        return self._transform
+
+    def _forward(self, pixels):
+        return self.model_.encode_image(pixels, normalize=False)
+
+    def _weights_sha256(self):
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        return cached_weights_sha256(self.repo_id, (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME), None,
+                                     self.model_)
