@@ -93,11 +93,18 @@ def write_split(split: Split, labels_by_path: dict[str, str], path: Path, extra:
     return path
 
 
-def read_split(path: Path, spec: SplitSpec) -> Split:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return Split([r["relpath"] for r in rows], np.array([r["test"] == "1" for r in rows]),
-                 np.array([int(r["fold"]) for r in rows]), spec, path)
+def read_split(path: Path) -> Split:
+    """A split file and its spec (from the JSON sidecar)."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        spec = SplitSpec(**json.loads(path.with_suffix(".json").read_text())["spec"])
+        return Split([r["relpath"] for r in rows], np.array([r["test"] == "1" for r in rows]),
+                     np.array([int(r["fold"]) for r in rows]), spec, path)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise VlmprobeError(f"Split file {path} (or its .json sidecar) is unreadable ({e}); delete "
+                            "both to make a new split.") from None
 
 
 def load_or_create_split(split_dir: Path, fingerprint: str, relpaths: list[str],
@@ -106,7 +113,7 @@ def load_or_create_split(split_dir: Path, fingerprint: str, relpaths: list[str],
     """The split file for this dataset/spec: read if it exists, else made once and written."""
     path = Path(split_dir) / f"{spec.label_view}-{spec.grouping}-seed{spec.seed}-{spec.key(fingerprint)}.csv"
     if path.is_file():
-        return read_split(path, spec)
+        return read_split(path)
     split = make_split(relpaths, labels, spec, source)
     names = {r: label_names[int(l)] for r, l in zip(relpaths, labels)}
     write_split(split, names, path, {"dataset_fingerprint": fingerprint})
