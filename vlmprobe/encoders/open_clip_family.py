@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..validation import VlmprobeError
 from .base import Encoder, register_family
-from .hf_family import cached_weights_sha256, hub_fix_hint, import_family_package
+from .hub import cached_weights_sha256, hub_fix_hint, import_family_package
 
 HF_HUB_PREFIX = "hf-hub:"
 

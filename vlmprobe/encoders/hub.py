@@ -1,0 +1,53 @@
+"""Hugging Face hub helpers shared by the hub-backed families (open_clip, transformers).
+
+Both load through their library's own ``from_pretrained``, which reads the HF cache
+(``$HF_HUB_CACHE``) and downloads what is missing. Offline (``HF_HUB_OFFLINE=1``) a model loads
+only if an online run or ``huggingface-cli download`` put its files in the cache, so every load
+error says which repos to fetch (and, for gated ones, to accept the licence and log in).
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..provenance import sha256_file
+from ..registry import ModelEntry
+from ..validation import VlmprobeError
+from .base import Encoder, state_dict_sha256
+
+
+def import_family_package(encoder: Encoder, module: str):
+    """The family's library, or an error naming the pip package (``encoder.requires``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise VlmprobeError(f"Model {encoder.entry.name!r} (family {encoder.family!r}) needs "
+                            f"{module} ({e}): pip install {' '.join(encoder.requires)}") from None
+
+
+def hub_fix_hint(entry: ModelEntry, *repo_ids: str) -> str:
+    """What to do when a hub model's files are not in the cache."""
+    from huggingface_hub import constants
+
+    downloads = "; ".join(f"`huggingface-cli download {r}`" for r in repo_ids)
+    hint = (f"Model {entry.name!r} needs these hub repos in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}): run once with internet access (HF_HUB_OFFLINE unset), "
+            f"or {downloads}.")
+    if entry.gated:
+        hint += (f" {repo_ids[0]} is gated: accept its licence at https://huggingface.co/"
+                 f"{repo_ids[0]}, then `huggingface-cli login` (or set HF_TOKEN).")
+    return hint
+
+
+def cached_weights_sha256(repo_id: str, filenames: tuple[str, ...], revision: str | None,
+                          model) -> str:
+    """sha256 of the first of ``filenames`` (the library's own order) in the HF cache.
+
+    A sharded checkpoint has no single file: then the loaded state dict is hashed instead.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in filenames:
+        path = try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(path, str):
+            return sha256_file(path)
+    return state_dict_sha256(model)
