@@ -148,11 +148,12 @@ def _load_busi(entry: DatasetEntry, root: Path) -> list[Sample]:
 
 def _join_metadata(samples: list[Sample], csv_path: Path) -> list[Sample]:
     """Add the columns of a CSV keyed by ``path`` (relative to the root) to each sample."""
-    if not csv_path.is_file():
-        raise VlmprobeError(f"Metadata file {csv_path} is missing; the dataset entry names it "
-                            "(metadata_csv). Regenerate the dataset or remove the field.")
-    with open(csv_path, newline="") as f:
-        rows = {row.pop("path"): row for row in csv.DictReader(f)}
+    try:
+        with open(csv_path, newline="") as f:
+            rows = {row.pop("path"): row for row in csv.DictReader(f)}
+    except (OSError, KeyError, csv.Error) as e:
+        raise VlmprobeError(f"Metadata file {csv_path} is unreadable or has no 'path' column "
+                            f"({e!r}); fix or remove it.") from None
     return [Sample(s.relpath, s.label, {**s.metadata, **{k: v for k, v in rows.get(s.relpath, {}).items()
                                                           if k != "label"}})
             for s in samples]
@@ -170,8 +171,12 @@ def load_dataset(name: str, root: str | Path | None = None) -> ImageDataset:
     if not samples:
         raise VlmprobeError(f"No images found under {root}. Expected layout for {name}: "
                             f"{entry.layout_help}")
-    if entry.metadata_csv:
+    if entry.metadata_csv and (root / entry.metadata_csv).is_file():
         samples = _join_metadata(samples, root / entry.metadata_csv)
+    elif entry.metadata_csv and entry.phantom_of:
+        raise VlmprobeError(f"{root / entry.metadata_csv} is missing: a phantom root must hold the "
+                            "manifest make-phantom wrote. Regenerate it (vlmprobe datasets "
+                            "make-phantom).")
     return ImageDataset(entry, root.resolve(), samples, list(entry.classes))
 
 

@@ -96,25 +96,30 @@ class LinearProbe:
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self.decision_function(X)).argmax(1)
 
-    def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path.with_suffix(".npz"), mean=self.mean, scale=self.scale, coef=self.coef,
-                 intercept=self.intercept)
-        path.with_suffix(".json").write_text(json.dumps(
-            {"class_names": self.class_names, **self.info}, indent=2, default=str))
-        return path.with_suffix(".npz")
+    def save(self, stem: Path) -> Path:
+        """Write ``<stem>.npz`` (arrays) and ``<stem>.json`` (class names, C, provenance)."""
+        npz, sidecar = _stem_files(stem)
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(npz, mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept)
+        sidecar.write_text(json.dumps({"class_names": self.class_names, **self.info}, indent=2,
+                                      default=str))
+        return npz
 
     @classmethod
-    def load(cls, path: Path) -> "LinearProbe":
-        path = Path(path)
-        if not path.with_suffix(".npz").is_file():
-            raise VlmprobeError(f"No saved probe at {path.with_suffix('.npz')}; run `vlmprobe probe` "
-                                "on this cache first.")
-        arrays = np.load(path.with_suffix(".npz"), allow_pickle=False)
-        info = json.loads(path.with_suffix(".json").read_text())
+    def load(cls, stem: Path) -> "LinearProbe":
+        npz, sidecar = _stem_files(stem)
+        if not npz.is_file():
+            raise VlmprobeError(f"No saved probe at {npz}; run `vlmprobe probe` on this cache first.")
+        arrays = np.load(npz, allow_pickle=False)
+        info = json.loads(sidecar.read_text())
         return cls(arrays["mean"], arrays["scale"], arrays["coef"], arrays["intercept"],
                    info.pop("class_names"), info)
+
+
+def _stem_files(stem: Path) -> tuple[Path, Path]:
+    """Stems like ``model.label-word`` keep their dots (no ``with_suffix``)."""
+    stem = Path(stem)
+    return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
 
 
 def _stack_binary(f):

@@ -45,8 +45,10 @@ def check_labels_for_cv(labels: Sequence, n_folds: int, test_fraction: float, so
             f"{source}: found {len(counts)} class(es) {dict(counts)}; a probe needs at least 2. "
             "Check the dataset root or the --label column."
         )
-    # Each class needs >= n_folds samples in the training part and >= 1 in the test part.
-    need = int(np.ceil(n_folds / (1.0 - test_fraction))) + 1
+    # Each class needs >= 1 image in the test part and >= n_folds in the training part.
+    need = n_folds + 1
+    while need - int(np.ceil(test_fraction * need)) < n_folds:
+        need += 1
     small = {k: v for k, v in counts.items() if v < need}
     if small:
         raise VlmprobeError(

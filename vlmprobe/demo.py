@@ -1,0 +1,98 @@
+"""The offline demo: every stage of the study on a phantom BUSI with known ground truth.
+
+phantom -> extract (pretrained lite0 + random-weight null baseline) -> probe (class, and the
+burnt-in word as a nuisance label) -> UMAP -> RISE -> a summary saying what was found and where.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .cache import read_cache
+from .extract import extract
+from .phantom import make_phantom
+from .probe import probe_caches, write_table
+from .progress import console
+from .rise import RiseConfig, rise_caches
+from .umap_maps import UmapConfig, umap_caches
+
+MODEL = "efficientnet_lite0"
+BASELINE = "efficientnet_lite0_random"
+DATASET = "breastus_phantom"
+
+
+def run_demo(out: Path, n: int = 600, seed: int = 0, n_masks: int = 1024, n_images: int = 3) -> Path:
+    out = Path(out)
+    data_root, cache_root = out / "data" / DATASET, out / "cache"
+    say = console.print
+    say(f"[bold]1/5 phantom[/] {n} BUSI-like images (seed {seed}) -> {data_root}")
+    if not (data_root / "phantom.json").is_file():
+        make_phantom("breastus", data_root, n=n, seed=seed)
+    else:
+        say("  already there, reused")
+
+    say("[bold]2/5 extract[/] pretrained encoder and its random-weight null baseline")
+    for model in (MODEL, BASELINE):
+        r = extract(model, DATASET, root=data_root, out=cache_root)
+        say(f"  {model}: {r.status} {r.path}")
+    caches = [read_cache(cache_root / DATASET / f"{m}.h5") for m in (MODEL, BASELINE)]
+
+    say("[bold]3/5 probe[/] paper protocol: LinearSVC, C = t·d/N, 5-fold CV, 20% test")
+    by_class = probe_caches(caches, log=say)
+    by_word = probe_caches(caches, label="word", log=say)
+    tables = [write_table(by_class, cache_root, "probe_results"),
+              write_table(by_word, cache_root, "probe_results.label-word")]
+
+    say("[bold]4/5 umap[/] cosine, n_neighbors=15, min_dist=0.1, coloured by class and by word")
+    maps = umap_caches(caches, UmapConfig(), color_by=["word"], log=say)
+
+    say(f"[bold]5/5 rise[/] {n_images} test images x {n_masks} masks through encoder + saved probe")
+    rise = rise_caches(caches[:1], RiseConfig(n_masks=n_masks), n_images=n_images, log=say)
+
+    summary = _summary(by_class, by_word, rise, tables, maps, data_root, cache_root)
+    path = out / "SUMMARY.md"
+    path.write_text(summary)
+    console.rule("summary")
+    console.print(summary, markup=False, highlight=False)
+    say(f"[bold green]Demo finished.[/] Summary: {path}")
+    return path
+
+
+def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> str:
+    real, null = by_class
+    margin = real.test["macro_f1"] - null.test["macro_f1"]
+    word_real, word_null = by_word
+    lines = [
+        "# vlmprobe demo summary", "",
+        f"Phantom BUSI dataset ({real.n_train + real.n_test} images, 3 classes) at `{data_root}`; "
+        "known ground truth: lesion masks and a burnt-in word (BREAST/AXILLA) correlated with the class.",
+        "", "## What was found", "",
+        f"- **Pretrained vs null baseline.** {MODEL} reaches test macro-F1 "
+        f"{100 * real.test['macro_f1']:.1f} ± {100 * real.test_sd['macro_f1']:.1f}, its random-weight "
+        f"twin {100 * null.test['macro_f1']:.1f} ± {100 * null.test_sd['macro_f1']:.1f}: a margin of "
+        f"{100 * margin:+.1f} points. " + ("Pretraining adds discriminative power here."
+                                        if margin >= 0.10 else "The margin is small: be careful."),
+        f"- **Bias exposed.** The burnt-in word is predictable from the features: macro-F1 "
+        f"{100 * word_real.test['macro_f1']:.1f} (pretrained), {100 * word_null.test['macro_f1']:.1f} "
+        "(random). A classifier on these features can use the text as a shortcut.",
+    ]
+    for r in rise:
+        lines.append(f"- **Where the probe looks (RISE, {r['n_images']} images, {r['n_masks']} masks "
+                     f"each).** Mean share of positive saliency inside the lesion mask "
+                     f"{100 * r['mean_lesion_mass']:.1f}% (the lesion covers "
+                     f"{100 * r['mean_lesion_area']:.1f}% of the image), inside the word's box "
+                     f"{100 * r['mean_text_mass']:.1f}% (box area {100 * r['mean_text_area']:.1f}%); "
+                     f"split-half reliability r = {r['mean_split_half_r']:.2f}.")
+    lines += ["", "## Where everything is", ""]
+    for md, csv in tables:
+        lines.append(f"- probe table: `{md}` (CSV `{csv}`, full results + provenance "
+                     f"`{md.with_suffix('.json')}`)")
+    for png in maps:
+        lines.append(f"- UMAP map: `{png}` (+ .svg, coordinates .npz beside it)")
+    for r in rise:
+        lines.append(f"- RISE panels: `{r['figure']}` (+ .svg), per-image numbers `{r['table']}`")
+    lines.append(f"- caches, split file and saved probes: `{cache_root}`")
+    lines.append("")
+    lines.append("Every output carries provenance (versions, git commit, command line, seeds): "
+                 "JSON sidecars, HDF5 attributes, PNG metadata.")
+    return "\n".join(lines) + "\n"
