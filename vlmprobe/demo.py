@@ -77,12 +77,15 @@ def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> st
         "(random). A classifier on these features can use the text as a shortcut.",
     ]
     for r in rise:
-        lines.append(f"- **Where the probe looks (RISE, {r['n_images']} images, {r['n_masks']} masks "
-                     f"each).** Mean share of positive saliency inside the lesion mask "
-                     f"{100 * r['mean_lesion_mass']:.1f}% (the lesion covers "
-                     f"{100 * r['mean_lesion_area']:.1f}% of the image), inside the word's box "
-                     f"{100 * r['mean_text_mass']:.1f}% (box area {100 * r['mean_text_area']:.1f}%); "
-                     f"split-half reliability r = {r['mean_split_half_r']:.2f}.")
+        reliable = r["mean_split_half_r"] >= 0.5
+        lines.append(
+            f"- **Where the probe looks (RISE, {r['n_images']} test images, {r['n_masks']} masks "
+            f"each).** Share of positive saliency ÷ share of image area (1 = no preference): "
+            f"lesion mask {r['mean_lesion_enrichment']:.2f}, burnt-in word box "
+            f"{r['mean_text_enrichment']:.2f}. Split-half reliability of the maps r = "
+            f"{r['mean_split_half_r']:.2f}" + ("." if reliable else
+            " — low: at this number of masks the maps are noisy; use `vlmprobe rise --n-masks "
+            "4096` (the paper's N) before reading them."))
     lines += ["", "## Where everything is", ""]
     for md, csv in tables:
         lines.append(f"- probe table: `{md}` (CSV `{csv}`, full results + provenance "

@@ -461,6 +461,9 @@ def explain_cache(cache: Cache, cfg: RiseConfig, n_images: int = 3, root: Path |
                    "text_mass": mass_in_region(sal, text) if text is not None else None,
                    "text_area": float(text.mean()) if text is not None else None,
                    "text_pointing": pointing_game(sal, text) if text is not None else None}
+            for region in ("lesion", "text"):  # > 1: the evidence concentrates on the region
+                mass, area = rec[f"{region}_mass"], rec[f"{region}_area"]
+                rec[f"{region}_enrichment"] = mass / area if mass is not None and area else None
             records.append(rec)
             maps[rel] = res.centred()[target]
             parts = [f"{rel}: true {rec['true']}, predicted {rec['predicted']}",
@@ -498,7 +501,8 @@ def explain_cache(cache: Cache, cfg: RiseConfig, n_images: int = 3, root: Path |
     summary = {"model": cache.model, "n_images": len(records), "n_masks": cfg.n_masks,
                "figure": figure, "table": table,
                **{f"mean_{k}": mean_of(k) for k in ("lesion_mass", "lesion_area", "text_mass",
-                                                    "text_area", "split_half_r")}}
+                                                    "text_area", "lesion_enrichment",
+                                                    "text_enrichment", "split_half_r")}}
     log(f"{cache.model} / {cache.dataset}: RISE panels {figure}, numbers {table}")
     return summary
 
