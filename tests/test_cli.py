@@ -52,7 +52,12 @@ def test_design_card_commands_end_to_end(tmp_path, monkeypatch):
     # The nuisance probe sits beside the class probe, never over it.
     assert json.loads((probes / "efficientnet_lite0.json").read_text())["label_view"] == "class"
     assert len(list((cache / "breastus" / "splits").glob("word-*.csv"))) == 1
-    run("umap", "--metric", "cosine", "--n-neighbors", "5")
+    elsewhere = tmp_path / "elsewhere"  # named caches + --out: outputs go to --out
+    run("probe", str(cache / "breastus" / "efficientnet_lite0.h5"), "--out", str(elsewhere))
+    assert (elsewhere / "probe_results.md").is_file()
+    assert (elsewhere / "breastus" / "probe" / "efficientnet_lite0.npz").is_file()
+    assert len(list((cache / "breastus" / "splits").glob("class-*.csv"))) == 1  # split reused
+        run("umap", "--metric", "cosine", "--n-neighbors", "5")
     assert len(list((cache / "breastus" / "umap").glob("*.png"))) == 2
     out = run("rise", "--images", "1", "--n-masks", "64", "--batch-size", "32").output
     pngs = list((cache / "breastus" / "rise").glob("*.png"))

@@ -80,3 +80,13 @@ def test_read_image_converts_16bit_palette_and_rgba(tmp_path):
     Image.new("P", (5, 5)).save(tmp_path / "c.png")
     for name in ("b.png", "c.png"):
         assert read_image(tmp_path / name).mode == "RGB"
+
+
+def test_malformed_datasets_yaml_names_file_and_fields(tmp_path):
+    bad = tmp_path / "datasets.yaml"
+    bad.write_text("datasets: [oops")
+    with pytest.raises(VlmprobeError, match="datasets.yaml is not valid YAML"):
+        load_datasets_file(bad)
+    bad.write_text("datasets:\n  x: {paper_name: X, colour: red}\n")
+    with pytest.raises(VlmprobeError, match="entry 'x'.*Known fields: paper_name"):
+        load_datasets_file(bad)

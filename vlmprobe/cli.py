@@ -20,8 +20,14 @@ app.add_typer(datasets_app, name="datasets")
 
 CacheArgs = typer.Argument(None, help="Cache files or directories (default: every cache under "
                                       "--out / $VLMPROBE_CACHE).", show_default=False)
-OutOpt = typer.Option(None, "--out", help="Cache directory (default $VLMPROBE_CACHE or "
-                                          "~/.cache/vlmprobe); outputs are written beside the caches.")
+OutOpt = typer.Option(None, "--out", help="Without CACHE arguments: the cache directory to use "
+                      "(default $VLMPROBE_CACHE or ~/.cache/vlmprobe), outputs beside the caches. "
+                      "With CACHE arguments: where outputs go (default: beside the caches).")
+
+
+def _output_dir(caches, out) -> Path | None:
+    """--out is the output directory only when caches are named; else it is where they are."""
+    return out if caches else None
 
 
 @app.command()
@@ -110,10 +116,11 @@ def probe(
     from .probe import probe_caches, write_table
 
     loaded = [read_cache(p) for p in find_caches(caches, out)]
-    results = probe_caches(loaded, label=label, split_seed=seed, log=console.print)
+    results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
+                           log=console.print)
     name = "probe_results" if label is None else f"probe_results.label-{label}"
-    table_dir = cache_dir(out) if not caches else Path(loaded[0].path).parent.parent
-    md, csv_path = write_table(results, table_dir, name)
+    table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
+    md, csv_path = write_table(results, Path(table_dir), name)
     console.print(f"Table: {md} and {csv_path}")
 
 
@@ -134,8 +141,8 @@ def umap(
     from .umap_maps import UmapConfig, umap_caches
 
     cfg = UmapConfig(metric=metric, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
-    umap_caches([read_cache(p) for p in find_caches(caches, out)], cfg, color_by=color_by or [],
-                log=console.print)
+    umap_caches([read_cache(p) for p in find_caches(caches, out)], cfg,
+                out=_output_dir(caches, out), color_by=color_by or [], log=console.print)
 
 
 @app.command()
@@ -166,7 +173,8 @@ def rise(
     loaded = [read_cache(c) for c in find_caches(caches, out)]
     if not include_baselines:
         loaded = [c for c in loaded if not c.baseline] or loaded
-    rise_caches(loaded, cfg, n_images=images, root=root, device=device, log=console.print)
+    rise_caches(loaded, cfg, n_images=images, root=root, device=device,
+                out=_output_dir(caches, out), log=console.print)
 
 
 @app.command()

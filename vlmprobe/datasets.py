@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from .paths import data_root
-from .validation import VlmprobeError, check_dir, unknown_key_error
+from .validation import VlmprobeError, build_entry, check_dir, read_yaml_entries, unknown_key_error
 
 DATASETS_FILE = Path(__file__).resolve().parent.parent / "datasets.yaml"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -76,20 +75,8 @@ class ImageDataset:
 
 
 def load_datasets_file(path: Path = DATASETS_FILE) -> dict[str, DatasetEntry]:
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
-        raise VlmprobeError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), dict):
-        raise VlmprobeError(f"{path}: expected a top-level 'datasets:' mapping of name -> entry.")
-    out = {}
-    for name, raw in doc["datasets"].items():
-        try:
-            out[name] = DatasetEntry(name=name, **raw)
-        except TypeError as e:
-            raise VlmprobeError(f"{path}: dataset {name!r}: {e}. Known fields: "
-                                f"{', '.join(DatasetEntry.__dataclass_fields__)}.") from None
-    return out
+    return {name: build_entry(DatasetEntry, path, name, raw)
+            for name, raw in read_yaml_entries(path, "datasets").items()}
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:

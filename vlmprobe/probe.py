@@ -284,7 +284,7 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
     for cache in caches:
         y, names, view = cache.label_view(label)
         spec = SplitSpec(label_view=view, seed=split_seed)
-        split_dir = (Path(out) / cache.dataset if out else Path(cache.path).parent) / "splits"
+        split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
         split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y, names,
                                      spec, source=str(cache.path))
         test, fold = split.align(cache.relpaths, str(cache.path))

@@ -11,9 +11,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
 
-from .validation import VlmprobeError, unknown_key_error
+from .validation import VlmprobeError, build_entry, read_yaml_entries, unknown_key_error
 
 REGISTRY_ENV = "VLMPROBE_REGISTRY"
 BUILTIN_REGISTRY = Path(__file__).resolve().parent.parent / "model_registry.yaml"
@@ -109,28 +108,13 @@ def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
 
 
 def _parse_file(path: Path) -> dict[str, ModelEntry]:
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise VlmprobeError(f"{path} is not valid YAML: {e}") from None
-    except OSError as e:
-        raise VlmprobeError(f"Cannot read model registry {path}: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
-        raise VlmprobeError(f"{path}: expected a top-level 'models:' mapping of name -> entry.")
     entries = {}
-    for name, raw in doc["models"].items():
-        if not isinstance(raw, dict):
-            raise VlmprobeError(f"{path}: model {name!r} must be a mapping, got {type(raw).__name__}.")
+    for name, raw in read_yaml_entries(path, "models").items():
         missing = [k for k in _REQUIRED if k not in raw]
         if missing:
             raise VlmprobeError(f"{path}: model {name!r} lacks required field(s) {missing}.")
-        raw = dict(raw)
-        raw["preprocess"] = _parse_preprocess(name, raw["preprocess"], path)
-        try:
-            entries[name] = ModelEntry(name=name, **raw)
-        except TypeError as e:
-            raise VlmprobeError(f"{path}: model {name!r}: {e}. Known fields: "
-                                f"{', '.join(ModelEntry.__dataclass_fields__)}.") from None
+        raw = {**raw, "preprocess": _parse_preprocess(name, raw["preprocess"], path)}
+        entries[name] = build_entry(ModelEntry, path, name, raw)
     return entries
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
+from dataclasses import fields
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -56,3 +57,30 @@ def check_labels_for_cv(labels: Sequence, n_folds: int, test_fraction: float, so
             f"{test_fraction:.0%} test split plus {n_folds}-fold cross-validation. Add images, merge "
             "classes, or probe another --label."
         )
+
+
+def read_yaml_entries(path: Path, section: str) -> dict[str, dict]:
+    """``{name: mapping}`` under the top-level ``section`` key of a registry YAML file."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise VlmprobeError(f"{path} is not valid YAML: {e}") from None
+    except OSError as e:
+        raise VlmprobeError(f"Cannot read {path}: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get(section), dict):
+        raise VlmprobeError(f"{path}: expected a top-level '{section}:' mapping of name -> entry.")
+    for name, raw in doc[section].items():
+        if not isinstance(raw, dict):
+            raise VlmprobeError(f"{path}: entry {name!r} must be a mapping, got {type(raw).__name__}.")
+    return doc[section]
+
+
+def build_entry(cls, path: Path, name: str, raw: dict):
+    """``cls(name=name, **raw)``, or an error naming the file, the entry and the known fields."""
+    try:
+        return cls(name=name, **raw)
+    except TypeError as e:
+        known = ", ".join(f.name for f in fields(cls) if f.name != "name")
+        raise VlmprobeError(f"{path}: entry {name!r}: {e}. Known fields: {known}.") from None
