@@ -157,3 +157,19 @@ def test_refuses_a_non_empty_directory(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(VlmprobeError, match="not an empty directory"):
         make_phantom("breastus", tmp_path, n=12, progress=False)
+
+
+def test_interrupted_generation_leaves_no_half_dataset(tmp_path, monkeypatch):
+    from vlmprobe import phantom
+
+    def dies_midway(out, *args):
+        (out / "normal").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(phantom.GENERATORS, "breastus", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        phantom.make_phantom("breastus", tmp_path / "ph", n=12, progress=False)
+    assert not (tmp_path / "ph").exists()
+    monkeypatch.undo()
+    out = phantom.make_phantom("breastus", tmp_path / "ph", n=12, progress=False)
+    assert (out / "phantom.json").is_file()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -270,10 +271,17 @@ def make_phantom(dataset: str, out: Path, n: int = 600, seed: int = 0,
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VlmprobeError(f"{out} is not an empty directory; give a new or empty one for the "
                             "phantom.")
-    facts = GENERATORS[dataset](out, n, seed, text_label_correlation, progress)
+    # Written beside ``out`` and renamed into place: an interrupted run leaves no half dataset.
+    partial = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    facts = GENERATORS[dataset](partial, n, seed, text_label_correlation, progress)
     meta = {"generator": f"vlmprobe.phantom.{dataset}", "version": GENERATOR_VERSION,
             "dataset": dataset,
             "parameters": {"n": n, "seed": seed, "text_label_correlation": text_label_correlation},
             **facts}
-    (out / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (partial / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    partial.rename(out)
     return out
