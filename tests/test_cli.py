@@ -57,7 +57,7 @@ def test_design_card_commands_end_to_end(tmp_path, monkeypatch):
     assert (elsewhere / "probe_results.md").is_file()
     assert (elsewhere / "breastus" / "probe" / "efficientnet_lite0.npz").is_file()
     assert len(list((cache / "breastus" / "splits").glob("class-*.csv"))) == 1  # split reused
-        run("umap", "--metric", "cosine", "--n-neighbors", "5")
+    run("umap", "--metric", "cosine", "--n-neighbors", "5")
     assert len(list((cache / "breastus" / "umap").glob("*.png"))) == 2
     out = run("rise", "--images", "1", "--n-masks", "64", "--batch-size", "32").output
     pngs = list((cache / "breastus" / "rise").glob("*.png"))
