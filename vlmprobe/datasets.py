@@ -2,14 +2,18 @@
 
 A loader turns a dataset root into a list of :class:`Sample` (relative path, class index,
 metadata). Images are decoded only when extraction asks, so listing 30k files stays cheap.
+Not every image is a file: a MedMNIST sample is ``<file>.npz#<array key>/<index>``, so its relpath
+names the file it lives in plus where inside it (:func:`sample_file`, :func:`read_sample`).
 """
 from __future__ import annotations
 
 import csv
 import glob
 import hashlib
-from dataclasses import dataclass, field
-from pathlib import Path
+import warnings
+from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
@@ -19,9 +23,11 @@ from .paths import data_root
 from .validation import VlmprobeError, build_entry, check_dir, read_yaml_entries, unknown_key_error
 
 DATASETS_FILE = Path(__file__).resolve().parent.parent / "datasets.yaml"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-#: How images become the 8-bit RGB the official transforms expect; recorded in every cache.
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
+#: How image files become the 8-bit RGB the official transforms expect; recorded in every cache.
 INTENSITY_PIPELINE = "pil-decode -> 16-bit scaled /257 -> 8-bit RGB (palette/RGBA/CMYK/L converted)"
+NPZ_PIPELINE = "medmnist npz uint8 -> RGB"
+MEMBER_SEP = "#"  # "<file>.npz#train_images/17": the file, then the array key and index inside it
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,19 @@ class DatasetEntry:
     phantom_of: str | None = None
     subset: str = ""
     notes: str = ""
+    # csv layout: which manifest, and which of its columns hold what.
+    manifest: str | None = None  # CSV/TSV relative to the root (.tsv/.txt: tab-separated)
+    path_column: str = "path"
+    path_format: str = "{}"  # path column -> relpath ("train/{}.jpg"); other columns as "{col}"
+    label_column: str | None = None  # class names in one column ...
+    onehot_columns: list[str] | None = None  # ... or one 0/1 column per class, in class order
+    group_column: str | None = None  # patient id, stored as metadata "group"
+    metadata_columns: list[str] | None = None  # None: every other column
+    # medmnist layout: the splits the paper's N comes from, and the image size (a recorded choice).
+    splits: list[str] = field(default_factory=lambda: ["train"])
+    size: int = 28
+    # DICOM: "tags" (WindowCenter/Width, min-max where absent), "minmax", or "CENTER,WIDTH".
+    dicom_window: str = "tags"
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,22 @@ class ImageDataset:
 
     def path(self, i: int) -> Path:
         return self.root / self.samples[i].relpath
+
+    def load_image(self, i: int) -> Image.Image:
+        """Sample ``i`` as 8-bit RGB, whether it is a file or a slot inside one (npz)."""
+        return read_sample(self.root, self.samples[i].relpath, self.entry.dicom_window)
+
+    @property
+    def intensity_pipeline(self) -> str:
+        """How this dataset's pixels become 8-bit RGB; part of every cache key.
+
+        Only the decoders its samples use are named, so a PNG-only dataset keeps the
+        key it always had.
+        """
+        kinds = {_kind(s.relpath) for s in self.samples}
+        parts = {"raster": INTENSITY_PIPELINE, "npz": NPZ_PIPELINE,
+                 "dicom": dicom_pipeline(self.entry.dicom_window)}
+        return " + ".join(v for k, v in parts.items() if k in kinds)
 
 
 def load_datasets_file(path: Path = DATASETS_FILE) -> dict[str, DatasetEntry]:
@@ -105,6 +140,16 @@ def _class_dirs(entry: DatasetEntry, root: Path) -> list[tuple[int, Path]]:
     return [(i, root / c) for i, c in enumerate(entry.classes) if (root / c).is_dir()]
 
 
+def _safe_relpath(value: str, where: str, root: Path) -> str:
+    """A manifest path as a posix relpath inside ``root``; ``../`` or absolute paths are refused."""
+    rel = PurePosixPath(value.replace("\\", "/"))
+    inside = (root / rel).resolve().is_relative_to(root.resolve())  # symlinks included
+    if rel.is_absolute() or ".." in rel.parts or not inside:
+        raise VlmprobeError(f"{where}: path {value!r} points outside the dataset root {root}; "
+                            "manifest paths must be relative to the root, without '..'.")
+    return rel.as_posix()
+
+
 def _images_in(folder: Path, keep: Callable[[Path], bool] = lambda p: True) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and keep(p))
@@ -133,6 +178,105 @@ def _load_busi(entry: DatasetEntry, root: Path) -> list[Sample]:
     return samples
 
 
+def _read_manifest(path: Path) -> list[dict[str, str]]:
+    delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f, delimiter=delimiter))
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise VlmprobeError(f"Manifest {path} is unreadable ({e}); fix it or point --root at "
+                            "another copy.") from None
+
+
+def _manifest_path(entry: DatasetEntry, root: Path) -> Path:
+    if not entry.manifest or not (root / entry.manifest).is_file():
+        raise VlmprobeError(f"{root / (entry.manifest or '?')} is missing. Expected layout for "
+                            f"{entry.name}: {entry.layout_help}")
+    return root / entry.manifest
+
+
+def _manifest_classes(entry: DatasetEntry, root: Path) -> list[str]:
+    """HiCervix lists its classes only in its manifest: take them from the label column, sorted."""
+    path = _manifest_path(entry, root)
+    return sorted({row.get(entry.label_column, "") for row in _read_manifest(path)} - {""})
+
+
+@_loader("csv")
+def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
+    """A CSV/TSV manifest: one row per image with a path, a label (named or one-hot), a group."""
+    path = _manifest_path(entry, root)
+    rows = _read_manifest(path)
+    if not (entry.label_column or entry.onehot_columns):
+        raise VlmprobeError(f"datasets.yaml entry {entry.name!r}: a csv layout needs label_column "
+                            "or onehot_columns.")
+    label_cols = entry.onehot_columns or [entry.label_column]
+    used = [entry.path_column, *label_cols] + ([entry.group_column] if entry.group_column else [])
+    absent = [c for c in used + (entry.metadata_columns or []) if rows and c not in rows[0]]
+    if absent:
+        raise VlmprobeError(f"{path}: columns {absent} not found (it has {list(rows[0])}); fix "
+                            f"the manifest or the {entry.name!r} entry in datasets.yaml.")
+    index = {c: i for i, c in enumerate(entry.classes)}
+    samples = []
+    for n, row in enumerate(rows, start=2):  # row 1 is the header
+        where = f"{path} row {n}"
+        if None in row or None in row.values():
+            raise VlmprobeError(f"{where} does not have the header's {len(row) - (None in row)} "
+                                "fields; fix that row.")
+        if entry.onehot_columns:
+            hot = [i for i, c in enumerate(entry.onehot_columns) if row[c].strip() in ("1", "1.0")]
+            if len(hot) != 1:
+                raise VlmprobeError(f"{where}: expected exactly one 1 among the one-hot columns "
+                                    f"{entry.onehot_columns}, got {len(hot)}; fix that row.")
+            label = hot[0]
+        elif row[entry.label_column] in index:
+            label = index[row[entry.label_column]]
+        else:
+            raise VlmprobeError(f"{where}: unknown label {row[entry.label_column]!r} in column "
+                                f"{entry.label_column!r}; known classes: {entry.classes}. Fix the "
+                                "row or the entry's classes in datasets.yaml.")
+        try:
+            value = entry.path_format.format(row[entry.path_column], **row)
+        except KeyError as e:
+            raise VlmprobeError(f"path_format {entry.path_format!r} of {entry.name!r} names a "
+                                f"column {e} that {path} lacks.") from None
+        rel = _safe_relpath(value, where, root)
+        meta = {k: v for k, v in row.items() if k not in used} if entry.metadata_columns is None \
+            else {k: row[k] for k in entry.metadata_columns}
+        if entry.group_column:
+            meta["group"] = row[entry.group_column]
+        samples.append(Sample(rel, label, meta))
+    return samples
+
+
+@_loader("medmnist")
+def _load_medmnist(entry: DatasetEntry, root: Path) -> list[Sample]:
+    """MedMNIST ``<name>[_SIZE].npz``: only the ``entry.splits`` the paper's N comes from."""
+    path = _medmnist_file(entry, root)
+    with np.load(path) as npz:
+        labels = {s: npz[f"{s}_labels"].reshape(len(npz[f"{s}_labels"]), -1)[:, 0]
+                  for s in entry.splits if f"{s}_labels" in npz.files}
+    if len(labels) < len(entry.splits):
+        raise VlmprobeError(f"{path} lacks {[s for s in entry.splits if s not in labels]}_labels; "
+                            "is it a MedMNIST release file?")
+    for split, y in labels.items():
+        if y.size and not 0 <= y.min() <= y.max() < len(entry.classes):
+            raise VlmprobeError(f"{path}: {split}_labels holds values outside "
+                                f"0..{len(entry.classes) - 1} (classes {entry.classes}); is it "
+                                f"the file for {entry.name}?")
+    return [Sample(f"{path.name}{MEMBER_SEP}{split}_images/{k}", int(label))
+            for split, y in labels.items() for k, label in enumerate(y)]
+
+
+def _medmnist_file(entry: DatasetEntry, root: Path) -> Path:
+    stem = entry.phantom_of or entry.name
+    names = [f"{stem}_{entry.size}.npz"] + ([f"{stem}.npz"] if entry.size == 28 else [])
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    raise VlmprobeError(f"{root} has no {' or '.join(names)} (size {entry.size}). Expected layout "
+                        f"for {entry.name}: {entry.layout_help}; or choose another size.")
+
+
 def _join_metadata(samples: list[Sample], csv_path: Path) -> list[Sample]:
     """Add the columns of a CSV keyed by ``path`` (relative to the root) to each sample."""
     try:
@@ -141,19 +285,31 @@ def _join_metadata(samples: list[Sample], csv_path: Path) -> list[Sample]:
     except (OSError, KeyError, csv.Error) as e:
         raise VlmprobeError(f"Metadata file {csv_path} is unreadable or has no 'path' column "
                             f"({e!r}); fix or remove it.") from None
-    return [Sample(s.relpath, s.label, {**s.metadata, **{k: v for k, v in rows.get(s.relpath, {}).items()
-                                                          if k != "label"}})
+    return [replace(s, metadata={**s.metadata, **{k: v for k, v in rows.get(s.relpath, {}).items()
+                                                  if k != "label"}})
             for s in samples]
 
 
-def load_dataset(name: str, root: str | Path | None = None) -> ImageDataset:
-    """List a dataset's images and labels from ``root`` (or ``$VLMPROBE_DATA/<name>``)."""
+def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageDataset:
+    """List a dataset's images and labels from ``root`` (or ``$VLMPROBE_DATA/<name>``).
+
+    ``options`` override entry fields for this run (e.g. ``size=224``, ``dicom_window="minmax"``);
+    the entry as used is what every cache records.
+    """
     entry = get_dataset_entry(name)
+    bad = set(options) - {f.name for f in fields(DatasetEntry)}
+    if bad:
+        raise VlmprobeError(f"Unknown dataset option(s) {sorted(bad)}; options are entry fields "
+                            f"such as size, dicom_window, splits.")
+    entry = replace(entry, **options)
+    fixed_window(entry.dicom_window)  # a typo fails here, not once per image
     root = check_dir(data_root(name, root), f"Dataset root for {name!r}", entry.layout_help)
     if entry.layout not in LOADERS:
         raise VlmprobeError(
             f"Dataset {name!r} uses layout {entry.layout!r}, which this vlmprobe version cannot "
             f"read yet (supported: {', '.join(sorted(LOADERS))}).")
+    if entry.layout == "csv" and not entry.classes:
+        entry = replace(entry, classes=_manifest_classes(entry, root))
     samples = LOADERS[entry.layout](entry, root)
     if not samples:
         raise VlmprobeError(f"No images found under {root}. Expected layout for {name}: "
@@ -168,14 +324,116 @@ def load_dataset(name: str, root: str | Path | None = None) -> ImageDataset:
 
 
 # -- decoding and fingerprints ---------------------------------------------------------------
-def read_image(path: Path) -> Image.Image:
-    """Decode any supported file to 8-bit RGB (see :data:`INTENSITY_PIPELINE`)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float64)
-            im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
-        return im.convert("RGB")
+def sample_file(relpath: str) -> str:
+    """The file a sample lives in: itself, or the npz it is a slot of."""
+    return relpath.split(MEMBER_SEP, 1)[0]
+
+
+def _kind(relpath: str) -> str:
+    suffix = Path(sample_file(relpath)).suffix.lower()
+    return {".npz": "npz", ".dcm": "dicom"}.get(suffix, "raster")
+
+
+def read_sample(root: Path, relpath: str, dicom_window: str = "tags") -> Image.Image:
+    """Decode one sample (file, DICOM file or npz slot) to 8-bit RGB."""
+    if MEMBER_SEP not in relpath:
+        return read_image(root / relpath, dicom_window)
+    file, member = relpath.split(MEMBER_SEP, 1)
+    key, index = member.rsplit("/", 1)
+    return Image.fromarray(_npz_array(root / file, key)[int(index)]).convert("RGB")
+
+
+@lru_cache(maxsize=2)
+def _npz_array(path: Path, key: str) -> np.ndarray:
+    """One array of an npz, kept: reading a key decompresses all of it, so once per worker."""
+    with np.load(path) as npz:
+        return npz[key]
+
+
+def read_image(path: Path, dicom_window: str = "tags") -> Image.Image:
+    """Decode an image file to 8-bit RGB (see :data:`INTENSITY_PIPELINE`, :func:`read_dicom`).
+
+    PIL's decompression-bomb warning is an error here: a skipped image is reported, whereas
+    decoding a 30-gigapixel file in every worker takes the machine down.
+    """
+    if Path(path).suffix.lower() == ".dcm":
+        return read_dicom(path, dicom_window)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(im, dtype=np.float64)
+                    im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
+                return im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VlmprobeError(f"{path}: {e} Skipped as a possible decompression bomb; if the file "
+                            "is trusted, raise PIL.Image.MAX_IMAGE_PIXELS.") from None
+
+
+def dicom_pipeline(window: str) -> str:
+    return (f"dicom: RescaleSlope/Intercept -> window {window} (DICOM linear) -> "
+            "MONOCHROME1 inverted -> 8-bit RGB")
+
+
+def read_dicom(path: Path, window: str = "tags") -> Image.Image:
+    """A single-frame DICOM as 8-bit RGB: modality rescale, window, MONOCHROME1 inversion.
+
+    ``window``: "tags" uses WindowCenter/WindowWidth (the first pair), falling back to the
+    image's min-max where the tags are absent; "minmax" always uses min-max; "C,W" fixes one.
+    """
+    import pydicom
+    from pydicom.pixels import apply_rescale
+
+    ds = pydicom.dcmread(path)
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise VlmprobeError(f"{path} has {ds.NumberOfFrames} frames; vlmprobe embeds single "
+                            "images. Export the frames you want as separate files.")
+    try:
+        arr = ds.pixel_array
+    except (RuntimeError, NotImplementedError) as e:
+        raise VlmprobeError(f"{path}: cannot decode transfer syntax "
+                            f"{ds.file_meta.TransferSyntaxUID.name} ({e}).") from None
+    photometric = ds.get("PhotometricInterpretation", "MONOCHROME2")
+    if photometric == "PALETTE COLOR":
+        raise VlmprobeError(f"{path} is PALETTE COLOR, which vlmprobe does not decode yet; "
+                            "convert it to RGB first.")
+    if not photometric.startswith("MONOCHROME"):  # colour: pydicom already gives RGB
+        scale = 255 / (2 ** int(ds.get("BitsStored", 8)) - 1)
+        return Image.fromarray(np.round(arr * scale).astype(np.uint8)).convert("RGB")
+    x = apply_rescale(arr, ds).astype(np.float64)
+    centre, width = _window(ds, window, x)
+    y = np.clip((x - (centre - 0.5)) / max(width - 1, 1) + 0.5, 0, 1)
+    if photometric == "MONOCHROME1":
+        y = 1 - y
+    return Image.fromarray(np.round(y * 255).astype(np.uint8)).convert("RGB")
+
+
+def fixed_window(window: str) -> tuple[float, float] | None:
+    """``(centre, width)`` for a "C,W" window, None for "tags" or "minmax"; else an error."""
+    if window in ("tags", "minmax"):
+        return None
+    try:
+        centre, width = (float(v) for v in window.split(","))
+    except ValueError:
+        raise VlmprobeError(f"dicom_window {window!r} is not 'tags', 'minmax' or 'CENTER,WIDTH' "
+                            "(e.g. '40,400').") from None
+    return centre, width
+
+
+def _window(ds, window: str, x: np.ndarray) -> tuple[float, float]:
+    from pydicom.multival import MultiValue
+
+    fixed = fixed_window(window)
+    if fixed:
+        return fixed
+    if window == "tags" and "WindowCenter" in ds and "WindowWidth" in ds:
+        centre, width = (v[0] if isinstance(v, MultiValue) else v  # several windows: the first
+                         for v in (ds.WindowCenter, ds.WindowWidth))
+        return float(centre), float(width)
+    lo, hi = float(x.min()), float(x.max())
+    return (lo + hi) / 2 + 0.5, hi - lo + 1
 
 
 def file_digest(path: Path) -> str:
@@ -190,9 +448,13 @@ def fingerprint_files(root: Path, relpaths: list[str]) -> tuple[list[int], list[
     """Sizes, content digests and the dataset fingerprint of ``relpaths``.
 
     No mtimes, so a copied dataset keeps its fingerprint; sorted, so listing order does not matter.
+    A slot of an npz gets its file's size and digest (read once), and its relpath names the slot,
+    so the fingerprint covers both the file and which samples of it are used.
     """
-    sizes = [(root / r).stat().st_size for r in relpaths]
-    digests = [file_digest(root / r) for r in relpaths]
+    files = sorted({sample_file(r) for r in relpaths})
+    known = {f: ((root / f).stat().st_size, file_digest(root / f)) for f in files}
+    sizes = [known[sample_file(r)][0] for r in relpaths]
+    digests = [known[sample_file(r)][1] for r in relpaths]
     h = hashlib.sha256()
     for r, s, d in sorted(zip(relpaths, sizes, digests)):
         h.update(f"{r}\t{s}\t{d}\n".encode())

@@ -15,7 +15,7 @@ import torch
 
 from . import paths
 from .cache import Cache, cache_key, read_cache, read_cache_key, write_cache
-from .datasets import INTENSITY_PIPELINE, ImageDataset, fingerprint_files, load_dataset, read_image
+from .datasets import ImageDataset, fingerprint_files, load_dataset
 from .encoders import Encoder, load_encoder
 from .progress import console, progress_bar
 from .provenance import provenance
@@ -34,7 +34,7 @@ class _DecodedImages(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            return i, self.transform(read_image(self.dataset.path(i))), ""
+            return i, self.transform(self.dataset.load_image(i)), ""
         except Exception as e:  # noqa: BLE001 — any decoder error means "unreadable file"
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -58,7 +58,7 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str) -> str:
+def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeline: str) -> str:
     old = read_cache(path)
     reasons = []
     if old.dataset_fingerprint != fingerprint:
@@ -69,7 +69,7 @@ def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str) -> str
         reasons.append("model weights differ")
     if old_enc.get("entry") != json.loads(json.dumps(encoder.entry.to_dict(), default=str)):
         reasons.append("registry entry (tap, preprocessing or source) differs")
-    if old.attrs.get("intensity_pipeline") != INTENSITY_PIPELINE:
+    if old.attrs.get("intensity_pipeline") != pipeline:
         reasons.append("intensity pipeline differs")
     return "; ".join(reasons) or "vlmprobe version or transform changed"
 
@@ -88,7 +88,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     sizes, digests, fingerprint = fingerprint_files(data.root, relpaths)
     encoder = load_encoder(entry, device)
     desc = encoder.describe()
-    key = cache_key(desc, fingerprint, INTENSITY_PIPELINE)
+    key = cache_key(desc, fingerprint, data.intensity_pipeline)
     if target.exists():
         old_key = read_cache_key(target)
         if old_key == key:
@@ -97,8 +97,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
         if old_key is not None and not force:
             raise VlmprobeError(
                 f"{target} exists but was made from different inputs: "
-                f"{_explain_key_mismatch(target, encoder, fingerprint)}. Pass --force to "
-                "overwrite it, or --out another directory.")
+                f"{_explain_key_mismatch(target, encoder, fingerprint, data.intensity_pipeline)}. "
+                "Pass --force to overwrite it, or --out another directory.")
 
     loader = torch.utils.data.DataLoader(
         _DecodedImages(data, encoder.transform_), batch_size=batch_size, shuffle=False,
@@ -128,7 +128,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                   for col in data.metadata_columns},
         files={"relpath": relpaths, "size": sizes, "digest": digests},
         skipped={"relpath": [relpaths[i] for i, _ in skipped], "error": [e for _, e in skipped]},
-        attrs={"baseline": entry.baseline, "encoder": desc, "intensity_pipeline": INTENSITY_PIPELINE,
+        attrs={"baseline": entry.baseline, "encoder": desc, "intensity_pipeline": data.intensity_pipeline,
                "dataset_entry": data.entry.__dict__, "dataset_root": str(data.root),
                "phantom": json.loads(phantom_file.read_text()) if phantom_file.is_file() else "",
                "provenance": provenance(stage="extract", batch_size=batch_size,

@@ -31,7 +31,7 @@ from PIL import Image
 
 from . import paths
 from .cache import Cache
-from .datasets import file_digest, read_image
+from .datasets import file_digest, read_sample, sample_file
 from .figures import STYLE, plt, save_figure
 from .probe import LinearProbe, probe_path
 from .progress import progress_bar
@@ -439,11 +439,11 @@ def explain_cache(cache: Cache, cfg: RiseConfig, n_images: int = 3, root: Path |
     with progress_bar(f"rise {cache.model}", len(picked) * cfg.n_masks, unit="mask") as advance:
         for i in picked:
             rel = cache.relpaths[i]
-            path = root / rel
+            path = root / sample_file(rel)
             if not path.is_file() or file_digest(path) != digests[rel]:
                 raise VlmprobeError(f"{path} is missing or differs from the file {cache.path} was "
                                     "extracted from; pass --root pointing at that dataset copy.")
-            image = read_image(path)
+            image = read_sample(root, rel, cache.attrs["dataset_entry"].get("dicom_window", "tags"))
             pixels = encoder.transform_(image).to(encoder.device)
             res = rise_saliency(score_fn, pixels, cfg, fill_value, progress=advance)
             target = int(np.argmax(res.base_scores))
