@@ -72,3 +72,22 @@ def test_binary_probe_decision_has_one_column_per_class():
     _, probe = fit_probe(X, y, test, fold, ["neg", "pos"], ProbeConfig(n_bootstrap=20))
     d = probe.decision_function(X)
     assert d.shape == (len(X), 2) and np.allclose(d[:, 0], -d[:, 1])
+
+
+def test_fast_solver_gives_the_reference_protocol_result():
+    X, y, test, fold = _problem()
+    ref, _ = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=20))
+    fast, probe = fit_probe(X, y, test, fold, ["a", "b", "c"],
+                            ProbeConfig(solver="fast", n_bootstrap=20))
+    assert fast["selected_t"] == ref["selected_t"] and fast["all_converged"]
+    assert fast["test"]["macro_f1"] == pytest.approx(ref["test"]["macro_f1"], abs=0.01)
+    svm = probe.info["svm"]
+    assert svm["solver"] == "fast" and svm["converged"] and {"tol", "max_iter", "sklearn_version"} <= set(svm)
+
+
+def test_unknown_solver_is_refused():
+    from vlmprobe.validation import VlmprobeError
+
+    X, y, test, fold = _problem(n=60)
+    with pytest.raises(VlmprobeError, match="fast, sklearn"):
+        fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(solver="liblinear"))

@@ -109,15 +109,17 @@ def probe(
     label: Optional[str] = typer.Option(None, "--label", help="Probe a metadata column instead "
                                         "of the class (e.g. the burnt-in word)."),
     seed: int = typer.Option(0, "--seed", help="Split seed."),
+    solver: str = typer.Option("sklearn", "--solver", help="sklearn (LinearSVC, the reference) "
+                               "or fast (vlmprobe.svm: same objective, batched Newton)."),
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
     from .cache import read_cache
     from .paths import cache_dir, find_caches
-    from .probe import probe_caches, write_table
+    from .probe import ProbeConfig, probe_caches, write_table
 
     loaded = [read_cache(p) for p in find_caches(caches, out)]
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
-                           log=console.print)
+                           cfg=ProbeConfig(solver=solver), log=console.print)
     name = "probe_results" if label is None else f"probe_results.label-{label}"
     table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
     md, csv_path = write_table(results, Path(table_dir), name)
@@ -129,20 +131,25 @@ def umap(
     caches: Optional[List[Path]] = CacheArgs,
     out: Optional[Path] = OutOpt,
     metric: str = typer.Option("cosine", "--metric"),
-    n_neighbors: int = typer.Option(15, "--n-neighbors"),
-    min_dist: float = typer.Option(0.1, "--min-dist"),
+    n_neighbors: Optional[str] = typer.Option(None, "--n-neighbors", help="Comma list, e.g. "
+                                              "5,15,50 (the default)."),
+    min_dist: Optional[str] = typer.Option(None, "--min-dist", help="Comma list, e.g. 0.0,0.1,0.5 "
+                                           "(the default)."),
     seed: int = typer.Option(0, "--seed"),
     color_by: Optional[List[str]] = typer.Option(None, "--color-by", help="Also colour by this "
                                                  "metadata column (repeatable)."),
+    jobs: int = typer.Option(0, "--jobs", help="Processes fitting configurations (0: one per CPU "
+                             "core); the coordinates do not depend on it."),
 ):
-    """2-D UMAP map of each cache, coloured by class (and metadata columns)."""
+    """UMAP maps of each cache over the n_neighbors x min_dist grid: maps, grid figure, metrics."""
     from .cache import read_cache
     from .paths import find_caches
-    from .umap_maps import UmapConfig, umap_caches
+    from .umap_maps import UmapGrid, umap_caches
 
-    cfg = UmapConfig(metric=metric, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
-    umap_caches([read_cache(p) for p in find_caches(caches, out)], cfg,
-                out=_output_dir(caches, out), color_by=color_by or [], log=console.print)
+    grid = UmapGrid.parse(metric, n_neighbors, min_dist, seed)
+    umap_caches([read_cache(p) for p in find_caches(caches, out)], grid,
+                out=_output_dir(caches, out), color_by=color_by or [], jobs=jobs,
+                log=console.print)
 
 
 @app.command()

@@ -1,0 +1,90 @@
+"""Benchmark (not a test): the full probe protocol with both solvers on the same data (issue 15).
+
+Seeded synthetic embeddings, N=5,000, d=1,024, 9 classes: class means in a 16-dimensional
+subspace plus isotropic noise, scaled so test accuracy lies between 0.7 and 0.95 (neither
+separable nor trivial). Runs 5 folds × 5 t + refit per solver (sklearn first: the reference), and
+prints per-t time, convergence, selected t and agreement; the last line is ``ratio: ...``.
+
+    .venv/bin/python benchmarks/probe.py            # full run (sklearn side ≈ 12–25 min, 2 cores)
+    .venv/bin/python benchmarks/probe.py --quick    # N=600, d=128: proves it runs
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from vlmprobe import probe as probe_mod
+from vlmprobe.probe import ProbeConfig, fit_probe
+from vlmprobe.splits import SplitSpec, make_split
+
+
+def synthetic(n: int, d: int, k: int, seed: int = 0, rank: int = 16, sep: float = 1.1):
+    """Class means in a random rank-`rank` subspace, unit Gaussian noise in all d dimensions."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    basis = np.linalg.qr(rng.normal(size=(d, rank)))[0]
+    means = rng.normal(size=(k, rank)) * sep @ basis.T
+    X = means[y] + rng.normal(size=(n, d))
+    return X.astype(np.float32), y
+
+
+def timed_fit_svm(times: list):
+    """Wrap the probe's single dispatch point to time each call (one call = one fold's t path)."""
+    inner = probe_mod._fit_svm
+
+    def wrapper(X, y, Cs, cfg):
+        t0 = time.perf_counter()
+        out = inner(X, y, Cs, cfg)
+        times.append((len(Cs), time.perf_counter() - t0))
+        return out
+    return wrapper
+
+
+def run(solver: str, X, y, test, fold, names):
+    times: list = []
+    original = probe_mod._fit_svm
+    probe_mod._fit_svm = timed_fit_svm(times)
+    try:
+        t0 = time.perf_counter()
+        fields, probe = fit_probe(X, y, test, fold, names, ProbeConfig(solver=solver, n_bootstrap=200))
+        total = time.perf_counter() - t0
+    finally:
+        probe_mod._fit_svm = original
+    n_fits = sum(n for n, _ in times)
+    svm_time = sum(t for _, t in times)
+    conv = "all" if fields["all_converged"] else f"{fields['n_unconverged']} unconverged"
+    print(f"[{solver}] total {total:.1f} s, SVM fits {svm_time:.1f} s for {n_fits} fits "
+          f"({svm_time / n_fits:.2f} s per t); selected t={fields['selected_t']:g}"
+          f"{' (saturated)' if fields['saturated'] else ''}; converged: "
+          f"{conv}; "
+          f"val macro-F1 per t {np.round(fields['val_macro_f1'], 4).tolist()}; "
+          f"test accuracy {fields['test']['accuracy']:.3f}, macro-F1 {fields['test']['macro_f1']:.3f}",
+          flush=True)
+    return fields, probe, svm_time
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small N and d, to check that it runs")
+    args = ap.parse_args()
+    n, d, k = (600, 128, 9) if args.quick else (5000, 1024, 9)
+    X, y = synthetic(n, d, k)
+    ids = [f"{i:05d}" for i in range(n)]
+    test, fold = make_split(ids, y, SplitSpec(seed=0)).align(ids, "bench")
+    names = [f"c{i}" for i in range(k)]
+    print(f"data: N={n}, d={d}, {k} classes; train {int((~test).sum())}, test {int(test.sum())}",
+          flush=True)
+    ref, ref_probe, t_ref = run("sklearn", X, y, test, fold, names)
+    fast, fast_probe, t_fast = run("fast", X, y, test, fold, names)
+    agree = (ref_probe.predict(X[test]) == fast_probe.predict(X[test])).mean()
+    print(f"test accuracy (sklearn refit): {ref['refit_test']['accuracy']:.3f}; "
+          f"selected t: sklearn {ref['selected_t']:g}, fast {fast['selected_t']:g}; "
+          f"refit test prediction agreement {agree:.4f}; max |Δ val macro-F1| per t "
+          f"{np.max(np.abs(np.subtract(ref['val_macro_f1'], fast['val_macro_f1']))):.4f}")
+    print(f"ratio: {t_ref / t_fast:.2f}")
+
+
+if __name__ == "__main__":
+    main()
