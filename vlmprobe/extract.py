@@ -88,7 +88,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     sizes, digests, fingerprint = fingerprint_files(data.root, relpaths)
     encoder = load_encoder(entry, device)
     desc = encoder.describe()
-    key = cache_key(desc, fingerprint, data.intensity_pipeline)
+    pipeline = data.intensity_pipeline  # derived from every sample: compute once
+    key = cache_key(desc, fingerprint, pipeline)
     if target.exists():
         old_key = read_cache_key(target)
         if old_key == key:
@@ -97,7 +98,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
         if old_key is not None and not force:
             raise VlmprobeError(
                 f"{target} exists but was made from different inputs: "
-                f"{_explain_key_mismatch(target, encoder, fingerprint, data.intensity_pipeline)}. "
+                f"{_explain_key_mismatch(target, encoder, fingerprint, pipeline)}. "
                 "Pass --force to overwrite it, or --out another directory.")
 
     loader = torch.utils.data.DataLoader(
@@ -128,7 +129,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                   for col in data.metadata_columns},
         files={"relpath": relpaths, "size": sizes, "digest": digests},
         skipped={"relpath": [relpaths[i] for i, _ in skipped], "error": [e for _, e in skipped]},
-        attrs={"baseline": entry.baseline, "encoder": desc, "intensity_pipeline": data.intensity_pipeline,
+        attrs={"baseline": entry.baseline, "encoder": desc, "intensity_pipeline": pipeline,
                "dataset_entry": data.entry.__dict__, "dataset_root": str(data.root),
                "phantom": json.loads(phantom_file.read_text()) if phantom_file.is_file() else "",
                "provenance": provenance(stage="extract", batch_size=batch_size,

@@ -30,6 +30,11 @@ def cache_path(cache_root: Path, dataset: str, model: str) -> Path:
     return Path(cache_root) / dataset / f"{model}.h5"
 
 
+def stage_dir(cache_file: Path, dataset: str, stage: str, out: str | Path | None = None) -> Path:
+    """Where a stage writes for one cache: ``<out>/<dataset>/<stage>``, else beside the cache."""
+    return (Path(out) / dataset if out else Path(cache_file).parent) / stage
+
+
 def find_caches(paths: list[str | Path] | None, out: str | Path | None = None) -> list[Path]:
     """Explicit cache files/directories, or every cache under the cache directory."""
     from .validation import VlmprobeError

@@ -22,7 +22,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from .cache import Cache
+from .cache import Cache, describe_fingerprint_difference
+from .paths import stage_dir
 from .provenance import provenance
 from .validation import VlmprobeError
 
@@ -155,9 +156,8 @@ def _stack_binary(f):
 
 
 def probe_path(cache: Cache, label_view: str, out_dir: Path | None = None) -> Path:
-    base = Path(out_dir) / cache.dataset if out_dir else Path(cache.path).parent
     suffix = "" if label_view == "class" else f".label-{label_view}"
-    return base / "probe" / f"{cache.model}{suffix}"
+    return stage_dir(cache.path, cache.dataset, "probe", out_dir) / f"{cache.model}{suffix}"
 
 
 @dataclass
@@ -258,8 +258,6 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
 
 def _check_same_dataset_files(caches: list[Cache]) -> None:
     """Caches of one dataset must come from identical files, or the shared split lies."""
-    from .cache import describe_fingerprint_difference
-
     first: dict[str, Cache] = {}
     for c in caches:
         ref = first.setdefault(c.dataset, c)

@@ -475,7 +475,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig, n_images: int = 3, root: Path |
             rows.append({"image": np.asarray(image), "saliency": sal, "mask": lesion,
                          "text_box": box, "caption": "; ".join(parts),
                          "cbar_label": f"RISE saliency of '{rec['predicted']}' (centred)"})
-    out_dir = (Path(out) / cache.dataset if out else Path(cache.path).parent) / "rise"
+    out_dir = paths.stage_dir(cache.path, cache.dataset, "rise", out)
     meta = provenance(stage="rise", model=cache.model, dataset=cache.dataset,
                       cache_key=cache.cache_key, probe=probe_path(cache, "class", out).as_posix(),
                       rise=cfg.to_dict(), map="centred RISE map of the predicted class")

@@ -55,6 +55,7 @@ from sklearn.neighbors import VALID_METRICS, KNeighborsClassifier, NearestNeighb
 from sklearn.utils import check_random_state
 
 from .cache import Cache
+from .paths import stage_dir
 from .figures import STYLE, plt, save_figure
 from .provenance import provenance
 from .validation import VlmprobeError
@@ -120,7 +121,7 @@ def _numbers(text: str, kind, option: str) -> tuple:
 
 
 def umap_dir(cache: Cache, out: Path | None) -> Path:
-    return (Path(out) / cache.dataset if out else Path(cache.path).parent) / "umap"
+    return stage_dir(cache.path, cache.dataset, "umap", out)
 
 
 def check_input(cache: Cache, grid: UmapGrid) -> None:
