@@ -7,9 +7,9 @@ LinearSVC (liblinear) solves, per one-vs-rest problem k with labels y_ik = ±1,
 i.e. L2 penalty, squared hinge, and the intercept as the weight of a constant feature 1
 (``intercept_scaling=1``), so the intercept is penalized too. liblinear solves the K problems one
 after another and, at the probe's C ≈ 10³, stops at max_iter unconverged. The squared hinge is
-differentiable, so here all K problems are solved at once by a primal Newton method with
-preconditioned conjugate gradients (as liblinear's own primal solver, but batched as matrix
-products over the K columns), warm-started along an ascending C path.
+differentiable and piecewise quadratic, so here the K problems are solved by an exact
+active-set Newton method whose systems are p×p Cholesky solves on Gram matrices kept up to date
+by rank updates (or |A|×|A| kernel solves when N < p), warm-started along an ascending C path.
 """
 from __future__ import annotations
 
@@ -17,47 +17,17 @@ import warnings
 from numbers import Integral, Real
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-_CG_ETA = 0.1    # inexact Newton: CG stops when ||residual|| <= eta·||gradient||
-
 
 def _with_one(X: np.ndarray) -> np.ndarray:
     """Append liblinear's constant feature (intercept_scaling=1)."""
     return np.hstack([X, np.ones((X.shape[0], 1), X.dtype)])
-
-
-def _objective(W, F, Y, C):
-    """Per-column primal objective from weights W [p,K] and scores F = Xb @ W [N,K]."""
-    slack = np.maximum(0.0, 1.0 - Y * F)
-    return 0.5 * (W * W).sum(0) + C * (slack * slack).sum(0)
-
-
-def _pcg(hess_vec, G, precond, max_cg):
-    """Solve H S = -G column by column (preconditioned CG, all columns batched)."""
-    S = np.zeros_like(G)
-    R = -G
-    Z = precond(R)
-    P = Z.copy()
-    rz = (R * Z).sum(0)
-    stop = _CG_ETA * np.linalg.norm(G, axis=0)
-    for _ in range(max_cg):
-        live = np.linalg.norm(R, axis=0) > stop
-        if not live.any():
-            break
-        HP = hess_vec(P)
-        alpha = np.where(live, rz / np.maximum((P * HP).sum(0), 1e-300), 0.0)
-        S += alpha * P
-        R -= alpha * HP
-        Z = precond(R)
-        rz_new = (R * Z).sum(0)
-        P = Z + np.where(live, rz_new / np.maximum(rz, 1e-300), 0.0) * P
-        rz = rz_new
-    return S
 
 
 def _line_search(W, S, M, D, C, iters=30):
@@ -72,7 +42,7 @@ def _line_search(W, S, M, D, C, iters=30):
         d1 = ws + step * ss + 2 * C * (A * (Ma - 1) * D).sum(0)
         d2 = ss + 2 * C * (A * D * D).sum(0)
         lo, hi = np.where(d1 < 0, step, lo), np.where(d1 > 0, step, hi)
-        new = step - d1 / d2
+        new = step - d1 / np.maximum(d2, 1e-300)
         inside = (new > lo) & (new < hi)
         new = np.where(inside, new, np.where(np.isinf(hi), 2 * step, (lo + hi) / 2))
         if np.all(np.abs(new - step) <= 1e-10 * step) or np.all(d1 == 0):
@@ -81,35 +51,96 @@ def _line_search(W, S, M, D, C, iters=30):
     return step
 
 
+class _FeatureSystem:
+    """Newton systems in feature space (N ≥ p): per class the Gram matrix X_Aᵀ X_A of its active
+    samples, kept in step with the active set by rank updates (only samples that entered or left
+    it), so along a warm-started C path most Newton steps cost one Cholesky per class."""
+
+    def __init__(self, Xb: np.ndarray, n_cols: int):
+        self.Xb = Xb
+        self.full = Xb.T @ Xb
+        self.held = np.ones((len(Xb), n_cols), bool)   # every margin is 0 < 1 at w = 0
+        self.gram = np.repeat(self.full[None], n_cols, axis=0)
+
+    def _sync(self, k: int, active: np.ndarray) -> None:
+        Xb, held = self.Xb, self.held[:, k]
+        enter, leave = active & ~held, held & ~active
+        n_act, n_change = int(active.sum()), int(enter.sum() + leave.sum())
+        if n_change <= min(n_act, len(Xb) - n_act):
+            if enter.any():
+                self.gram[k] += Xb[enter].T @ Xb[enter]
+            if leave.any():
+                self.gram[k] -= Xb[leave].T @ Xb[leave]
+        elif n_act <= len(Xb) - n_act:
+            self.gram[k] = Xb[active].T @ Xb[active]
+        else:
+            self.gram[k] = self.full - Xb[~active].T @ Xb[~active]
+        self.held[:, k] = active
+
+    def minimizer(self, A: np.ndarray, Y: np.ndarray, C: float, cols: np.ndarray) -> np.ndarray:
+        """Per column, argmin of the objective with the active set frozen (a quadratic):
+        (I + 2C·X_AᵀX_A) w = 2C·X_Aᵀy_A."""
+        rhs = 2 * C * (self.Xb.T @ (A[:, cols] * Y[:, cols]))
+        out = np.empty_like(rhs)
+        eye = np.eye(self.Xb.shape[1])
+        for j, k in enumerate(cols):
+            self._sync(k, A[:, k])
+            out[:, j] = cho_solve(cho_factor(eye + 2 * C * self.gram[k], check_finite=False),
+                                  rhs[:, j], check_finite=False)
+        return out
+
+
+class _SampleSystem:
+    """The same Newton systems in sample space (N < p), by the push-through identity
+    (I + 2C·X_AᵀX_A)⁻¹ 2C·X_Aᵀ = X_Aᵀ (I/(2C) + X_A X_Aᵀ)⁻¹: one kernel matrix, sliced."""
+
+    def __init__(self, Xb: np.ndarray, n_cols: int):
+        self.Xb, self.kernel = Xb, Xb @ Xb.T
+
+    def minimizer(self, A, Y, C, cols):
+        out = np.zeros((self.Xb.shape[1], len(cols)))
+        for j, k in enumerate(cols):
+            idx = np.flatnonzero(A[:, k])
+            if len(idx):
+                Kaa = self.kernel[np.ix_(idx, idx)] + np.eye(len(idx)) / (2 * C)
+                alpha = cho_solve(cho_factor(Kaa, check_finite=False), Y[idx, k], check_finite=False)
+                out[:, j] = self.Xb[idx].T @ alpha
+        return out
+
+
+def newton_system(Xb: np.ndarray, n_cols: int):
+    """The cheaper of the two equivalent ways to solve Newton systems for this data."""
+    return (_FeatureSystem if len(Xb) >= Xb.shape[1] else _SampleSystem)(Xb, n_cols)
+
+
 def newton_ovr(Xb: np.ndarray, Y: np.ndarray, C: float, W: np.ndarray, tol: float,
-               max_iter: int) -> tuple[np.ndarray, int, bool]:
+               max_iter: int, system=None) -> tuple[np.ndarray, int, bool]:
     """Minimize the objective for every column of Y at once, starting from W [p,K].
 
+    Finite Newton (Keerthi & DeCoste 2005): the squared hinge is quadratic on each fixed
+    active set {i: y_i·f_i < 1}, so each step jumps to that quadratic's exact minimizer and an
+    exact line search on the true objective follows; it ends when the active set stops changing.
     Stops when each column's gradient norm is ≤ tol·||w||. The objective is 1-strongly convex
     and ≥ ||w||²/2, so then its relative excess over the optimum is ≤ tol²/(1 - tol²), whatever
     C and the warm start (liblinear's criterion, relative to the gradient at w = 0, is loose by
-    a factor ~C on separable data). Returns (W, iterations, converged).
+    a factor ~C on separable data). ``system`` (from ``newton_system``) may be shared along a C
+    path. Returns (W, iterations, converged).
     """
     W = W.copy()
+    system = system if system is not None else newton_system(Xb, Y.shape[1])
     F = Xb @ W
-    # Preconditioner: H ≈ I + 2C·n_active·Σ with Σ = XbᵀXb/N, i.e. the active set taken as a
-    # random subset; one eigendecomposition serves every class, iteration and C.
-    lam, V = np.linalg.eigh(Xb.T @ Xb / len(Xb))
     it = 0
     while True:
         M = Y * F
-        A = (M < 1).astype(Xb.dtype)
+        A = M < 1
         G = W + 2 * C * (Xb.T @ (A * (M - 1) * Y))
         todo = np.linalg.norm(G, axis=0) > tol * np.linalg.norm(W, axis=0)
         if not todo.any() or it == max_iter:
             return W, it, not todo.any()
         cols = np.flatnonzero(todo)
-        Ac = A[:, cols]
-        inv = 1 / (1 + 2 * C * np.outer(lam, Ac.sum(0)))
-        S = _pcg(lambda P: P + 2 * C * (Xb.T @ (Ac * (Xb @ P))), G[:, cols],
-                 lambda R: V @ (inv * (V.T @ R)), max_cg=Xb.shape[1])
+        S = system.minimizer(A, Y, C, cols) - W[:, cols]
         XS = Xb @ S
-        step = _line_search(W[:, cols], S, Y[:, cols] * F[:, cols], Y[:, cols] * XS, C)
+        step = _line_search(W[:, cols], S, M[:, cols], Y[:, cols] * XS, C)
         W[:, cols] += step * S
         F[:, cols] += step * XS
         it += 1
@@ -117,14 +148,14 @@ def newton_ovr(Xb: np.ndarray, Y: np.ndarray, C: float, W: np.ndarray, tol: floa
 
 class FastLinearSVC(ClassifierMixin, BaseEstimator):
     """Linear SVM solving ``LinearSVC()``'s objective (squared hinge, L2, one-vs-rest,
-    penalized intercept) by batched primal Newton-CG.
+    penalized intercept) by active-set (finite) Newton.
 
     Parameters
     ----------
     C : float — regularization, as in LinearSVC.
     tol : float — stop when ||gradient|| ≤ tol · ||w|| for every class: the objective is
         then within tol² (relative) of its minimum.
-    max_iter : int — Newton iterations (each is a few dozen matrix products).
+    max_iter : int — Newton iterations (each is one Cholesky solve per unconverged class).
     warm_start : bool — start from the previous ``coef_``/``intercept_`` (same classes and
         features), as when fitting an ascending C path.
 
@@ -148,22 +179,21 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
-        check_classification_targets(y)
-        classes, y_idx = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"FastLinearSVC needs samples of at least 2 classes; got one "
-                             f"class: {classes[0]!r}.")
-        Y = _ovr_targets(y_idx, len(classes))
+        classes, Y = _targets(y)
         W0 = np.zeros((X.shape[1] + 1, Y.shape[1]))
         if (self.warm_start and hasattr(self, "coef_") and self.coef_.shape == (Y.shape[1], X.shape[1])
                 and np.array_equal(self.classes_, classes)):
             W0 = np.vstack([self.coef_.T, self.intercept_[None]])
-        W, self.n_iter_, self.converged_ = newton_ovr(_with_one(X), Y, float(self.C), W0,
-                                                      self.tol, self.max_iter)
-        if not self.converged_:
+        W, n_iter, converged = newton_ovr(_with_one(X), Y, float(self.C), W0, self.tol,
+                                          self.max_iter)
+        if not converged:
             warnings.warn(f"FastLinearSVC did not converge in max_iter={self.max_iter} Newton "
                           "iterations; increase max_iter.", ConvergenceWarning)
+        return self._set_solution(classes, W, n_iter, converged)
+
+    def _set_solution(self, classes, W, n_iter, converged):
         self.classes_, self.coef_, self.intercept_ = classes, W[:-1].T.copy(), W[-1].copy()
+        self.n_iter_, self.converged_ = n_iter, converged
         return self
 
     def decision_function(self, X):
@@ -178,28 +208,34 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
         return self.classes_[(f > 0).astype(int) if f.ndim == 1 else f.argmax(1)]
 
 
-def _ovr_targets(y_idx: np.ndarray, n_classes: int) -> np.ndarray:
-    """±1 targets [N, K]: one column per class, or one column (positive = class 1) for two."""
-    if n_classes == 2:
-        return np.where(y_idx == 1, 1.0, -1.0)[:, None]
-    return np.where(y_idx[:, None] == np.arange(n_classes), 1.0, -1.0)
+def _targets(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and ±1 targets [N, K]: one column per class, or one (positive = classes[1])
+    for two, as LinearSVC."""
+    check_classification_targets(y)
+    classes, y_idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"FastLinearSVC needs samples of at least 2 classes; got one "
+                         f"class: {classes[0]!r}.")
+    if len(classes) == 2:
+        return classes, np.where(y_idx == 1, 1.0, -1.0)[:, None]
+    return classes, np.where(y_idx[:, None] == np.arange(len(classes)), 1.0, -1.0)
 
 
 def fit_path(X, y, Cs, tol: float = 1e-3, max_iter: int = 200) -> list[FastLinearSVC]:
     """One fitted FastLinearSVC per C (in the order given), each warm-started from the
-    solution at the next smaller C: along the probe's t grid most Newton steps are saved."""
-    model = FastLinearSVC(tol=tol, max_iter=max_iter, warm_start=True)
+    solution at the next smaller C and sharing one set of Newton systems (the Gram matrices
+    follow the active sets, which change little from one C to the next)."""
+    template = FastLinearSVC(tol=tol, max_iter=max_iter)
+    template._validate_params()
+    X, y = validate_data(template, X, y, dtype=np.float64)
+    classes, Y = _targets(y)
+    Xb = _with_one(X)
+    system = newton_system(Xb, Y.shape[1])
+    W = np.zeros((Xb.shape[1], Y.shape[1]))
     fitted = {}
     for C in sorted(set(float(c) for c in Cs)):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in converged_
-            model.set_params(C=C).fit(X, y)
-        fitted[C] = _copy_fitted(model)
+        W, n_iter, converged = newton_ovr(Xb, Y, C, W, tol, max_iter, system)
+        model = FastLinearSVC(C=C, tol=tol, max_iter=max_iter)
+        model.n_features_in_ = template.n_features_in_
+        fitted[C] = model._set_solution(classes, W, n_iter, converged)
     return [fitted[float(c)] for c in Cs]
-
-
-def _copy_fitted(model: FastLinearSVC) -> FastLinearSVC:
-    out = FastLinearSVC(**model.get_params())
-    out.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v)
-                         for k, v in model.__dict__.items() if k.endswith("_")})
-    return out
