@@ -81,6 +81,83 @@ def make_phantom_cmd(
     console.print(f"Phantom {dataset} ({n} images, seed {seed}) written to {path}")
 
 
+LabelLevelOpt = typer.Option(None, "--label-level", help="Level of a label hierarchy (HiCervix: "
+                             "1, 2 or 3; default the entry's).")
+ClassesOpt = typer.Option(None, "--classes", help="Comma list: only these classes (e.g. the "
+                          "microbe subclasses); part of the cache and split identity.")
+SizeOpt = typer.Option(None, "--size", help="MedMNIST image size 28/64/128/224 (a recorded choice; "
+                       "the paper does not state it).")
+WindowOpt = typer.Option(None, "--dicom-window", help="DICOM window: tags | minmax | CENTER,WIDTH.")
+
+
+@datasets_app.command("check")
+def check_cmd(
+    dataset: str = typer.Argument(..., help="Dataset key (see `vlmprobe datasets`)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (default "
+                                        "$VLMPROBE_DATA/<dataset>)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="A saved split file (.csv): also "
+                                         "report duplicates and patients crossing train/test."),
+    strict: bool = typer.Option(False, "--strict", help="Counts unlike the paper's are errors."),
+    near: int = typer.Option(6, "--near-threshold", help="dHash bits (of 64) within which two "
+                             "images are near duplicates."),
+    workers: int = typer.Option(1, "--workers", help="Decoding processes."),
+    label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
+    size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
+):
+    """Verify a dataset copy: counts, unreadable files, duplicates, split leakage (exit 1 on errors)."""
+    from collections import Counter
+
+    from .dataset_check import check_dataset
+    from .datasets import dataset_options
+
+    r = check_dataset(dataset, root, split=split, strict=strict, near_threshold=near,
+                      workers=workers, **dataset_options(label_level, classes, size, dicom_window))
+    console.print(f"{dataset}: {r.n_images} images listed under {r.root}", soft_wrap=True)
+    table = Table("class", "found", "expected")
+    for c, (n, e) in r.counts.items():
+        style = "red" if n == 0 and e != 0 else "yellow" if e is not None and n != e else ""
+        table.add_row(c, f"[{style}]{n:,}[/]" if style else f"{n:,}", "-" if e is None else f"{e:,}")
+    console.print(table)
+    colour = {"error": "bold red", "warning": "yellow", "info": "dim"}
+    if r.findings:
+        kinds = Counter((f.level, f.kind) for f in r.findings)
+        summary = Table("level", "finding", "count", title="findings")
+        for (level, kind), n in kinds.items():
+            summary.add_row(f"[{colour[level]}]{level}[/]", kind, str(n))
+        console.print(summary)
+    for f in r.findings:  # unwrapped, so each path stays one greppable line
+        console.print(f"[{colour[f.level]}]{f.level}[/] {f.kind}: {f.message}", soft_wrap=True,
+                      highlight=False)
+    console.print(f"{len(r.errors)} error(s), {len(r.warnings)} warning(s)"
+                  + (f"; split {r.split}" if r.split else ""))
+    if not r.ok:
+        raise typer.Exit(1)
+
+
+@datasets_app.command("split")
+def split_cmd(
+    dataset: str = typer.Argument(..., help="Dataset key (see `vlmprobe datasets`)."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Cache directory (default "
+                                       "$VLMPROBE_CACHE); the split goes to <out>/<dataset>/splits."),
+    grouping: str = typer.Option("paper", "--split", help="paper (stratified, ungrouped: the "
+                                 "paper's) | grouped (by patient id, else near-duplicate cluster)."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(1, "--workers", help="Decoding processes (near-duplicate groups)."),
+    label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
+    size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
+):
+    """Write the shared train/test split of a dataset and report the groups that cross it."""
+    from .dataset_check import dataset_split
+    from .datasets import dataset_options
+
+    r = dataset_split(dataset, root, out, grouping=grouping, seed=seed, workers=workers,
+                      **dataset_options(label_level, classes, size, dicom_window))
+    console.print(f"Split ({r.grouping}, seed {seed}): {r.split.path}")
+    msg = f"{r.n_crossing} of {r.n_groups} groups ({r.group_source}) cross train/test"
+    console.print(f"[bold red]warning:[/] {msg}" if r.n_crossing else msg)
+
+
 @app.command()
 def extract(
     model: str = typer.Option(..., "--model", help="Registry key (see `vlmprobe models`)."),
@@ -156,14 +233,31 @@ def umap(
 def rise(
     caches: Optional[List[Path]] = CacheArgs,
     out: Optional[Path] = OutOpt,
-    images: int = typer.Option(3, "--images", help="How many test images to explain."),
+    images: Optional[int] = typer.Option(None, "--images", help="How many test images, classes "
+                                         "taken in turn (default: one per class)."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Comma list of image relpaths to "
+                                      "explain instead."),
+    misclassified: bool = typer.Option(False, "--misclassified", help="Only test images the "
+                                       "probe gets wrong."),
+    label: Optional[List[str]] = typer.Option(None, "--label", help="Probe(s) to explain: class "
+                                              "(default) or a column probed with `probe --label`; "
+                                              "repeat to score several on the same masks."),
+    target: Optional[str] = typer.Option(None, "--target", help="Class to explain (default: "
+                                         "the predicted one)."),
     n_masks: int = typer.Option(4096, "--n-masks"),
     s: int = typer.Option(8, "--s", help="Mask grid size."),
     p: float = typer.Option(0.5, "--p", help="Keep probability of a grid cell."),
     fill: str = typer.Option("mean", "--fill", help="mean | black: what masked pixels become."),
     score: str = typer.Option("decision", "--score", help="decision | softmax"),
     seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Masked images per "
+                                             "forward (default: chosen for the device)."),
+    text_boxes: Optional[Path] = typer.Option(None, "--text-boxes", help="CSV relpath,x0,y0,x1,y1"
+                                              " of burnt-in text, scored like lesion masks."),
+    detect_text: bool = typer.Option(False, "--detect-text", help="Find burnt-in text boxes with "
+                                     "vlmprobe's overlay detector where the dataset has none."),
+    causal_steps: int = typer.Option(50, "--causal-steps", help="Deletion/insertion curve steps "
+                                     "(0: skip)."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root, if it moved since "
                                         "extraction."),
     device: str = typer.Option("auto", "--device"),
@@ -173,15 +267,18 @@ def rise(
     """RISE saliency through preprocessing -> encoder -> scaler -> SVM, on original images."""
     from .cache import read_cache
     from .paths import find_caches
-    from .rise import RiseConfig, rise_caches
+    from .rise import ImageChoice, RiseConfig, rise_caches
 
     cfg = RiseConfig(n_masks=n_masks, s=s, p=p, fill=fill, score=score, seed=seed,
                      batch_size=batch_size)
+    choice = ImageChoice(k=images, ids=tuple(x.strip() for x in ids.split(",") if x.strip())
+                         if ids else (), misclassified=misclassified)
     loaded = [read_cache(c) for c in find_caches(caches, out)]
     if not include_baselines:
         loaded = [c for c in loaded if not c.baseline] or loaded
-    rise_caches(loaded, cfg, n_images=images, root=root, device=device,
-                out=_output_dir(caches, out), log=console.print)
+    rise_caches(loaded, cfg, choice=choice, labels=label or ["class"], target=target, root=root,
+                device=device, out=_output_dir(caches, out), text_box_file=text_boxes,
+                detect_text=detect_text, causal_steps=causal_steps, log=console.print)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
@@ -27,6 +28,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 #: How image files become the 8-bit RGB the official transforms expect; recorded in every cache.
 INTENSITY_PIPELINE = "pil-decode -> 16-bit scaled /257 -> 8-bit RGB (palette/RGBA/CMYK/L converted)"
 NPZ_PIPELINE = "medmnist npz uint8 -> RGB"
+MEDMNIST_SIZES = (28, 64, 128, 224)
 MEMBER_SEP = "#"  # "<file>.npz#train_images/17": the file, then the array key and index inside it
 
 
@@ -43,8 +45,10 @@ class DatasetEntry:
     expected_counts: dict[str, int] = field(default_factory=dict)
     expected_total: int | None = None
     positive_class: str | None = None
-    group_key: str | None = None
+    group_key: str | None = None  # what the patient / group id is, in words
+    group_pattern: str | None = None  # regex on the file name; its group 1 is the patient id
     metadata_csv: str | None = None
+    metadata_key: str = "path"  # metadata_csv column matched to the relpath, or to a manifest column
     phantom_of: str | None = None
     subset: str = ""
     notes: str = ""
@@ -53,14 +57,18 @@ class DatasetEntry:
     path_column: str = "path"
     path_format: str = "{}"  # path column -> relpath ("train/{}.jpg"); other columns as "{col}"
     label_column: str | None = None  # class names in one column ...
+    label_levels: list[str] | None = None  # label columns of a hierarchy, coarse to fine
+    label_level: int | None = None  # chosen level (1-based); None: label_column
     onehot_columns: list[str] | None = None  # ... or one 0/1 column per class, in class order
-    group_column: str | None = None  # patient id, stored as metadata "group"
+    group_column: str | None = None  # patient id (manifest or metadata_csv), as metadata "group"
     metadata_columns: list[str] | None = None  # None: every other column
     # medmnist layout: the splits the paper's N comes from, and the image size (a recorded choice).
     splits: list[str] = field(default_factory=lambda: ["train"])
     size: int = 28
     # DICOM: "tags" (WindowCenter/Width, min-max where absent), "minmax", or "CENTER,WIDTH".
     dicom_window: str = "tags"
+    # A subset of the classes (in the full list's order); None: all. Part of the label view.
+    class_subset: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,19 @@ class ImageDataset:
         return read_sample(self.root, self.samples[i].relpath, self.entry.dicom_window)
 
     @property
+    def label_view(self) -> str:
+        """Which labels this listing carries beyond the entry's default: level and class subset."""
+        parts = ([f"level{self.entry.label_level}"] if self.entry.label_level else []) + \
+            ([f"classes={'+'.join(self.entry.class_subset)}"] if self.entry.class_subset else [])
+        return ";".join(parts)
+
+    def fingerprint(self) -> tuple[list[int], list[str], str]:
+        """:func:`fingerprint_files` of the samples; a non-default label view is part of it, so
+        caches and splits of another level or class subset never pass for this one's."""
+        labels = [self.class_names[s.label] for s in self.samples] if self.label_view else None
+        return fingerprint_files(self.root, [s.relpath for s in self.samples], labels)
+
+    @property
     def intensity_pipeline(self) -> str:
         """How this dataset's pixels become 8-bit RGB; part of every cache key.
 
@@ -112,6 +133,20 @@ class ImageDataset:
 def load_datasets_file(path: Path = DATASETS_FILE) -> dict[str, DatasetEntry]:
     return {name: build_entry(DatasetEntry, path, name, raw)
             for name, raw in read_yaml_entries(path, "datasets").items()}
+
+
+def dataset_options(label_level: int | None = None, classes: str | list[str] | None = None,
+                    size: int | None = None, dicom_window: str | None = None) -> dict:
+    """:func:`load_dataset` options from command-line values (None: the entry's default).
+
+    ``classes`` may be a comma list ("a,b"); these choices define what a cache and its split
+    cover, so each is recorded in the cache's dataset entry.
+    """
+    if isinstance(classes, str):
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    opts = {"label_level": label_level, "class_subset": classes, "size": size,
+            "dicom_window": dicom_window}
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
@@ -210,7 +245,10 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
         raise VlmprobeError(f"datasets.yaml entry {entry.name!r}: a csv layout needs label_column "
                             "or onehot_columns.")
     label_cols = entry.onehot_columns or [entry.label_column]
-    used = [entry.path_column, *label_cols] + ([entry.group_column] if entry.group_column else [])
+    # The group column may come from metadata_csv instead (ISIC's lesion_id).
+    group = entry.group_column if entry.group_column and (
+        not entry.metadata_csv or (rows and entry.group_column in rows[0])) else None
+    used = [entry.path_column, *label_cols] + ([group] if group else [])
     absent = [c for c in used + (entry.metadata_columns or []) if rows and c not in rows[0]]
     if absent:
         raise VlmprobeError(f"{path}: columns {absent} not found (it has {list(rows[0])}); fix "
@@ -242,8 +280,10 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
         rel = _safe_relpath(value, where, root)
         meta = {k: v for k, v in row.items() if k not in used} if entry.metadata_columns is None \
             else {k: row[k] for k in entry.metadata_columns}
-        if entry.group_column:
-            meta["group"] = row[entry.group_column]
+        if group:
+            meta["group"] = row[group]
+        if entry.metadata_key == entry.path_column:  # the key metadata_csv is joined on
+            meta[entry.path_column] = row[entry.path_column]
         samples.append(Sample(rel, label, meta))
     return samples
 
@@ -277,17 +317,74 @@ def _medmnist_file(entry: DatasetEntry, root: Path) -> Path:
                         f"for {entry.name}: {entry.layout_help}; or choose another size.")
 
 
-def _join_metadata(samples: list[Sample], csv_path: Path) -> list[Sample]:
-    """Add the columns of a CSV keyed by ``path`` (relative to the root) to each sample."""
+def _join_metadata(samples: list[Sample], csv_path: Path, key: str = "path") -> list[Sample]:
+    """Add the columns of a CSV to each sample, matched on ``key``: the relpath for ``path``,
+    else the sample's manifest column of that name (ISIC's ``image`` id)."""
     try:
         with open(csv_path, newline="") as f:
-            rows = {row.pop("path"): row for row in csv.DictReader(f)}
+            rows = {row.pop(key): row for row in csv.DictReader(f)}
     except (OSError, KeyError, csv.Error) as e:
-        raise VlmprobeError(f"Metadata file {csv_path} is unreadable or has no 'path' column "
+        raise VlmprobeError(f"Metadata file {csv_path} is unreadable or has no {key!r} column "
                             f"({e!r}); fix or remove it.") from None
-    return [replace(s, metadata={**s.metadata, **{k: v for k, v in rows.get(s.relpath, {}).items()
-                                                  if k != "label"}})
+    return [replace(s, metadata={**s.metadata, **{
+        k: v for k, v in rows.get(s.relpath if key == "path" else s.metadata.get(key, ""),
+                                  {}).items() if k != "label"}})
             for s in samples]
+
+
+def _assign_groups(entry: DatasetEntry, samples: list[Sample], joined: bool) -> list[Sample]:
+    """Metadata "group" (patient id) from a joined column or the file name, where the entry says.
+
+    An empty id means "no known group": splits treat such an image as a group of its own. A
+    group column of an optional metadata_csv that is absent (``joined`` False) gives no groups.
+    """
+    if entry.group_column and not any("group" in s.metadata for s in samples):
+        if entry.metadata_csv and not joined:
+            return samples
+        if not any(entry.group_column in s.metadata for s in samples):
+            raise VlmprobeError(f"No image of {entry.name!r} has the group column "
+                                f"{entry.group_column!r} (manifest or {entry.metadata_csv}); fix "
+                                "the files or the entry's group_column.")
+        return [replace(s, metadata={**s.metadata, "group": s.metadata.get(entry.group_column, "")})
+                for s in samples]
+    if entry.group_pattern:
+        pattern, out = re.compile(entry.group_pattern), []
+        for s in samples:
+            m = pattern.search(PurePosixPath(sample_file(s.relpath)).name)
+            if not m:
+                raise VlmprobeError(f"{s.relpath}: its name does not match {entry.name!r}'s "
+                                    f"group_pattern {entry.group_pattern!r}, so its patient is "
+                                    "unknown. Rename the file or fix the pattern in datasets.yaml.")
+            out.append(replace(s, metadata={**s.metadata, "group": m.group(1)}))
+        return out
+    return samples
+
+
+def _label_level(entry: DatasetEntry) -> DatasetEntry:
+    """The entry reading labels from the chosen level of its hierarchy (classes from the CSV)."""
+    if entry.label_level is None:
+        return entry
+    levels = entry.label_levels or []
+    if not 1 <= entry.label_level <= len(levels):
+        raise VlmprobeError(f"label_level {entry.label_level} is not available for {entry.name!r}"
+                            + (f"; choose 1..{len(levels)} ({levels})." if levels else
+                               ": it has no label hierarchy."))
+    return replace(entry, label_column=levels[entry.label_level - 1], classes=[],
+                   expected_counts={})
+
+
+def _select_classes(entry: DatasetEntry, samples: list[Sample]) -> tuple[DatasetEntry, list[Sample]]:
+    """Only the samples of ``entry.class_subset``, relabelled 0..k-1 in the full list's order."""
+    if entry.class_subset is None:
+        return entry, samples
+    unknown = [c for c in entry.class_subset if c not in entry.classes]
+    if unknown or not entry.class_subset:
+        raise VlmprobeError(f"classes {unknown or '[]'} are not classes of {entry.name!r}; choose "
+                            f"among {entry.classes}.")
+    keep = [c for c in entry.classes if c in entry.class_subset]
+    new = {entry.classes.index(c): k for k, c in enumerate(keep)}
+    return (replace(entry, class_subset=keep),
+            [replace(s, label=new[s.label]) for s in samples if s.label in new])
 
 
 def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageDataset:
@@ -301,8 +398,11 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageD
     if bad:
         raise VlmprobeError(f"Unknown dataset option(s) {sorted(bad)}; options are entry fields "
                             f"such as size, dicom_window, splits.")
-    entry = replace(entry, **options)
+    entry = _label_level(replace(entry, **options))
     fixed_window(entry.dicom_window)  # a typo fails here, not once per image
+    if entry.layout == "medmnist" and entry.size not in MEDMNIST_SIZES:
+        raise VlmprobeError(f"size {entry.size} is not a MedMNIST size; choose one of "
+                            f"{MEDMNIST_SIZES}.")
     root = check_dir(data_root(name, root), f"Dataset root for {name!r}", entry.layout_help)
     if entry.layout not in LOADERS:
         raise VlmprobeError(
@@ -314,13 +414,18 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageD
     if not samples:
         raise VlmprobeError(f"No images found under {root}. Expected layout for {name}: "
                             f"{entry.layout_help}")
-    if entry.metadata_csv and (root / entry.metadata_csv).is_file():
-        samples = _join_metadata(samples, root / entry.metadata_csv)
+    joined = bool(entry.metadata_csv) and (root / entry.metadata_csv).is_file()
+    if joined:
+        samples = _join_metadata(samples, root / entry.metadata_csv, entry.metadata_key)
     elif entry.metadata_csv and entry.phantom_of:
         raise VlmprobeError(f"{root / entry.metadata_csv} is missing: a phantom root must hold the "
                             "manifest make-phantom wrote. Regenerate it (vlmprobe datasets "
                             "make-phantom).")
-    return ImageDataset(entry, root.resolve(), samples, list(entry.classes))
+    samples = _assign_groups(entry, samples, joined)
+    entry, samples = _select_classes(entry, samples)
+    if not samples:
+        raise VlmprobeError(f"No images of classes {entry.class_subset} under {root}.")
+    return ImageDataset(entry, root.resolve(), samples, list(entry.class_subset or entry.classes))
 
 
 # -- decoding and fingerprints ---------------------------------------------------------------
@@ -444,8 +549,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint_files(root: Path, relpaths: list[str]) -> tuple[list[int], list[str], str]:
-    """Sizes, content digests and the dataset fingerprint of ``relpaths``.
+def fingerprint_files(root: Path, relpaths: list[str],
+                      labels: list[str] | None = None) -> tuple[list[int], list[str], str]:
+    """Sizes, content digests and the dataset fingerprint of ``relpaths`` (and ``labels``, if given).
 
     No mtimes, so a copied dataset keeps its fingerprint; sorted, so listing order does not matter.
     A slot of an npz gets its file's size and digest (read once), and its relpath names the slot,
@@ -456,6 +562,7 @@ def fingerprint_files(root: Path, relpaths: list[str]) -> tuple[list[int], list[
     sizes = [known[sample_file(r)][0] for r in relpaths]
     digests = [known[sample_file(r)][1] for r in relpaths]
     h = hashlib.sha256()
-    for r, s, d in sorted(zip(relpaths, sizes, digests)):
-        h.update(f"{r}\t{s}\t{d}\n".encode())
+    tails = [f"\t{x}" for x in labels] if labels is not None else [""] * len(relpaths)
+    for r, s, d, t in sorted(zip(relpaths, sizes, digests, tails)):
+        h.update(f"{r}\t{s}\t{d}{t}\n".encode())
     return sizes, digests, h.hexdigest()

@@ -4,6 +4,11 @@ A split is written once per (dataset fingerprint, label view, grouping, seed, fr
 ``<cache dir>/<dataset>/splits/<label>-<grouping>-seed<seed>-<key>.csv`` with a JSON sidecar, and
 reused by every model, so all models are scored on identical images. CSV columns:
 ``relpath, label, test (0/1), fold (0..k-1 for training images, -1 for test images)``.
+
+Groupings: ``paper`` (the default, what the paper did: stratified, ungrouped) and ``grouped``
+(StratifiedGroupKFold by patient id, or by near-duplicate cluster where a dataset ships none), so
+no group has images on both sides. Given the groups, the sidecar of either records how many
+groups cross train/test: zero for ``grouped`` by construction, the leak for ``paper``.
 """
 from __future__ import annotations
 
@@ -14,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from .provenance import provenance
 from .validation import VlmprobeError, check_labels_for_cv
 
-GROUPINGS = ("paper",)  # "grouped" (by patient / near-duplicate cluster) comes with dataset checks
+GROUPINGS = ("paper", "grouped")
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,37 @@ class Split:
         return self.test[order], self.fold[order]
 
 
-def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source: str = "") -> Split:
-    """Seeded stratified test split, then stratified k folds on the rest; order-independent."""
+def group_ids(groups: list[str], relpaths: list[str]) -> np.ndarray:
+    """Integer group per image; an image without a group id ("") is a group of its own."""
+    keys = [g if g else f"\0{r}" for g, r in zip(groups, relpaths)]
+    return np.unique(keys, return_inverse=True)[1].ravel()
+
+
+def crossing_groups(split: Split, relpaths: list[str], groups: list[str]) -> tuple[int, int]:
+    """(groups with images in both train and test, groups) of ``split``."""
+    test, _ = split.align(relpaths, "groups")
+    g = group_ids(groups, relpaths)
+    n = g.max() + 1 if len(g) else 0
+    both = (np.bincount(g, test, n) > 0) & (np.bincount(g, ~test, n) > 0)
+    return int(both.sum()), int(n)
+
+
+def _grouped_parts(y: np.ndarray, g: np.ndarray, n_splits: int, seed: int, source: str):
+    """StratifiedGroupKFold's folds, or an error saying there are too few groups."""
+    if len(np.unique(g)) < n_splits:
+        raise VlmprobeError(f"{source}: only {len(np.unique(g))} groups, too few for a grouped "
+                            f"split into {n_splits} parts; use --split paper.")
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return [val for _, val in sgkf.split(np.zeros(len(y)), y, g)]
+
+
+def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source: str = "",
+               groups: list[str] | None = None) -> Split:
+    """Seeded stratified test split, then stratified k folds on the rest; order-independent.
+
+    ``grouped`` keeps every group (``groups[i]``, "" = its own) on one side of the test split and
+    in one fold; stratification is then as close as whole groups allow.
+    """
     if spec.grouping not in GROUPINGS:
         raise VlmprobeError(f"grouping {spec.grouping!r} is not available; use one of {GROUPINGS}.")
     check_labels_for_cv(labels, spec.n_folds, spec.test_fraction, source or "split")
@@ -64,12 +98,27 @@ def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source:
     paths = [relpaths[i] for i in order]
     y = np.asarray(labels)[order]
     idx = np.arange(len(paths))
-    train_idx, test_idx = train_test_split(idx, test_size=spec.test_fraction, stratify=y,
-                                           random_state=spec.seed)
     fold = np.full(len(paths), -1, dtype=np.int64)
-    skf = StratifiedKFold(n_splits=spec.n_folds, shuffle=True, random_state=spec.seed)
-    for k, (_, val) in enumerate(skf.split(train_idx, y[train_idx])):
-        fold[train_idx[val]] = k
+    if spec.grouping == "grouped":
+        if groups is None:
+            raise VlmprobeError(f"{source or 'split'}: a grouped split needs a group per image "
+                                "(patient id or near-duplicate cluster).")
+        g = group_ids([groups[i] for i in order], paths)
+        test_idx = _grouped_parts(y, g, round(1 / spec.test_fraction), spec.seed, source)[0]
+        train_idx = np.setdiff1d(idx, test_idx)
+        missing = sorted(set(y.tolist()) - set(y[test_idx].tolist()))
+        if missing:
+            raise VlmprobeError(f"{source or 'split'}: no group of class(es) {missing} landed in "
+                                "the test set; too few groups per class for a grouped split.")
+        parts = _grouped_parts(y[train_idx], g[train_idx], spec.n_folds, spec.seed, source)
+        for k, val in enumerate(parts):
+            fold[train_idx[val]] = k
+    else:
+        train_idx, test_idx = train_test_split(idx, test_size=spec.test_fraction, stratify=y,
+                                               random_state=spec.seed)
+        skf = StratifiedKFold(n_splits=spec.n_folds, shuffle=True, random_state=spec.seed)
+        for k, (_, val) in enumerate(skf.split(train_idx, y[train_idx])):
+            fold[train_idx[val]] = k
     test = np.zeros(len(paths), dtype=bool)
     test[test_idx] = True
     return Split(paths, test, fold, spec)
@@ -107,14 +156,28 @@ def read_split(path: Path) -> Split:
                             "both to make a new split.") from None
 
 
+def split_path(split_dir: Path, fingerprint: str, spec: SplitSpec) -> Path:
+    return Path(split_dir) / f"{spec.label_view}-{spec.grouping}-seed{spec.seed}-{spec.key(fingerprint)}.csv"
+
+
 def load_or_create_split(split_dir: Path, fingerprint: str, relpaths: list[str],
                          labels: np.ndarray, label_names: list[str], spec: SplitSpec,
-                         source: str = "") -> Split:
-    """The split file for this dataset/spec: read if it exists, else made once and written."""
-    path = Path(split_dir) / f"{spec.label_view}-{spec.grouping}-seed{spec.seed}-{spec.key(fingerprint)}.csv"
+                         source: str = "", groups: list[str] | None = None,
+                         group_source: str = "") -> Split:
+    """The split file for this dataset/spec: read if it exists, else made once and written.
+
+    With ``groups`` (and ``group_source``, what they are), the sidecar records the grouping's
+    leakage: groups crossing train/test (0 for ``grouped``), out of how many.
+    """
+    path = split_path(split_dir, fingerprint, spec)
     if path.is_file():
         return read_split(path)
-    split = make_split(relpaths, labels, spec, source)
+    split = make_split(relpaths, labels, spec, source, groups)
     names = {r: label_names[int(l)] for r, l in zip(relpaths, labels)}
-    write_split(split, names, path, {"dataset_fingerprint": fingerprint})
+    extra = {"dataset_fingerprint": fingerprint}
+    if groups is not None:
+        crossing, n_groups = crossing_groups(split, relpaths, groups)
+        extra.update(groups={"source": group_source, "n_groups": n_groups,
+                             "n_crossing_train_test": crossing})
+    write_split(split, names, path, extra)
     return split
