@@ -135,3 +135,115 @@ def write_medsiglip(cache: Path) -> HubFixture:
         files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
     snapshot = write_snapshot(cache, MEDSIGLIP_REPO, files)
     return HubFixture(MEDSIGLIP_REPO, snapshot, snapshot / "model.safetensors", 32)
+
+
+CLIP_L336_REPO = "openai/clip-vit-large-patch14-336"
+LLAVA_MED_REPO = "microsoft/llava-med-v1.5-mistral-7b"
+LLAVA_HF_REPO = "llava-hf/llava-1.5-7b-hf"
+#: fixture widths: CLIP tower 40, CLIP projection 24, LLM (projector output) 56
+TOWER, CLIP_PROJ, LLM = 40, 24, 56
+
+
+def _clip_model(seed: int):
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        vision_config={"hidden_size": TOWER, "intermediate_size": 64, "num_hidden_layers": 3,
+                       "num_attention_heads": 4, "image_size": 336, "patch_size": 14},
+        text_config={"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 4,
+                     "max_position_embeddings": 16},
+        projection_dim=CLIP_PROJ)
+    torch.manual_seed(seed)
+    return CLIPModel(config)
+
+
+def _safetensors(tensors: dict) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tensors.items()})
+
+
+def write_clip_l336(cache: Path) -> HubFixture:
+    """openai/clip-vit-large-patch14-336: a CLIPModel (``config.json`` + ``model.safetensors``)
+    and its CLIPImageProcessor config (shortest side 336 bicubic, crop 336, CLIP mean/std)."""
+    from transformers import CLIPImageProcessor
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _clip_model(seed=0).save_pretrained(tmp)
+        CLIPImageProcessor(size={"shortest_edge": 336},
+                           crop_size={"height": 336, "width": 336}).save_pretrained(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+    snapshot = write_snapshot(cache, CLIP_L336_REPO, files)
+    return HubFixture(CLIP_L336_REPO, snapshot, snapshot / "model.safetensors", CLIP_PROJ)
+
+
+def _llm_and_projector(prefix: str, names: tuple[str, str], seed: int) -> dict:
+    """A stand-in for the language model's tensors (never read) and LLaVA's 2-layer projector."""
+    g = torch.Generator().manual_seed(seed)
+    return {"lm_head.weight": torch.randn(100, LLM, generator=g),
+            f"{prefix}{names[0]}.weight": torch.randn(LLM, TOWER, generator=g) * 0.1,
+            f"{prefix}{names[0]}.bias": torch.randn(LLM, generator=g) * 0.1,
+            f"{prefix}{names[1]}.weight": torch.randn(LLM, LLM, generator=g) * 0.1,
+            f"{prefix}{names[1]}.bias": torch.randn(LLM, generator=g) * 0.1}
+
+
+def _sharded(tensors: dict, n: int = 2) -> dict[str, bytes]:
+    """``model-0000i-of-0000n.safetensors`` shards + ``model.safetensors.index.json``, keys split
+    in order so the tower straddles a shard boundary, as in the real 7B checkpoints."""
+    keys = list(tensors)
+    parts = [keys[i * len(keys) // n:(i + 1) * len(keys) // n] for i in range(n)]
+    files, weight_map = {}, {}
+    for i, part in enumerate(parts):
+        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        files[name] = _safetensors({k: tensors[k] for k in part})
+        weight_map.update({k: name for k in part})
+    files["model.safetensors.index.json"] = _json({"metadata": {}, "weight_map": weight_map})
+    return files
+
+
+def write_llava_med(cache: Path, tower_seed: int = 1) -> HubFixture:
+    """LLaVA-Med v1.5's layout: ``model_type: llava_mistral`` config (which stock transformers
+    cannot parse), sharded safetensors with ``model.vision_tower.vision_tower.*`` and
+    ``model.mm_projector.{0,2}`` keys, no preprocessor config (LLaVA-Med uses the tower repo's).
+    ``tower_seed`` != 0 gives a tower that differs from the openai fixture's."""
+    tower = _clip_model(tower_seed).vision_model.state_dict()
+    tensors = {"model.embed_tokens.weight": torch.zeros(100, LLM),
+               **{f"model.vision_tower.vision_tower.vision_model.{k}": v.half()
+                  for k, v in tower.items()},
+               **_llm_and_projector("model.mm_projector.", ("0", "2"), seed=2)}
+    config = {"architectures": ["LlavaMistralForCausalLM"], "model_type": "llava_mistral",
+              "hidden_size": LLM, "mm_hidden_size": TOWER, "mm_projector_type": "mlp2x_gelu",
+              "mm_vision_tower": CLIP_L336_REPO, "mm_vision_select_layer": -2,
+              "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad",
+              "torch_dtype": "float16", "transformers_version": "4.36.2"}
+    snapshot = write_snapshot(cache, LLAVA_MED_REPO, {"config.json": _json(config),
+                                                      **_sharded(tensors)})
+    return HubFixture(LLAVA_MED_REPO, snapshot, snapshot / "model.safetensors.index.json", TOWER)
+
+
+def write_llava_hf(cache: Path) -> HubFixture:
+    """llava-hf/llava-1.5-7b-hf's layout: ``model_type: llava`` with ``vision_config`` inside,
+    ``vision_tower.vision_model.*`` and ``multi_modal_projector.linear_{1,2}`` keys, and its own
+    preprocessor config, and a first shard of language-model tensors only. Its tower tensors are
+    the openai fixture's, as in the real repos."""
+    from transformers import CLIPImageProcessor
+
+    clip = _clip_model(seed=0)
+    llm = {f"language_model.model.layers.{i}.weight": torch.zeros(LLM) for i in range(80)}
+    tensors = {**llm, **{f"vision_tower.vision_model.{k}": v
+                  for k, v in clip.vision_model.state_dict().items()},
+               **_llm_and_projector("multi_modal_projector.", ("linear_1", "linear_2"), seed=3)}
+    config = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
+              "vision_config": {**clip.config.vision_config.to_dict(), "model_type": "clip_vision_model"},
+              "text_config": {"model_type": "llama", "hidden_size": LLM},
+              "projector_hidden_act": "gelu", "vision_feature_layer": -2,
+              "vision_feature_select_strategy": "default"}
+    with tempfile.TemporaryDirectory() as tmp:
+        CLIPImageProcessor(size={"shortest_edge": 336},
+                           crop_size={"height": 336, "width": 336}).save_pretrained(tmp)
+        pre = (Path(tmp) / "preprocessor_config.json").read_bytes()
+    snapshot = write_snapshot(cache, LLAVA_HF_REPO, {"config.json": _json(config),
+                                                     "preprocessor_config.json": pre,
+                                                     **_sharded(tensors, n=3)})
+    return HubFixture(LLAVA_HF_REPO, snapshot, snapshot / "model.safetensors.index.json", TOWER)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -31,7 +31,8 @@ class PreprocessCfg:
 
     resize: ``shortest`` (shortest side to ``resize_size``, then centre-crop ``image_size``),
     ``squash`` (both sides to ``image_size``, aspect not kept), ``pad_square`` (pad to a square
-    with ``pad_color``, then as ``shortest``).
+    with ``pad_color``, then as ``shortest``), ``longest_pad`` (longer side to ``image_size``,
+    aspect kept, then zero-pad right and bottom to a square: FLAIR).
     """
 
     image_size: int
@@ -42,7 +43,7 @@ class PreprocessCfg:
     std: tuple[float, float, float] = IMAGENET_STD
     pad_color: tuple[int, int, int] = (0, 0, 0)
 
-    RESIZE_MODES = ("shortest", "squash", "pad_square")
+    RESIZE_MODES = ("shortest", "squash", "pad_square", "longest_pad")
 
     @property
     def crop_pct(self) -> float:
@@ -75,6 +76,12 @@ class ModelEntry:
     licence: str = "unknown"
     description: str = ""
     seed: int | None = None
+    #: another hub repo whose preprocessor (and, for vision towers, config) the model uses
+    processor_source: str | None = None
+    #: the command that installs what the family needs beyond vlmprobe's extras
+    install: str | None = None
+    #: facts not known or not verified, said instead of invented
+    notes: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -83,6 +90,23 @@ class ModelEntry:
 
 
 _REQUIRED = ("family", "source", "embed_dim", "preprocess", "tap")
+_TYPES = {"str": str, "int": int, "bool": bool, "dict": dict, "float": (int, float)}
+
+
+def check_field_types(cls, path: Path, name: str, raw: dict) -> None:
+    """Refuse a field of the wrong YAML type (``embed_dim: "512"``), naming entry and field."""
+    for f in fields(cls):
+        if f.name not in raw or f.name == "preprocess":
+            continue
+        value, kinds = raw[f.name], str(f.type).replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        wanted = tuple(t for k in kinds if k in _TYPES
+                       for t in (_TYPES[k] if isinstance(_TYPES[k], tuple) else (_TYPES[k],)))
+        if wanted and (not isinstance(value, wanted) or (bool not in wanted
+                                                          and isinstance(value, bool))):
+            raise VlmprobeError(f"{path}: {cls.__name__} entry {name!r}: field {f.name!r} must "
+                                f"be {f.type}, got {value!r} ({type(value).__name__}).")
 
 
 def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
@@ -97,6 +121,7 @@ def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
     for key in ("mean", "std", "pad_color"):
         if key in raw:
             raw[key] = tuple(raw[key])
+    check_field_types(PreprocessCfg, where, name, raw)
     try:
         cfg = PreprocessCfg(**raw)
     except TypeError as e:
@@ -113,20 +138,24 @@ def _parse_file(path: Path) -> dict[str, ModelEntry]:
         missing = [k for k in _REQUIRED if k not in raw]
         if missing:
             raise VlmprobeError(f"{path}: model {name!r} lacks required field(s) {missing}.")
+        if not isinstance(raw["preprocess"], dict):
+            raise VlmprobeError(f"{path}: model {name!r}: field 'preprocess' must be a mapping "
+                                "(image_size, resize, interpolation, stats or mean/std).")
+        check_field_types(ModelEntry, path, name, raw)
         raw = {**raw, "preprocess": _parse_preprocess(name, raw["preprocess"], path)}
         entries[name] = build_entry(ModelEntry, path, name, raw)
     return entries
 
 
-def registry_files() -> list[Path]:
-    extra = [Path(p) for p in os.environ.get(REGISTRY_ENV, "").split(os.pathsep) if p]
-    return [BUILTIN_REGISTRY, *extra]
+def registry_files(extra: list[Path] | tuple = ()) -> list[Path]:
+    env = [Path(p) for p in os.environ.get(REGISTRY_ENV, "").split(os.pathsep) if p]
+    return [BUILTIN_REGISTRY, *env, *map(Path, extra)]
 
 
-def load_registry() -> dict[str, ModelEntry]:
-    """All entries from the built-in registry plus ``$VLMPROBE_REGISTRY`` files."""
+def load_registry(extra: list[Path] | tuple = ()) -> dict[str, ModelEntry]:
+    """All entries from the built-in registry, ``$VLMPROBE_REGISTRY`` files and ``extra``."""
     entries: dict[str, ModelEntry] = {}
-    for path in registry_files():
+    for path in registry_files(extra):
         for name, entry in _parse_file(path).items():
             if name in entries:
                 raise VlmprobeError(f"Model {name!r} is defined twice (again in {path}); rename one.")

@@ -24,7 +24,14 @@ _TAPS = {
     "pooler_output": lambda model, x: model(pixel_values=x).pooler_output,
     "image_embeds": lambda model, x: model.get_image_features(pixel_values=x),
     "cls": lambda model, x: model(pixel_values=x).last_hidden_state[:, 0],
+    "mean_tokens": lambda model, x: model(pixel_values=x).last_hidden_state.mean(dim=1),
+    "mean_patch": lambda model, x: model(pixel_values=x).last_hidden_state[:, 1:].mean(dim=1),
+    # the vision tower of a multimodal model (e.g. MedGemma's SigLIP), mean of its tokens
+    "vision_tower_mean": lambda model, x: model.vision_tower(pixel_values=x)
+    .last_hidden_state.mean(dim=1),
 }
+#: what each tap needs the loaded model to have
+_TAP_NEEDS = {"image_embeds": "get_image_features", "vision_tower_mean": "vision_tower"}
 
 
 @register_family
@@ -36,14 +43,14 @@ class TransformersEncoder(Encoder):
     #: checkpoint names in the order transformers looks for them
     WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 
-    def _from_hub(self, cls):
+    def _from_hub(self, cls, source: str, revision: str | None):
         e = self.entry
         try:
-            return cls.from_pretrained(e.source, revision=e.revision,
+            return cls.from_pretrained(source, revision=revision,
                                        trust_remote_code=e.trust_remote_code)
         except OSError as err:
-            raise VlmprobeError(f"transformers could not load {cls.__name__} from {e.source!r}: "
-                                f"{err}\n{hub_fix_hint(e, e.source)}") from None
+            raise VlmprobeError(f"transformers could not load {cls.__name__} from {source!r}: "
+                                f"{err}\n{hub_fix_hint(e, source)}") from None
 
     def _load_model(self):
         e = self.entry
@@ -56,17 +63,21 @@ class TransformersEncoder(Encoder):
             raise VlmprobeError(f"transformers entry {e.name!r}: architecture {e.architecture!r} "
                                 f"is not a class of transformers {transformers.__version__}; name "
                                 "one, e.g. SiglipVisionModel, CLIPModel or AutoModel.")
-        model = self._from_hub(cls)
-        if e.tap == "image_embeds" and not hasattr(model, "get_image_features"):
-            raise VlmprobeError(f"transformers entry {e.name!r}: {e.architecture} has no "
-                                "get_image_features, so no 'image_embeds' tap; use a two-tower "
-                                "class (e.g. CLIPModel, SiglipModel) or another tap.")
+        model = self._from_hub(cls, e.source, e.revision)
+        needs = _TAP_NEEDS.get(e.tap)
+        if needs and not hasattr(model, needs):
+            raise VlmprobeError(f"transformers entry {e.name!r}: {type(model).__name__} has no "
+                                f"{needs}, so no {e.tap!r} tap; use a class that has it (e.g. "
+                                "CLIPModel, SiglipModel for image_embeds) or another tap.")
         return model
 
     def _build_transform(self):
         from transformers import AutoImageProcessor
 
-        return ProcessorTransform(self._from_hub(AutoImageProcessor))
+        e = self.entry
+        source, revision = (e.processor_source, None) if e.processor_source else (e.source,
+                                                                                  e.revision)
+        return ProcessorTransform(self._from_hub(AutoImageProcessor, source, revision))
 
     def _forward(self, pixels):
         return _TAPS[self.entry.tap](self.model_, pixels)

@@ -51,3 +51,32 @@ def cached_weights_sha256(repo_id: str, filenames: tuple[str, ...], revision: st
         if isinstance(path, str):
             return sha256_file(path)
     return state_dict_sha256(model)
+
+
+def hub_file(entry: ModelEntry, source: str, filename: str, revision: str | None = None,
+             required: bool = True) -> str | None:
+    """Local path of ``filename`` from a hub repo (cache first, download when online) or from a
+    local directory ``source``; ``None`` if absent and not ``required``."""
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    if Path(source).expanduser().is_dir():
+        path = Path(source).expanduser() / filename
+        if path.is_file():
+            return str(path)
+        if not required:
+            return None
+        raise VlmprobeError(f"Model {entry.name!r}: {path} is missing from the local checkpoint "
+                            f"directory {source}.")
+    try:
+        return hf_hub_download(source, filename, revision=revision)
+    except EntryNotFoundError:
+        if not required:
+            return None
+        raise VlmprobeError(f"Model {entry.name!r}: {source} has no file {filename!r} (or it is "
+                            f"not cached).\n{hub_fix_hint(entry, source)}") from None
+    except (OSError, ValueError, HfHubHTTPError) as err:
+        raise VlmprobeError(f"Model {entry.name!r}: cannot get {filename} from {source}: {err}\n"
+                            f"{hub_fix_hint(entry, source)}") from None

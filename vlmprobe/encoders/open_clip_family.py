@@ -1,6 +1,8 @@
-"""open_clip models from the Hugging Face hub (``source: hf-hub:<org>/<repo>``).
+"""open_clip models: a hub repo (``source: hf-hub:<org>/<repo>``) or one of open_clip's own
+pretrained tags (``architecture: ViT-B-16-quickgelu``, ``source: open_clip:openai``).
 
-open_clip reads the repo's ``open_clip_config.json`` (architecture and ``preprocess_cfg``) and
+open_clip maps a pretrained tag to a hub repo too (``get_pretrained_cfg(...)['hf_hub']``), so both
+read the HF cache. For a repo it reads the repo's ``open_clip_config.json`` (architecture and ``preprocess_cfg``) and
 its weights, ``open_clip_model.safetensors`` if present, else ``open_clip_pytorch_model.bin``.
 A text tower from transformers (``text_cfg.hf_model_name``, e.g. BiomedBERT for BiomedCLIP) also
 needs that other repo's ``config.json``, even though its weights come from the CLIP checkpoint.
@@ -15,6 +17,7 @@ from .base import Encoder, register_family
 from .hub import cached_weights_sha256, hub_fix_hint, import_family_package
 
 HF_HUB_PREFIX = "hf-hub:"
+TAG_PREFIX = "open_clip:"
 
 
 def _text_tower_repo(repo_id: str) -> str | None:
@@ -36,26 +39,47 @@ class OpenClipEncoder(Encoder):
 
     @property
     def repo_id(self) -> str:
-        return self.entry.source.removeprefix(HF_HUB_PREFIX)
+        """The hub repo the weights come from (for a pretrained tag, the one open_clip names)."""
+        e = self.entry
+        if e.source.startswith(TAG_PREFIX):
+            from open_clip.pretrained import get_pretrained_cfg
+
+            repo = get_pretrained_cfg(e.architecture or "", e.source[len(TAG_PREFIX):]).get("hf_hub")
+            if not repo:
+                raise VlmprobeError(
+                    f"open_clip entry {e.name!r}: open_clip knows no hub weights for "
+                    f"{e.architecture!r} with pretrained tag {e.source[len(TAG_PREFIX):]!r}; see "
+                    "open_clip.list_pretrained() (names drift between open_clip releases).")
+            return repo.rstrip("/")
+        return e.source.removeprefix(HF_HUB_PREFIX)
+
+    def _create(self, open_clip):
+        e = self.entry
+        if e.source.startswith(TAG_PREFIX):
+            model, _, transform = open_clip.create_model_and_transforms(
+                e.architecture, pretrained=e.source[len(TAG_PREFIX):], device=self.device)
+            return model, transform
+        return open_clip.create_model_from_pretrained(e.source, device=self.device,
+                                                      return_transform=True)
 
     def _load_model(self):
         e = self.entry
         if e.tap != "encode_image":
             raise VlmprobeError(f"open_clip entry {e.name!r}: tap {e.tap!r} unknown; open_clip "
                                 "models offer 'encode_image'.")
-        if not e.source.startswith(HF_HUB_PREFIX):
+        if not e.source.startswith((HF_HUB_PREFIX, TAG_PREFIX)):
             raise VlmprobeError(f"open_clip entry {e.name!r}: source {e.source!r} must read "
-                                "hf-hub:<org>/<repo>.")
+                                "hf-hub:<org>/<repo> or open_clip:<pretrained tag>.")
         if e.revision:
             # open_clip's hf-hub loader always reads the default branch: a pin would be ignored.
             raise VlmprobeError(f"open_clip entry {e.name!r}: open_clip cannot load a hub "
                                 f"revision ({e.revision!r}); remove 'revision' from the entry.")
         open_clip = import_family_package(self, "open_clip")
+        repo = self.repo_id  # an unknown pretrained tag is a registry error, said before loading
         try:
-            model, self._transform = open_clip.create_model_from_pretrained(
-                e.source, device=self.device, return_transform=True)
+            model, self._transform = self._create(open_clip)
         except (OSError, RuntimeError) as err:
-            repos = [self.repo_id, *filter(None, [_text_tower_repo(self.repo_id)])]
+            repos = [repo, *filter(None, [_text_tower_repo(repo)])]
             raise VlmprobeError(f"open_clip could not load {e.source!r}: {err}\n"
                                 f"{hub_fix_hint(e, *repos)}") from None
         return model

@@ -1,0 +1,159 @@
+"""The llava_tower family on hub-shaped LLaVA-Med / llava-hf / OpenAI CLIP fixtures, offline.
+
+References are built without vlmprobe: LLaVA's own feature selection (``hidden_states[-2][:, 1:]``)
+on a stock CLIPVisionModel holding the checkpoint's tensors, LLaVA's ``mlp2x_gelu`` projector, and
+LLaVA's ``expand2square`` + the tower repo's CLIPImageProcessor (and transformers'
+LlavaImageProcessor with ``do_pad=True``) for preprocessing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from hub_fixtures import (CLIP_L336_REPO, LLAVA_HF_REPO, LLAVA_MED_REPO, LLM, TOWER,
+                          use_hub_cache, write_clip_l336, write_llava_hf, write_llava_med)
+from PIL import Image
+from safetensors import safe_open
+from skimage.data import astronaut, chelsea
+
+from vlmprobe.encoders import load_encoder
+from vlmprobe.registry import get_model_entry
+from vlmprobe.validation import VlmprobeError
+
+CHELSEA = Image.fromarray(chelsea())  # 451 x 300: padding matters
+WIDTHS = {"tower": TOWER, "projector": LLM}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    with pytest.MonkeyPatch.context() as mp:
+        use_hub_cache(mp, cache)
+        yield {"clip": write_clip_l336(cache), "llavamed": write_llava_med(cache),
+               "llava": write_llava_hf(cache)}
+
+
+def _load(name):
+    entry = get_model_entry(name)
+    return load_encoder(dataclasses.replace(entry, embed_dim=WIDTHS[entry.tap]), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def encoders(hub):
+    names = ("llavamed", "llavamed_projector", "llava", "llava_projector", "clip_l14_336_tower")
+    return {n: _load(n) for n in names}
+
+
+def _checkpoint_tensors(fixture, prefix):
+    index = json.loads((fixture.snapshot / "model.safetensors.index.json").read_text())
+    out = {}
+    for shard in set(index["weight_map"].values()):
+        with safe_open(fixture.snapshot / shard, framework="pt") as f:
+            out.update({k[len(prefix):]: f.get_tensor(k).float() for k in f.keys()
+                        if k.startswith(prefix)})
+    return out
+
+
+def _reference(fixture, tower_prefix, projector_prefix=None):
+    """LLaVA's CLIPVisionTower.feature_select + build_vision_projector('mlp2x_gelu')."""
+    from transformers import CLIPConfig, CLIPVisionModel
+
+    config = CLIPConfig.from_pretrained(CLIP_L336_REPO).vision_config
+    tower = CLIPVisionModel(config).eval()
+    tower.vision_model.load_state_dict(_checkpoint_tensors(fixture, tower_prefix))
+    projector = None
+    if projector_prefix:
+        p = _checkpoint_tensors(fixture, projector_prefix)
+        w1, w2 = sorted({k.split(".")[0] for k in p})
+        projector = torch.nn.Sequential(torch.nn.Linear(TOWER, LLM), torch.nn.GELU(),
+                                        torch.nn.Linear(LLM, LLM))
+        projector.load_state_dict({"0.weight": p[f"{w1}.weight"], "0.bias": p[f"{w1}.bias"],
+                                   "2.weight": p[f"{w2}.weight"], "2.bias": p[f"{w2}.bias"]})
+
+    def tap(x):
+        feats = tower(pixel_values=x, output_hidden_states=True).hidden_states[-2][:, 1:]
+        return (projector(feats) if projector else feats).mean(1)
+    return tap
+
+
+def _expand2square(image, background):
+    """LLaVA's llava/mm_utils.py expand2square (pad the short side, image centred)."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    out = Image.new(image.mode, (side, side), background)
+    out.paste(image, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def _llava_transform(image):
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor.from_pretrained(CLIP_L336_REPO)
+    padded = _expand2square(image, tuple(int(x * 255) for x in processor.image_mean))
+    return processor(images=padded, return_tensors="pt").pixel_values[0]
+
+
+@pytest.mark.parametrize("name, fx, tower_prefix, projector_prefix", [
+    ("llavamed", "llavamed", "model.vision_tower.vision_tower.vision_model.", None),
+    ("llavamed_projector", "llavamed", "model.vision_tower.vision_tower.vision_model.",
+     "model.mm_projector."),
+    ("llava", "llava", "vision_tower.vision_model.", None),
+    ("llava_projector", "llava", "vision_tower.vision_model.", "multi_modal_projector."),
+])
+def test_taps_are_llavas_features(name, fx, tower_prefix, projector_prefix, hub, encoders):
+    enc = encoders[name]
+    x = torch.stack([enc.transform_(CHELSEA), enc.transform_(Image.fromarray(astronaut()))])
+    out = enc.encode_images(x)
+    assert out.shape == (2, WIDTHS[enc.entry.tap]) and out.dtype == torch.float32
+    assert torch.equal(out, enc.encode_images(x))
+    with torch.no_grad():
+        torch.testing.assert_close(out, _reference(hub[fx], tower_prefix, projector_prefix)(x))
+
+
+@pytest.mark.parametrize("name", ["llavamed", "llava", "clip_l14_336_tower"])
+def test_transform_is_llavas_pad_then_clip_processor(name, encoders):
+    from transformers import LlavaImageProcessor
+
+    enc = encoders[name]
+    ours = enc.transform_(CHELSEA)
+    assert ours.shape == (3, 336, 336)
+    torch.testing.assert_close(ours, _llava_transform(CHELSEA), atol=1e-6, rtol=0)
+    hf = LlavaImageProcessor.from_pretrained(CLIP_L336_REPO, do_pad=True)
+    torch.testing.assert_close(ours, hf(images=CHELSEA, return_tensors="pt").pixel_values[0],
+                               atol=1e-6, rtol=0)
+
+
+def test_llava_mistral_config_is_never_parsed_by_transformers(hub):
+    """The paper's blocker: stock transformers refuses model_type llava_mistral."""
+    from transformers import AutoConfig
+
+    with pytest.raises(ValueError, match="llava_mistral"):
+        AutoConfig.from_pretrained(LLAVA_MED_REPO)
+    assert _load("llavamed").weights_sha256_
+
+
+def test_only_shards_holding_the_tower_are_read(hub, encoders):
+    index = json.loads((hub["llava"].snapshot / "model.safetensors.index.json").read_text())
+    needed = {f for k, f in index["weight_map"].items() if k.startswith("vision_tower.")}
+    assert len(set(index["weight_map"].values())) == 3 and len(needed) < 3
+    assert {p.rsplit("/", 1)[1] for p in encoders["llava"]._files} == needed
+
+
+def test_wrong_prefix_and_wrong_dim_are_errors(hub):
+    entry = get_model_entry("llavamed")
+    bad = dataclasses.replace(entry, model_kwargs={**entry.model_kwargs, "tower_prefix": "nope."})
+    with pytest.raises(VlmprobeError, match="no tensors under 'nope.'"):
+        load_encoder(bad, device="cpu")
+    enc = load_encoder(entry, device="cpu")  # embed_dim 1024 as in the real model
+    with pytest.raises(VlmprobeError, match="embed_dim=1024"):
+        enc.encode_images(torch.zeros(1, 3, 336, 336))
+
+
+def test_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
+    use_hub_cache(monkeypatch, tmp_path / "hub")
+    with pytest.raises(VlmprobeError, match=f"huggingface-cli download {LLAVA_MED_REPO}"):
+        load_encoder("llavamed", device="cpu")

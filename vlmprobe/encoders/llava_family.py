@@ -1,0 +1,179 @@
+"""The CLIP vision tower (and multimodal projector) of a LLaVA-style checkpoint, without the LLM.
+
+Why not ``from_pretrained``: LLaVA-Med's ``config.json`` says ``model_type: llava_mistral``, a
+type only LLaVA-Med's own code registers (it pins transformers 4.36), so every stock transformers
+refuses the repo (LLaVA-Med #95/#133, transformers #37087). The checkpoint's tensors are plain
+safetensors, though. This family reads ``config.json`` as JSON (never through ``AutoConfig``),
+builds a stock ``CLIPVisionModel`` from the tower's config (``vision_config`` inside the
+checkpoint's config, or the ``config.json`` of the repo named by ``processor_source``, e.g.
+``openai/clip-vit-large-patch14-336`` that LLaVA-Med's ``mm_vision_tower`` names), and loads only
+the tensors under the entry's ``tower_prefix`` / ``projector_prefix`` from the shards that hold
+them. Only ``CLIPVisionConfig``/``CLIPVisionModel`` and safetensors are used, so transformers
+upgrades do not break it, and the 7B language model is never read.
+
+Taps (LLaVA's own feature selection: ``hidden_states[select_layer]``, patch tokens without CLS):
+``tower`` = mean over those tokens (the CLIP tower's width), ``projector`` = the trained
+``mm_projector`` applied to them, then the mean (the LLM's width).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..validation import VlmprobeError
+from .base import Encoder, register_family, state_dict_sha256
+from .hf_family import ProcessorTransform
+from .hub import hub_file, import_family_package
+
+TAPS = ("tower", "projector")
+_DEFAULT_LAYER_KEYS = ("mm_vision_select_layer", "vision_feature_layer")
+
+
+def _read_json(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _projector(tensors: dict[str, torch.Tensor], act: str) -> nn.Sequential:
+    """LLaVA's projector from its tensors: Linear layers in key order with ``act`` between
+    (``mm_projector.{0,2}`` for ``mlp2x_gelu``, ``linear_{1,2}`` in llava-hf, one for ``linear``)."""
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors}, key=_natural_key)
+    layers: list[nn.Module] = []
+    for i, name in enumerate(names):
+        w = tensors[f"{name}.weight"]
+        linear = nn.Linear(w.shape[1], w.shape[0], bias=f"{name}.bias" in tensors)
+        linear.load_state_dict({k.rsplit(".", 1)[1]: v for k, v in tensors.items()
+                                if k.rsplit(".", 1)[0] == name})
+        layers += [linear] if i == 0 else [{"gelu": nn.GELU()}[act], linear]
+    return nn.Sequential(*layers)
+
+
+class LlavaTower(nn.Module):
+    """CLIP vision tower + projector; ``forward`` returns LLaVA's selected patch features."""
+
+    def __init__(self, tower: nn.Module, projector: nn.Module | None, select_layer: int,
+                 keep_cls: bool):
+        super().__init__()
+        self.tower, self.projector = tower, projector
+        self.select_layer, self.keep_cls = select_layer, keep_cls
+
+    def forward(self, pixels):
+        hidden = self.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+        feats = hidden[self.select_layer]
+        return feats if self.keep_cls else feats[:, 1:]
+
+
+@register_family
+class LlavaTowerEncoder(Encoder):
+    """Vision tower of a LLaVA / LLaVA-Med checkpoint (``model_kwargs``: ``tower_prefix``,
+    ``projector_prefix``, optional ``select_layer``, ``select_feature``: patch | cls_patch)."""
+
+    family = "llava_tower"
+    requires = ("transformers", "safetensors")
+
+    def _kw(self, key, default=None):
+        value = self.entry.model_kwargs.get(key, default)
+        if value is None:
+            raise VlmprobeError(f"llava_tower entry {self.entry.name!r}: model_kwargs.{key} is "
+                                "required (the checkpoint key prefix, e.g. "
+                                "'model.vision_tower.vision_tower.vision_model.').")
+        return value
+
+    def _tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under ``prefix`` (prefix stripped), read only from the shards that hold them."""
+        from safetensors import safe_open
+
+        e = self.entry
+        index = hub_file(e, e.source, "model.safetensors.index.json", e.revision, required=False)
+        if index is not None:
+            weight_map = _read_json(index)["weight_map"]
+            shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
+        else:
+            shards = ["model.safetensors"]
+        out, self._files = {}, getattr(self, "_files", [])
+        for shard in shards:
+            path = hub_file(e, e.source, shard, e.revision)
+            self._files.append(path)
+            with safe_open(path, framework="pt") as f:
+                for key in f.keys():
+                    if key.startswith(prefix):
+                        out[key[len(prefix):]] = f.get_tensor(key)
+        if not out:
+            raise VlmprobeError(
+                f"llava_tower entry {e.name!r}: {e.source} has no tensors under {prefix!r}. "
+                "Check model_kwargs prefixes against the checkpoint's keys; a checkpoint saved "
+                "without its (frozen) tower is the tower of its mm_vision_tower repo instead.")
+        return out
+
+    def _tower_config(self, config: dict):
+        from transformers import CLIPVisionConfig
+
+        if "vision_config" in config:
+            return CLIPVisionConfig(**config["vision_config"])
+        e = self.entry
+        repo = e.processor_source or config.get("mm_vision_tower")
+        if not repo:
+            raise VlmprobeError(f"llava_tower entry {e.name!r}: config.json has neither "
+                                "vision_config nor mm_vision_tower; set processor_source to the "
+                                "CLIP repo of the tower.")
+        tower_cfg = _read_json(hub_file(e, repo, "config.json"))
+        return CLIPVisionConfig(**tower_cfg.get("vision_config", tower_cfg))
+
+    def _load_model(self):
+        e = self.entry
+        if e.tap not in TAPS:
+            raise VlmprobeError(f"llava_tower entry {e.name!r}: tap {e.tap!r} unknown; valid: "
+                                f"{', '.join(TAPS)}.")
+        transformers = import_family_package(self, "transformers")
+        config = _read_json(hub_file(e, e.source, "config.json", e.revision))
+        tower = transformers.CLIPVisionModel(self._tower_config(config))
+        state = self._tensors(self._kw("tower_prefix"))
+        state.pop("embeddings.position_ids", None)  # a buffer old transformers saved
+        missing, unexpected = tower.vision_model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise VlmprobeError(
+                f"llava_tower entry {e.name!r}: the tensors under {self._kw('tower_prefix')!r} do "
+                f"not fit the CLIP tower config (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); wrong prefix or processor_source.")
+        projector = None
+        if e.tap == "projector":
+            act = config.get("projector_hidden_act", "gelu")
+            projector = _projector(self._tensors(self._kw("projector_prefix")), act)
+        layer = e.model_kwargs.get("select_layer")
+        if layer is None:
+            layer = next((config[k] for k in _DEFAULT_LAYER_KEYS if k in config), -2)
+        feature = e.model_kwargs.get("select_feature", config.get("mm_vision_select_feature",
+                                                                     "patch"))
+        if feature not in ("patch", "cls_patch"):
+            raise VlmprobeError(f"llava_tower entry {e.name!r}: select_feature {feature!r} "
+                                "unknown; valid: patch, cls_patch.")
+        return LlavaTower(tower, projector, int(layer), feature == "cls_patch")
+
+    def _build_transform(self):
+        """transformers' LlavaImageProcessor over the tower's CLIP preprocessor config: LLaVA's
+        ``expand2square`` (pad with the mean colour) when the entry pads, then resize + crop."""
+        from transformers import LlavaImageProcessor
+
+        e = self.entry
+        repo = e.processor_source or e.source
+        path = hub_file(e, repo, "preprocessor_config.json")
+        processor = LlavaImageProcessor.from_pretrained(
+            str(Path(path).parent), do_pad=e.preprocess.resize == "pad_square")
+        return ProcessorTransform(processor)
+
+    def _forward(self, pixels):
+        feats = self.model_(pixels)
+        if self.model_.projector is not None:
+            feats = self.model_.projector(feats)
+        return feats.mean(dim=1)
+
+    def _weights_sha256(self):
+        # Over the loaded tower (and projector) tensors: the shards are mostly LLM weights.
+        return state_dict_sha256(self.model_)
