@@ -74,14 +74,15 @@ def auroc(w: np.ndarray, y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def fold_mean_metrics(w: np.ndarray, y_true: np.ndarray, preds: list[np.ndarray],
-                      scores: list[np.ndarray], k: int, positive: int | None) -> dict[str, np.ndarray]:
-    """The protocol's reported numbers (mean over the fold-models) under each weight row."""
-    per = [label_metrics(w, y_true, p, k, positive) for p in preds]
-    out = {m: np.mean([d[m] for d in per], axis=0) for m in per[0]}
-    aucs = np.mean([auroc(w, y_true, s) for s in scores], axis=0)
-    out["auroc_per_class"] = aucs
-    out["macro_auroc"] = np.nanmean(aucs, axis=1) if np.isfinite(aucs).any() else np.full(len(w), np.nan)
+def model_metrics(w: np.ndarray, y_true: np.ndarray, pred: np.ndarray, scores: np.ndarray,
+                  k: int, positive: int | None) -> dict[str, np.ndarray]:
+    """Every reported metric of one model under each weight row: label metrics plus per-class
+    and macro (mean over classes with both positives and negatives) one-vs-rest AUROC."""
+    out = label_metrics(w, y_true, pred, k, positive)
+    aucs = auroc(w, y_true, scores)
+    out["auroc"] = aucs
+    defined = np.isfinite(aucs)
+    out["macro_auroc"] = _div(np.where(defined, aucs, 0).sum(1), defined.sum(1))
     return out
 
 
