@@ -107,3 +107,21 @@ def test_bad_input_is_refused_by_name():
     y2[(~test) & (fold != 0) & (y == 2)] = 0  # class c only in fold 0 of the training part
     with pytest.raises(VlmprobeError, match="no training sample outside fold 0"):
         fit_probe(X, y2, test, fold, ["a", "b", "c"], ProbeConfig(**FAST))
+
+
+def test_metrics_per_subgroup_and_confusion_figure(tmp_path):
+    X, y = _data(n=240)
+    cache = _cache(tmp_path, X, y, "m")
+    cache.metadata = {"sex": ["F" if (i // 3) % 3 else "M" for i in range(len(X))]}
+    [r] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(subgroups=("sex",), **FAST),
+                       log=lambda *_: None)
+    groups = r.subgroups["sex"]
+    assert set(groups) == {"F", "M"} and groups["F"]["n"] + groups["M"]["n"] == r.n_test
+    for g in groups.values():
+        lo, hi = g["test_ci95"]["macro_f1"]
+        assert lo <= g["test"]["macro_f1"] <= hi
+    write_table([r], tmp_path / "t")
+    assert "sex" in (tmp_path / "t" / "probe_results.subgroups.csv").read_text()
+    assert (tmp_path / "toyset" / "probe" / "m.confusion.png").is_file()
+    with pytest.raises(VlmprobeError, match="no metadata column.*'site'"):
+        probe_caches([cache], out=tmp_path, cfg=ProbeConfig(subgroups=("site",), **FAST))

@@ -51,6 +51,7 @@ class ProbeConfig:
     seed: int = 0
     shuffle_labels: bool = False  # null control: training labels permuted, test labels kept
     repeats: int = 1       # outer test splits (split seeds seed, seed+1, ...)
+    subgroups: tuple[str, ...] = ()  # metadata columns (e.g. age, sex, site) to break metrics by
 
 
 def _fit_svm(X, y, Cs, cfg: ProbeConfig) -> list[tuple[object, bool]]:
@@ -209,6 +210,7 @@ class ProbeResult:
     refit_test: dict[str, float]
     refit_test_macro_f1_ci95: tuple[float, float]
     positive_class: str | None
+    subgroups: dict = field(default_factory=dict)  # column -> value -> n, test, test_sd, test_ci95
     shuffled_labels: bool = False
     probe_file: str = ""
     predictions_file: str = ""
@@ -250,11 +252,14 @@ class ProbeResult:
 def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
               class_names: list[str], cfg: ProbeConfig = ProbeConfig(),
               positive_class: str | None = None,
-              test_ids: list[str] | None = None) -> tuple[dict, LinearProbe]:
+              test_ids: list[str] | None = None,
+              test_groups: dict[str, list] | None = None) -> tuple[dict, LinearProbe]:
     """The protocol on arrays; returns the result fields and the refit probe.
 
     ``test_ids`` (the test images' relative paths) key the bootstrap resamples, so every model
     scored on the same test images gets the same resamples whatever its row order: paired.
+    ``test_groups`` maps a metadata column to its value per test row; every metric is then also
+    reported per value (on those rows of the same resamples).
     """
     X, y = np.asarray(X), np.asarray(y)
     n_classes, d = len(class_names), X.shape[1]
@@ -299,6 +304,16 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     rank = np.argsort(np.argsort(np.asarray(ids, dtype=object)))  # sorted position of each row
     w = stats.resample_weights(len(ids), cfg.n_bootstrap, cfg.seed)[:, rank]
     test_mean, test_sd, test_ci, extra = _summarize(w, y_test, preds, scores, n_classes, positive)
+    subgroups = {}
+    for column, values in (test_groups or {}).items():
+        values = np.asarray([str(v) for v in values], dtype=object)
+        subgroups[column] = {}
+        for v in sorted(set(values)):
+            m = values == v
+            g_mean, g_sd, g_ci, g_extra = _summarize(w[:, m], y_test[m], [p[m] for p in preds],
+                                                     [sc[m] for sc in scores], n_classes, positive)
+            subgroups[column][v] = {"n": int(m.sum()), "test": g_mean, "test_sd": g_sd,
+                                    "test_ci95": g_ci, "per_class": g_extra["per_class"]}
     refit_mean, _, refit_ci, _ = _summarize(w, y_test, [refit_scores.argmax(1)], [refit_scores],
                                             n_classes, positive)
     fields = dict(
@@ -306,6 +321,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         t_grid=list(cfg.t_grid), val_macro_f1=mean_val.tolist(),
         val_macro_f1_sd=val_f1.std(1).tolist(), selected_t=cfg.t_grid[best], saturated=saturated,
         test=test_mean, test_sd=test_sd, test_ci95=test_ci, per_class=extra["per_class"],
+        subgroups=subgroups,
         all_converged=unconverged == 0, n_unconverged=unconverged, refit_C=C,
         refit_test=refit_mean, refit_test_macro_f1_ci95=refit_ci["macro_f1"],
         positive_class=positive_class if positive is not None else None,
@@ -435,6 +451,18 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
                   f"{c['p']:.4f}", f"{c['p_holm']:.4f}"] for c in comparisons],
                 "Paired bootstrap over the same 2,000 resamples of the test images (joined by "
                 "relative path) of the 5-fold-model mean; two-sided p; Holm per dataset/label.")
+    sub = [[r.name, r.dataset, r.label_view, col, value, str(g["n"]), m, f"{100 * g['test'][m]:.1f}",
+            f"{100 * g['test_sd'][m]:.1f}", f"{100 * g['test_ci95'][m][0]:.1f}",
+            f"{100 * g['test_ci95'][m][1]:.1f}"]
+           for r in results for col, by_value in r.subgroups.items()
+           for value, g in by_value.items() for m in g["test"]]
+    if sub:
+        _write_grid(out_dir / f"{name}.subgroups",
+                    ["model", "dataset", "label", "column", "value", "n test", "metric", "mean %",
+                     "sd %", "CI low %", "CI high %"], sub,
+                    "Per subgroup of the test set: the same fold-models and bootstrap resamples, "
+                    "restricted to the subgroup's images. Macro metrics count every class, so a "
+                    "class absent from a small subgroup pulls its macro-F1 down.")
     (out_dir / f"{name}.json").write_text(json.dumps(
         {"results": [{k: v for k, v in asdict(r).items() if k != "test_samples"} for r in results],
          "comparisons": comparisons, "provenance": provenance(stage="probe")},
@@ -458,6 +486,26 @@ def _write_predictions(path: Path, result_fields: dict, class_names: list[str]) 
     return path
 
 
+def _confusion_figure(fields: dict, class_names: list[str], stem: Path, title: str) -> None:
+    """Row-normalized test confusion matrix, summed over the 5 fold-models at the selected t."""
+    from .figures import STYLE, plt, save_figure
+
+    s, k = fields["test_samples"], len(class_names)
+    cm = sum(np.bincount(s["y"] * k + p, minlength=k * k).reshape(k, k) for p in s["fold_pred"])
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+        ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{share[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+        ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title=title)
+        ax.set_xticklabels(class_names, rotation=45, ha="right")
+        ax.set_yticklabels(class_names)
+        save_figure(fig, stem, {"stage": "probe", "counts": cm.tolist(), "classes": class_names})
+
+
 def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None = None,
                  split_seed: int = 0, cfg: ProbeConfig = ProbeConfig(),
                  log=print) -> list[ProbeResult]:
@@ -468,6 +516,11 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
     if cfg.repeats < 1:
         raise VlmprobeError(f"repeats must be >= 1; got {cfg.repeats}.")
     _check_same_dataset_files(caches)
+    for cache in caches:
+        missing = [c for c in cfg.subgroups if c not in cache.metadata]
+        if missing:
+            raise VlmprobeError(f"{cache.path}: no metadata column(s) {missing} for subgroups; "
+                                f"columns: {', '.join(sorted(cache.metadata)) or 'none'}.")
     results = []
     for cache in caches:
         y, names, view = cache.label_view(label)
@@ -479,8 +532,10 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
                                          names, SplitSpec(label_view=view, seed=split_seed + r),
                                          source=str(cache.path))
             test, fold = split.align(cache.relpaths, str(cache.path))
-            ids = [cache.relpaths[i] for i in np.flatnonzero(test)]
-            runs.append((split, *fit_probe(cache.embeddings, y, test, fold, names, cfg, positive, ids)))
+            rows = np.flatnonzero(test)
+            groups = {c: [cache.metadata[c][i] for i in rows] for c in cfg.subgroups}
+            runs.append((split, *fit_probe(cache.embeddings, y, test, fold, names, cfg, positive,
+                                           [cache.relpaths[i] for i in rows], groups)))
         split, fields, probe = runs[0]
         path = probe_path(cache, view, out)
         if cfg.shuffle_labels:
@@ -492,6 +547,8 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
                              baseline=cache.baseline, probe_file=str(probe.save(path)), **fields)
         result.predictions_file = str(_write_predictions(
             path.with_name(path.name + ".test_predictions.csv"), fields, names))
+        _confusion_figure(fields, names, path.with_name(path.name + ".confusion"),
+                          f"{result.name} / {cache.dataset} [{view}]")
         result.repeats = [{"split_seed": split_seed + r, "split_file": str(sp.path),
                            "selected_t": f["selected_t"], "test": f["test"]}
                           for r, (sp, f, _) in enumerate(runs)]

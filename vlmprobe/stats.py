@@ -82,11 +82,17 @@ def model_metrics(w: np.ndarray, y_true: np.ndarray, pred: np.ndarray, scores: n
     aucs = auroc(w, y_true, scores)
     out["auroc"] = aucs
     defined = np.isfinite(aucs)
-    out["macro_auroc"] = _div(np.where(defined, aucs, 0).sum(1), defined.sum(1))
+    n_defined = defined.sum(1)
+    out["macro_auroc"] = np.where(n_defined > 0, np.where(defined, aucs, 0).sum(1)
+                                  / np.maximum(n_defined, 1), np.nan)
     return out
 
 
 def percentile_ci(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval; NaN where the metric is undefined on every resample (e.g. AUROC
+    of a subgroup holding a single class)."""
+    if np.isnan(samples).all():
+        return float("nan"), float("nan")
     lo, hi = np.nanpercentile(samples, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
     return float(lo), float(hi)
 
