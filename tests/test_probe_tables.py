@@ -125,3 +125,18 @@ def test_metrics_per_subgroup_and_confusion_figure(tmp_path):
     assert (tmp_path / "toyset" / "probe" / "m.confusion.png").is_file()
     with pytest.raises(VlmprobeError, match="no metadata column.*'site'"):
         probe_caches([cache], out=tmp_path, cfg=ProbeConfig(subgroups=("site",), **FAST))
+
+
+def test_compare_paper_sets_our_cells_against_the_shipped_tables(tmp_path):
+    X, y = _data(n=150)
+    cache = _cache(tmp_path, X, y, "medsiglip")
+    cache.dataset = "breastus"  # a cell of the paper's Table 3: accuracy 82, F1 79
+    [r] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(**FAST), log=lambda *_: None)
+    write_table([r], tmp_path / "t", paper=True)
+    with open(tmp_path / "t" / "probe_results.paper.csv") as f:
+        rows = {(row["paper metric"], row["our metric"]): row for row in csv.DictReader(f)}
+    assert set(rows) == {("accuracy", "accuracy"), ("f1", "macro_f1")}  # 3 classes: no binary F1
+    acc = rows[("accuracy", "accuracy")]
+    assert acc["paper % (mean ± sd)"] == "82 ± 2.3" and acc["paper table"] == "Table 3"
+    assert float(acc["ours - paper [CI]"].split()[0]) == pytest.approx(100 * r.test["accuracy"] - 82,
+                                                                      abs=0.06)

@@ -409,11 +409,13 @@ def _write_grid(path_stem: Path, header: list[str], rows: list[list[str]], notes
     return [md, csv_path, tex]
 
 
-def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_results") -> tuple[Path, Path]:
+def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_results",
+                paper: bool = False) -> tuple[Path, Path]:
     """Writes, under out_dir: ``<name>.{md,csv}`` (one row per model × dataset × label view, every
     metric), ``<name>.table.{md,csv,tex}`` (Tables-3/4 style: rows models, columns datasets,
     accuracy and macro-F1 with sd and CI, pairwise differences marked), ``<name>.comparisons.{md,csv,tex}``
-    and ``<name>.json`` (everything, with provenance). Returns the first two paths."""
+    and ``<name>.json`` (everything, with provenance); with ``paper``, ``<name>.paper.{md,csv,tex}``
+    (see ``compare_paper``). Returns the first two paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r.row() for r in results]
     cols = list(rows[0])
@@ -451,6 +453,13 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
                   f"{c['p']:.4f}", f"{c['p_holm']:.4f}"] for c in comparisons],
                 "Paired bootstrap over the same 2,000 resamples of the test images (joined by "
                 "relative path) of the 5-fold-model mean; two-sided p; Holm per dataset/label.")
+    if paper:
+        _write_grid(out_dir / f"{name}.paper",
+                    ["model", "dataset", "paper table", "paper metric", "our metric", "ours % [95% CI]",
+                     "paper % (mean ± sd)", "ours - paper [CI]", "paper inside our CI"],
+                    compare_paper(results),
+                    "Ours: mean of the 5 fold-models on the test set with its bootstrap CI; the "
+                    "paper's values as printed (rounded). Cells without a paper value are omitted.")
     sub = [[r.name, r.dataset, r.label_view, col, value, str(g["n"]), m, f"{100 * g['test'][m]:.1f}",
             f"{100 * g['test_sd'][m]:.1f}", f"{100 * g['test_ci95'][m][0]:.1f}",
             f"{100 * g['test_ci95'][m][1]:.1f}"]
@@ -468,6 +477,34 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
          "comparisons": comparisons, "provenance": provenance(stage="probe")},
         indent=2, default=str))
     return md, csv_path
+
+
+PAPER_TABLES = Path(__file__).parent / "assets" / "paper_tables.csv"  # copied from the design, not retyped
+
+
+def compare_paper(results: list[ProbeResult], paper_csv: Path = PAPER_TABLES) -> list[list[str]]:
+    """Per model × dataset cell of the paper's Tables 3/4: ours [95% CI], the paper's, and
+    ours - paper with its CI. The paper's 'F1' is unspecified, so it is set against our
+    macro-F1 and, for 2-class sets, our binary F1 (positive = the disease class)."""
+    import csv
+
+    with open(paper_csv, newline="") as f:
+        paper = {(r["model"], r["dataset"], r["metric"]): r for r in csv.DictReader(f)}
+    rows = []
+    for r in results:
+        if r.label_view != "class" or r.shuffled_labels:
+            continue
+        for paper_metric, ours in (("accuracy", "accuracy"), ("f1", "macro_f1"), ("f1", "binary_f1")):
+            ref = paper.get((r.model, r.dataset, paper_metric))
+            if ref is None or ours not in r.test:
+                continue
+            value, (lo, hi) = 100 * r.test[ours], (100 * v for v in r.test_ci95[ours])
+            p = float(ref["mean_pct"])
+            rows.append([r.model, r.dataset, f"Table {ref['table']}", paper_metric, ours,
+                         f"{value:.1f} [{lo:.1f}, {hi:.1f}]", f"{p:g} ± {float(ref['sd_pct']):g}",
+                         f"{value - p:+.1f} [{lo - p:+.1f}, {hi - p:+.1f}]",
+                         "yes" if lo <= p <= hi else "no"])
+    return rows
 
 
 def _write_predictions(path: Path, result_fields: dict, class_names: list[str]) -> Path:
