@@ -187,7 +187,18 @@ def probe(
                                         "of the class (e.g. the burnt-in word)."),
     seed: int = typer.Option(0, "--seed", help="Split seed."),
     solver: str = typer.Option("sklearn", "--solver", help="sklearn (LinearSVC, the reference) "
-                               "or fast (vlmprobe.svm: same objective, batched Newton)."),
+                               "or fast (vlmprobe.svm: same objective, active-set Newton)."),
+    repeats: int = typer.Option(1, "--repeats", help="Outer test splits (seeds seed, seed+1, "
+                                "...); tables then give mean ± sd over them."),
+    shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Null control: permute "
+                                        "the training labels (must land at chance)."),
+    subgroups: Optional[List[str]] = typer.Option(None, "--subgroup", help="Also report every "
+                                                  "metric per value of this metadata column "
+                                                  "(repeatable; e.g. sex, age, site)."),
+    compare_paper: bool = typer.Option(False, "--compare-paper", help="Add a table of our cells "
+                                       "against the paper's Tables 3/4, with the difference's CI."),
+    n_bootstrap: int = typer.Option(2000, "--bootstrap", help="Resamples of the test images for "
+                                    "CIs and paired comparisons."),
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
     from .cache import read_cache
@@ -195,11 +206,14 @@ def probe(
     from .probe import ProbeConfig, probe_caches, write_table
 
     loaded = [read_cache(p) for p in find_caches(caches, out)]
+    cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
+                      subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed)
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
-                           cfg=ProbeConfig(solver=solver), log=console.print)
-    name = "probe_results" if label is None else f"probe_results.label-{label}"
+                           cfg=cfg, log=console.print)
+    name = ("probe_results" + ("" if label is None else f".label-{label}")
+            + (".shuffled-labels" if shuffle_labels else ""))
     table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
-    md, csv_path = write_table(results, Path(table_dir), name)
+    md, csv_path = write_table(results, Path(table_dir), name, paper=compare_paper)
     console.print(f"Table: {md} and {csv_path}")
 
 
