@@ -247,3 +247,28 @@ def write_llava_hf(cache: Path) -> HubFixture:
                                                      "preprocessor_config.json": pre,
                                                      **_sharded(tensors, n=3)})
     return HubFixture(LLAVA_HF_REPO, snapshot, snapshot / "model.safetensors.index.json", TOWER)
+
+
+UNI_REPO = "MahmoodLab/UNI"
+VIRCHOW_REPO = "paige-ai/Virchow"
+
+
+def write_timm_hub(cache: Path, repo_id: str, kwargs: dict, data_config: dict) -> HubFixture:
+    """A timm hub repo as timm's own ``push_to_hub`` writes it (``save_for_hf``: ``config.json``
+    with architecture + pretrained_cfg, ``model.safetensors``); vit_tiny (width 192) stands in
+    for the real ViT, built with the entry's kwargs so its tensors fit them."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs)
+    model.pretrained_cfg = {**model.pretrained_cfg, **data_config}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_for_hf(model, tmp, safe_serialization=True, model_args={k: None for k in kwargs})
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+    # As UNI's and Virchow's repos: no model_args, the card's kwargs go to create_model.
+    config = json.loads(files["config.json"])
+    config.pop("model_args", None)
+    files["config.json"] = _json(config)
+    snapshot = write_snapshot(cache, repo_id, files)
+    return HubFixture(repo_id, snapshot, snapshot / "model.safetensors", 192)

@@ -64,6 +64,12 @@ class Encoder(ABC):
     def _weights_sha256(self) -> str:
         """sha256 of the weights file loaded (or of the state dict when there is no file)."""
 
+    @classmethod
+    def needed_files(cls, entry: ModelEntry) -> list[tuple[str, tuple[str, ...]]]:
+        """``(hub repo or local path, alternative file names)`` a load reads: what
+        ``vlmprobe models --check`` looks for in the caches, without downloading."""
+        return []
+
     # -- shared behaviour ---------------------------------------------------------------------
     def load(self) -> "Encoder":
         self.model_ = self._load_model().eval().to(self.device)

@@ -43,6 +43,12 @@ class TransformersEncoder(Encoder):
     #: checkpoint names in the order transformers looks for them
     WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 
+    @classmethod
+    def needed_files(cls, entry):
+        weights = (*cls.WEIGHTS_FILES, "model.safetensors.index.json")
+        return [(entry.source, ("config.json",)), (entry.source, weights),
+                (entry.processor_source or entry.source, ("preprocessor_config.json",))]
+
     def _from_hub(self, cls, source: str, revision: str | None):
         e = self.entry
         try:

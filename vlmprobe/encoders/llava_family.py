@@ -78,6 +78,13 @@ class LlavaTowerEncoder(Encoder):
     family = "llava_tower"
     requires = ("transformers", "safetensors")
 
+    @classmethod
+    def needed_files(cls, entry):
+        tower_repo = entry.processor_source or entry.source
+        return [(entry.source, ("config.json",)),
+                (entry.source, ("model.safetensors.index.json", "model.safetensors")),
+                (tower_repo, ("preprocessor_config.json",))]
+
     def _kw(self, key, default=None):
         value = self.entry.model_kwargs.get(key, default)
         if value is None:

@@ -37,6 +37,18 @@ class OpenClipEncoder(Encoder):
     family = "open_clip"
     requires = ("open_clip_torch",)
 
+    @classmethod
+    def needed_files(cls, entry):
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        repo = cls(entry).repo_id
+        needs = [(repo, (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME))]
+        if entry.source.startswith(HF_HUB_PREFIX):
+            needs.insert(0, (repo, ("open_clip_config.json",)))
+            text = _text_tower_repo(repo)
+            needs += [(text, ("config.json",))] if text else []
+        return needs
+
     @property
     def repo_id(self) -> str:
         """The hub repo the weights come from (for a pretrained tag, the one open_clip names)."""

@@ -11,6 +11,16 @@ import torch
 from ..provenance import sha256_file
 from ..validation import VlmprobeError
 from .base import Encoder, register_family, state_dict_sha256
+from .hub import hub_fix_hint
+
+
+_TAPS = {
+    # the model's own head pooling (CLS token for ViTs, global average for CNNs)
+    "pooled": lambda model, tokens: model.forward_head(tokens, pre_logits=True),
+    # Virchow's embedding: CLS concatenated with the mean of the patch tokens (no registers)
+    "cls_mean_patch": lambda model, tokens: torch.cat(
+        [tokens[:, 0], tokens[:, model.num_prefix_tokens:].mean(dim=1)], dim=1),
+}
 
 
 def _package_file(source: str, relpath: str) -> Path:
@@ -47,12 +57,39 @@ def load_state_dict_in_order(model: torch.nn.Module, weights: dict, source: Path
 @register_family
 class TimmEncoder(Encoder):
     family = "timm"
+    requires = ("timm",)
+
+    @classmethod
+    def needed_files(cls, entry):
+        if entry.source.startswith("hf-hub:"):
+            repo = entry.source.removeprefix("hf-hub:")
+            return [(repo, ("config.json",)),
+                    (repo, ("model.safetensors", "pytorch_model.bin"))]
+        return []
+
+    def _kwargs(self) -> dict:
+        """``model_kwargs`` with layer names (``mlp_layer: SwiGLUPacked``, ``act_layer: SiLU``)
+        resolved to the classes timm expects, from timm.layers or torch.nn."""
+        import timm.layers
+
+        kwargs = dict(self.entry.model_kwargs)
+        for key, value in kwargs.items():
+            if key.endswith("_layer") and isinstance(value, str):
+                cls = getattr(timm.layers, value, None) or getattr(torch.nn, value, None)
+                if cls is None:
+                    raise VlmprobeError(f"timm entry {self.entry.name!r}: model_kwargs.{key}="
+                                        f"{value!r} is neither in timm.layers nor torch.nn.")
+                kwargs[key] = cls
+        return kwargs
 
     def _load_model(self):
         import timm
 
         e = self.entry
-        kwargs = dict(e.model_kwargs)
+        kwargs = self._kwargs()
+        if e.tap not in _TAPS:
+            raise VlmprobeError(f"timm entry {e.name!r}: tap {e.tap!r} unknown; valid: "
+                                f"{', '.join(_TAPS)}.")
         if e.source == "random":
             torch.manual_seed(e.seed or 0)
             model = timm.create_model(e.architecture, pretrained=False, **kwargs)
@@ -64,9 +101,30 @@ class TimmEncoder(Encoder):
             load_state_dict_in_order(model, weights, self._weights_path)
         else:
             name = e.source.removeprefix("timm:")
-            model = timm.create_model(name, pretrained=True, **kwargs)
+            try:
+                model = timm.create_model(name, pretrained=True, **kwargs)
+            except (OSError, RuntimeError) as err:
+                raise VlmprobeError(f"timm could not load {name!r}: {err}\n"
+                                    f"{hub_fix_hint(e, name.removeprefix('hf-hub:'))}") from None
             self._weights_path = None
         return model
+
+    def _hub_data_config(self) -> dict:
+        """The hub pretrained_cfg's transform, refused if the entry's facts say otherwise."""
+        from timm.data import resolve_data_config
+
+        cfg, p = resolve_data_config({}, model=self.model_), self.entry.preprocess
+        facts = {"input_size": (3, p.image_size, p.image_size), "interpolation": p.interpolation,
+                 "mean": tuple(p.mean), "std": tuple(p.std), "crop_pct": p.crop_pct}
+        wrong = {k: (v, cfg[k]) for k, v in facts.items()
+                 if (tuple(cfg[k]) if isinstance(v, tuple) else cfg[k]) != v
+                 and not (k == "crop_pct" and abs(cfg[k] - v) < 1e-6)}
+        if wrong:
+            raise VlmprobeError(
+                f"timm entry {self.entry.name!r}: the model's pretrained_cfg from "
+                f"{self.entry.source} disagrees with the registry's preprocess facts "
+                f"(field: (registry, pretrained_cfg)) {wrong}; fix the entry's preprocess.")
+        return cfg
 
     def _build_transform(self):
         from timm.data import create_transform, resolve_data_config
@@ -75,7 +133,9 @@ class TimmEncoder(Encoder):
         if p.resize != "shortest":
             raise VlmprobeError(f"timm entry {self.entry.name!r}: resize={p.resize!r} is not a "
                                 "timm eval transform; use 'shortest' with resize_size.")
-        # Entry facts take precedence over the model's pretrained_cfg (timm's own precedence).
+        if self.entry.source.startswith(("hf-hub:", "timm:")):
+            return create_transform(**self._hub_data_config(), is_training=False)
+        # Weights without a pretrained_cfg: the entry's facts say what the transform is.
         cfg = resolve_data_config({"input_size": (3, p.image_size, p.image_size),
                                    "interpolation": p.interpolation, "mean": p.mean,
                                    "std": p.std, "crop_pct": p.crop_pct, "crop_mode": "center"},
@@ -83,10 +143,7 @@ class TimmEncoder(Encoder):
         return create_transform(**cfg, is_training=False)
 
     def _forward(self, pixels):
-        if self.entry.tap != "pooled":
-            raise VlmprobeError(f"timm entry {self.entry.name!r}: tap {self.entry.tap!r} unknown; "
-                                "timm models offer 'pooled' (forward_head pre_logits).")
-        return self.model_.forward_head(self.model_.forward_features(pixels), pre_logits=True)
+        return _TAPS[self.entry.tap](self.model_, self.model_.forward_features(pixels))
 
     def _weights_sha256(self):
         if self._weights_path is not None:

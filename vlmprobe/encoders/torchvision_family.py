@@ -56,6 +56,11 @@ class TorchvisionEncoder(Encoder):
     family = "torchvision"
     requires = ("torchvision",)
 
+    @classmethod
+    def needed_files(cls, entry):
+        path = checkpoint_path(weights_enum(entry))
+        return [(str(path.parent), (path.name,))]
+
     def _load_model(self):
         import torchvision.models as tvm
 
