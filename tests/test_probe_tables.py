@@ -140,3 +140,17 @@ def test_compare_paper_sets_our_cells_against_the_shipped_tables(tmp_path):
     assert acc["paper % (mean ± sd)"] == "82 ± 2.3" and acc["paper table"] == "Table 3"
     assert float(acc["ours - paper [CI]"].split()[0]) == pytest.approx(100 * r.test["accuracy"] - 82,
                                                                       abs=0.06)
+
+
+@pytest.mark.parametrize("kind", ["logreg", "knn"])
+def test_other_probes_run_the_same_protocol(tmp_path, kind):
+    X, y = _data(n=240)
+    cache = _cache(tmp_path, X, y, "m")
+    [r] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(probe=kind, n_bootstrap=100),
+                       log=lambda *_: None)
+    assert r.test["accuracy"] > 0.8 and r.probe == kind and r.name == f"m [{kind}]"
+    assert r.selected.startswith("k=" if kind == "knn" else "t=") or r.saturated
+    if kind == "logreg":  # linear: saved for RISE, beside (not over) the SVM probe
+        assert r.probe_file.endswith("m.logreg.npz")
+    else:
+        assert r.probe_file == "" and r.t_grid == [1, 5, 10, 20, 50]

@@ -20,6 +20,8 @@ import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import StandardScaler
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import LinearSVC
 
 from . import stats
@@ -37,6 +39,8 @@ def c_value(t: float, embed_dim: int, n_fit: int) -> float:
 
 
 SOLVERS = ("fast", "sklearn")
+PROBES = ("svm", "logreg", "knn")
+K_GRID = (1, 5, 10, 20, 50)
 
 
 @dataclass(frozen=True)
@@ -52,30 +56,53 @@ class ProbeConfig:
     shuffle_labels: bool = False  # null control: training labels permuted, test labels kept
     repeats: int = 1       # outer test splits (split seeds seed, seed+1, ...)
     subgroups: tuple[str, ...] = ()  # metadata columns (e.g. age, sex, site) to break metrics by
+    probe: str = "svm"     # the paper's; "logreg" (same C grid) and "knn" (cosine, k_grid) besides
+    k_grid: tuple[int, ...] = K_GRID
 
 
-def _fit_svm(X, y, Cs, cfg: ProbeConfig) -> list[tuple[object, bool]]:
-    """(fitted SVM, converged) per C: the one place the solver is chosen."""
-    if cfg.solver == "fast":
+def _grid(cfg: ProbeConfig, d: int, n_fit: int) -> list[float]:
+    """The hyperparameter per grid point: C = t·d/N for the linear probes, k for kNN."""
+    if cfg.probe == "knn":
+        return [int(min(k, n_fit)) for k in cfg.k_grid]
+    return [c_value(t, d, n_fit) for t in cfg.t_grid]
+
+
+def _fit_grid(X, y, values, cfg: ProbeConfig) -> list[tuple[object, bool]]:
+    """(fitted classifier, converged) per grid value: the one place the probe and solver are
+    chosen."""
+    if cfg.probe not in PROBES:
+        raise VlmprobeError(f"Unknown probe {cfg.probe!r}; choose one of {', '.join(PROBES)}.")
+    if cfg.solver not in SOLVERS:
+        raise VlmprobeError(f"Unknown solver {cfg.solver!r}; choose one of {', '.join(SOLVERS)}.")
+    if cfg.probe == "svm" and cfg.solver == "fast":
         from .svm import fit_path
 
-        return [(svm, svm.converged_) for svm in fit_path(X, y, Cs)]
-    if cfg.solver != "sklearn":
-        raise VlmprobeError(f"Unknown solver {cfg.solver!r}; choose one of {', '.join(SOLVERS)}.")
+        return [(svm, svm.converged_) for svm in fit_path(X, y, values)]
+    make = {"svm": lambda C: LinearSVC(C=C, max_iter=cfg.max_iter, tol=cfg.tol,
+                                       random_state=cfg.seed),
+            "logreg": lambda C: LogisticRegression(C=C, max_iter=cfg.max_iter, tol=cfg.tol),
+            "knn": lambda k: KNeighborsClassifier(n_neighbors=int(k), metric="cosine")}[cfg.probe]
     fits = []
-    for C in Cs:
+    for v in values:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            svm = LinearSVC(C=C, max_iter=cfg.max_iter, tol=cfg.tol, random_state=cfg.seed).fit(X, y)
-        fits.append((svm, not any(issubclass(w.category, ConvergenceWarning) for w in caught)))
+            model = make(v).fit(X, y)
+        fits.append((model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)))
     return fits
 
 
-def _svm_info(svm, converged: bool) -> dict:
+def _model_info(model, converged: bool) -> dict:
     """What fitted the probe, with every setting and whether it converged."""
-    return {"class": f"{type(svm).__module__}.{type(svm).__name__}", **svm.get_params(),
-            "sklearn_version": sklearn.__version__, "n_iter": int(np.max(svm.n_iter_)),
-            "converged": bool(converged)}
+    return {"class": f"{type(model).__module__}.{type(model).__name__}", **model.get_params(),
+            "sklearn_version": sklearn.__version__,
+            "n_iter": int(np.max(getattr(model, "n_iter_", 0))), "converged": bool(converged)}
+
+
+def _scores_of(model, X) -> np.ndarray:
+    """Per-class scores [n, n_classes]: decision values of linear models, kNN vote shares."""
+    if hasattr(model, "decision_function"):
+        return _class_scores(model.decision_function(X))
+    return model.predict_proba(X)
 
 
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "binary_f1",
@@ -195,7 +222,8 @@ class ProbeResult:
     n_train: int
     n_test: int
     embed_dim: int
-    t_grid: list[float]
+    probe: str                         # svm (the paper's), logreg or knn
+    t_grid: list[float]                # C = t·d/N; for kNN the k grid
     val_macro_f1: list[float]          # mean over folds, per t
     val_macro_f1_sd: list[float]
     selected_t: float
@@ -206,7 +234,7 @@ class ProbeResult:
     per_class: dict[str, list[float]]  # f1/sensitivity/specificity/auroc, fold-model mean
     all_converged: bool
     n_unconverged: int
-    refit_C: float
+    refit_C: float                     # C of the refit linear model, k for kNN
     refit_test: dict[str, float]
     refit_test_macro_f1_ci95: tuple[float, float]
     positive_class: str | None
@@ -220,7 +248,12 @@ class ProbeResult:
     @property
     def name(self) -> str:
         return (self.model + (" (baseline)" if self.baseline else "")
+                + ("" if self.probe == "svm" else f" [{self.probe}]")
                 + (" (shuffled labels)" if self.shuffled_labels else ""))
+
+    @property
+    def selected(self) -> str:
+        return "saturated" if self.saturated else f"{'k' if self.probe == 'knn' else 't'}={self.selected_t:g}"
 
     def cell(self, m: str, ci: bool = True) -> str:
         """'mean ± sd [lo, hi]' in percent; over the outer splits when there are several."""
@@ -238,7 +271,7 @@ class ProbeResult:
         return {"model": self.name,
                 "dataset": self.dataset, "label": self.label_view, "N_train": self.n_train,
                 "N_test": self.n_test, "d": self.embed_dim,
-                "t": "saturated" if self.saturated else f"{self.selected_t:g}",
+                "selected": self.selected,
                 "accuracy %": self.cell("accuracy"), "macro-F1 %": self.cell("macro_f1"),
                 "weighted-F1 %": self.cell("weighted_f1"),
                 "binary-F1 %": self.cell("binary_f1") if self.positive_class else "n/a",
@@ -271,32 +304,33 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         y = y.copy()
         y[~test] = np.random.default_rng(cfg.seed).permutation(y[~test])
     folds = sorted(set(fold[~test].tolist()))
-    val_f1 = np.zeros((len(cfg.t_grid), len(folds)))
-    val_preds = [[None] * len(folds) for _ in cfg.t_grid]
-    test_scores = [[None] * len(folds) for _ in cfg.t_grid]
+    points = list(cfg.k_grid if cfg.probe == "knn" else cfg.t_grid)  # t, or k for kNN
+    val_f1 = np.zeros((len(points), len(folds)))
+    val_preds = [[None] * len(folds) for _ in points]
+    test_scores = [[None] * len(folds) for _ in points]
     unconverged = 0
     for j, k in enumerate(folds):
         fit, val = (~test) & (fold != k), fold == k
         scaler = StandardScaler().fit(X[fit])
         Xf, Xv, Xt = scaler.transform(X[fit]), scaler.transform(X[val]), scaler.transform(X[test])
-        fits = _fit_svm(Xf, y[fit], [c_value(t, d, int(fit.sum())) for t in cfg.t_grid], cfg)
+        fits = _fit_grid(Xf, y[fit], _grid(cfg, d, int(fit.sum())), cfg)
         for i, (svm, ok) in enumerate(fits):
             unconverged += not ok
             val_preds[i][j] = svm.predict(Xv)
             val_f1[i, j] = f1_score(y[val], val_preds[i][j], average="macro",
                                     labels=np.arange(n_classes), zero_division=0)
-            test_scores[i][j] = _class_scores(svm.decision_function(Xt))
+            test_scores[i][j] = _scores_of(svm, Xt)
     mean_val = val_f1.mean(1)
     best = int(np.flatnonzero(mean_val >= mean_val.max() - 1e-12)[0])  # ties -> smallest t
     saturated = all(np.array_equal(val_preds[i][j], val_preds[0][j])
-                    for i in range(len(cfg.t_grid)) for j in range(len(folds)))
+                    for i in range(len(points)) for j in range(len(folds)))
     # Refit on the whole training part with the selected t: the probe RISE explains.
     train = ~test
     scaler = StandardScaler().fit(X[train])
-    C = c_value(cfg.t_grid[best], d, int(train.sum()))
-    [(svm, ok)] = _fit_svm(scaler.transform(X[train]), y[train], [C], cfg)
+    C = _grid(cfg, d, int(train.sum()))[best]
+    [(svm, ok)] = _fit_grid(scaler.transform(X[train]), y[train], [C], cfg)
     unconverged += not ok
-    refit_scores = _class_scores(svm.decision_function(scaler.transform(X[test])))
+    refit_scores = _scores_of(svm, scaler.transform(X[test]))
 
     y_test, scores = y[test], test_scores[best]
     preds = [s.argmax(1) for s in scores]
@@ -318,8 +352,8 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
                                             n_classes, positive)
     fields = dict(
         class_names=class_names, n_train=int(train.sum()), n_test=int(test.sum()), embed_dim=d,
-        t_grid=list(cfg.t_grid), val_macro_f1=mean_val.tolist(),
-        val_macro_f1_sd=val_f1.std(1).tolist(), selected_t=cfg.t_grid[best], saturated=saturated,
+        probe=cfg.probe, t_grid=points, val_macro_f1=mean_val.tolist(),
+        val_macro_f1_sd=val_f1.std(1).tolist(), selected_t=points[best], saturated=saturated,
         test=test_mean, test_sd=test_sd, test_ci95=test_ci, per_class=extra["per_class"],
         subgroups=subgroups,
         all_converged=unconverged == 0, n_unconverged=unconverged, refit_C=C,
@@ -330,10 +364,12 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
                       "fold_scores": np.stack(scores), "refit_pred": refit_scores.argmax(1),
                       "refit_scores": refit_scores, "boot": extra["boot"]},
     )
+    if not hasattr(svm, "coef_"):  # kNN: nothing linear to save for RISE
+        return fields, None
     probe = LinearProbe(scaler.mean_, scaler.scale_, svm.coef_, svm.intercept_, class_names,
-                        {"C": C, "t": cfg.t_grid[best], "n_fit": int(train.sum()),
+                        {"C": C, "t": points[best], "n_fit": int(train.sum()),
                          "shuffled_labels": cfg.shuffle_labels,
-                         "svm": {"solver": cfg.solver, **_svm_info(svm, ok)}})
+                         cfg.probe: {"solver": cfg.solver, **_model_info(svm, ok)}})
     return fields, probe
 
 
@@ -512,6 +548,7 @@ def _write_predictions(path: Path, result_fields: dict, class_names: list[str]) 
     import csv
 
     s = result_fields["test_samples"]
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["relpath", "true", "refit_pred"] + [f"fold{j}_pred" for j in range(len(s["fold_pred"]))]
@@ -575,13 +612,15 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
                                            [cache.relpaths[i] for i in rows], groups)))
         split, fields, probe = runs[0]
         path = probe_path(cache, view, out)
-        if cfg.shuffle_labels:
-            path = path.with_name(path.name + ".shuffled-labels")
-        probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
-                           "cache_key": cache.cache_key, "split_file": str(split.path),
-                           "protocol": asdict(cfg), "provenance": provenance(stage="probe")})
+        path = path.with_name(path.name + ("" if cfg.probe == "svm" else f".{cfg.probe}")
+                              + (".shuffled-labels" if cfg.shuffle_labels else ""))
         result = ProbeResult(model=cache.model, dataset=cache.dataset, label_view=view,
-                             baseline=cache.baseline, probe_file=str(probe.save(path)), **fields)
+                             baseline=cache.baseline, **fields)
+        if probe is not None:
+            probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
+                               "cache_key": cache.cache_key, "split_file": str(split.path),
+                               "protocol": asdict(cfg), "provenance": provenance(stage="probe")})
+            result.probe_file = str(probe.save(path))
         result.predictions_file = str(_write_predictions(
             path.with_name(path.name + ".test_predictions.csv"), fields, names))
         _confusion_figure(fields, names, path.with_name(path.name + ".confusion"),
@@ -589,9 +628,9 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         result.repeats = [{"split_seed": split_seed + r, "split_file": str(sp.path),
                            "selected_t": f["selected_t"], "test": f["test"]}
                           for r, (sp, f, _) in enumerate(runs)]
-        t_text = "saturated grid" if result.saturated else f"t={result.selected_t:g}"
-        log(f"{result.name} / {cache.dataset} [{view}]: {t_text}, test macro-F1 "
-            f"{result.cell('macro_f1')}; refit probe (C={result.refit_C:.4g}) test macro-F1 "
-            f"{100 * result.refit_test['macro_f1']:.1f} -> {result.probe_file}")
+        log(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
+            f"{result.cell('macro_f1')}; refit ({'k' if cfg.probe == 'knn' else 'C'}="
+            f"{result.refit_C:.4g}) test macro-F1 {100 * result.refit_test['macro_f1']:.1f}"
+            + (f" -> {result.probe_file}" if result.probe_file else ""))
         results.append(result)
     return results
