@@ -199,6 +199,8 @@ def probe(
                                        "against the paper's Tables 3/4, with the difference's CI."),
     n_bootstrap: int = typer.Option(2000, "--bootstrap", help="Resamples of the test images for "
                                     "CIs and paired comparisons."),
+    kind: str = typer.Option("svm", "--probe", help="svm (the paper's) | logreg (same C grid) | "
+                             "knn (cosine, k in 1,5,10,20,50)."),
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
     from .cache import read_cache
@@ -207,10 +209,12 @@ def probe(
 
     loaded = [read_cache(p) for p in find_caches(caches, out)]
     cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
-                      subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed)
+                      subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
+                      probe=kind)
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
                            cfg=cfg, log=console.print)
-    name = ("probe_results" + ("" if label is None else f".label-{label}")
+    name = ("probe_results" + ("" if kind == "svm" else f".{kind}")
+            + ("" if label is None else f".label-{label}")
             + (".shuffled-labels" if shuffle_labels else ""))
     table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
     md, csv_path = write_table(results, Path(table_dir), name, paper=compare_paper)
