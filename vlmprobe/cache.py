@@ -1,21 +1,28 @@
 """The embedding cache: one HDF5 file per (model, dataset). This module alone owns its schema.
 
-Schema version 1 (``/`` is the file root)::
+Schema version 2 (``/`` is the file root)::
 
     /embeddings          float32 [N, d]   one row per readable image, in ``relpaths`` order
     /labels              int64   [N]      index into the ``class_names`` attribute
     /relpaths            str     [N]      posix paths relative to the dataset root
     /meta/<column>       str     [N]      per-image metadata (mask paths, manifest columns, ...)
-    /files/relpath       str     [M]      every image file listed (M >= N), for the fingerprint
+    /files/relpath       str     [M]      every image file listed (M >= N), in sample order,
+                                          for the fingerprint (a shard lists all M, too)
     /files/size          int64   [M]
     /files/digest        str     [M]      blake2b-128 of the file content
     /skipped/relpath     str     [K]      unreadable files, left out of /embeddings
     /skipped/error       str     [K]      why
     attrs: schema_version, model, dataset, class_names (JSON), embed_dim, baseline (bool),
            dataset_fingerprint, cache_key, intensity_pipeline, encoder (JSON: entry, preprocessing,
-           weights_sha256), dataset_entry (JSON), phantom (JSON or ""), provenance (JSON)
+           weights_sha256), dataset_entry (JSON), phantom (JSON or ""), provenance (JSON),
+           embeddings_sha256 (of the /embeddings bytes, checked on read), precision
+           (fp32 | fp16 | bf16), batch_size (the fixed batch boundaries), shard ("" for a whole
+           cache, "i/n" for shard i of n: the samples of batches k with k % n == i)
 
-The file is written to a temporary name and renamed into place, so a cache that exists is whole.
+Version 2 added embeddings_sha256, precision, batch_size and shard; version 1 files are still
+read (without the checksum check), but their key differs, so ``extract`` redoes them.
+The file is written to a temporary name and renamed into place, so a cache that exists is whole;
+how extraction gets there crash-safely is in :mod:`vlmprobe.chunks`.
 """
 from __future__ import annotations
 
@@ -30,7 +37,8 @@ import numpy as np
 
 from .validation import VlmprobeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _STR = h5py.string_dtype()
 
 
@@ -53,6 +61,10 @@ class Cache:
     path: Path | None = None
 
     @property
+    def shard(self) -> str:
+        return str(self.attrs.get("shard", ""))
+
+    @property
     def baseline(self) -> bool:
         return bool(self.attrs.get("baseline", False))
 
@@ -73,12 +85,18 @@ class Cache:
         return np.array([index[str(v)] for v in values], dtype=np.int64), names, column
 
 
-def cache_key(encoder_desc: dict, dataset_fingerprint: str, intensity_pipeline: str) -> str:
+def cache_key(encoder_desc: dict, dataset_fingerprint: str, intensity_pipeline: str,
+              precision: str = "fp32") -> str:
     """What a cache depends on; a request with another key must not be served this cache."""
     payload = json.dumps({"schema": SCHEMA_VERSION, "encoder": encoder_desc,
                           "dataset_fingerprint": dataset_fingerprint,
-                          "intensity": intensity_pipeline}, sort_keys=True, default=str)
+                          "intensity": intensity_pipeline, "precision": precision},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def embeddings_sha256(embeddings: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(embeddings, np.float32).tobytes()).hexdigest()
 
 
 def _json_attrs(cache: Cache) -> dict:
@@ -107,11 +125,16 @@ def write_cache(path: Path, cache: Cache) -> Path:
             f.attrs.update({"schema_version": SCHEMA_VERSION, "model": cache.model,
                             "dataset": cache.dataset, "class_names": json.dumps(cache.class_names),
                             "dataset_fingerprint": cache.dataset_fingerprint,
-                            "cache_key": cache.cache_key, "embed_dim": cache.embed_dim})
+                            "cache_key": cache.cache_key, "embed_dim": cache.embed_dim,
+                            "embeddings_sha256": embeddings_sha256(cache.embeddings)})
             f.attrs.update(_json_attrs(cache))
             f.flush()
             os.fsync(f.id.get_vfd_handle())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # h5py reports some failed writes as RuntimeError
+        from .chunks import io_error
+
+        raise io_error(path, e, "write cache") from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -122,7 +145,7 @@ def _strings(ds) -> list[str]:
 
 
 _CORE_ATTRS = {"schema_version", "model", "dataset", "class_names", "dataset_fingerprint",
-               "cache_key", "embed_dim"}
+               "cache_key", "embed_dim", "embeddings_sha256"}
 
 
 def read_cache(path: str | Path) -> Cache:
@@ -130,11 +153,17 @@ def read_cache(path: str | Path) -> Cache:
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("schema_version", -1))
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise VlmprobeError(f"{path} has cache schema version {version}; this vlmprobe "
-                                    f"reads version {SCHEMA_VERSION}. Re-run `vlmprobe extract`.")
+                                    f"reads versions {READABLE_VERSIONS}. Re-run `vlmprobe "
+                                    "extract --force` to rewrite it.")
+            embeddings = f["embeddings"][()]
+            expected = f.attrs.get("embeddings_sha256")
+            if expected is not None and embeddings_sha256(embeddings) != str(expected):
+                raise VlmprobeError(f"{path} is corrupt: its embeddings do not match their "
+                                    "checksum. Delete it and re-run `vlmprobe extract`.")
             return Cache(
-                embeddings=f["embeddings"][()], labels=f["labels"][()],
+                embeddings=embeddings, labels=f["labels"][()],
                 relpaths=_strings(f["relpaths"]),
                 class_names=json.loads(f.attrs["class_names"]),
                 model=str(f.attrs["model"]), dataset=str(f.attrs["dataset"]),
@@ -147,7 +176,7 @@ def read_cache(path: str | Path) -> Cache:
                 attrs={k: json.loads(v) for k, v in f.attrs.items() if k not in _CORE_ATTRS},
                 path=path,
             )
-    except (OSError, KeyError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError) as e:  # h5py's ways of saying "damaged"
         raise VlmprobeError(f"{path} is not a readable vlmprobe cache ({e}). Delete it and re-run "
                             "`vlmprobe extract`.") from None
 

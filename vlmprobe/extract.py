@@ -1,12 +1,22 @@
 """Extraction: embed every image of a dataset with one model, into one HDF5 cache.
 
 Decoding and the official transform run in DataLoader workers while the model runs; an image
-that cannot be decoded is recorded (path + error) and left out, never silently dropped.
+that cannot be decoded is recorded (path + error) and left out, never silently dropped. Each
+batch is saved as its own chunk file (see :mod:`vlmprobe.chunks`), so a killed run continues
+where it stopped, and the cache is assembled only when every chunk exists.
+
+Scale-out: ``shard=(i, n)`` (or ``RANK``/``WORLD_SIZE`` from torchrun) embeds the batches
+``k`` with ``k % n == i`` into a shard cache; :func:`merge_shards` joins the shards into the
+cache a single process would have written, byte for byte, and runs by itself when the last
+shard of a set is written.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,26 +25,40 @@ import torch
 
 from . import paths
 from .cache import Cache, cache_key, read_cache, read_cache_key, write_cache
-from .datasets import ImageDataset, fingerprint_files, load_dataset
+from .chunks import Chunk, WorkDir, WriterLock, chunk_batches
+from .datasets import MEMBER_SEP, ImageDataset, load_dataset, read_image
 from .encoders import Encoder, load_encoder
 from .progress import console, progress_bar
 from .provenance import provenance
 from .registry import get_model_entry
 from .validation import VlmprobeError
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DRAFT_SUFFIXES = (".jpg", ".jpeg")
+
 
 class _DecodedImages(torch.utils.data.Dataset):
-    """Decode + transform in workers; a failure becomes an error string, not an exception."""
+    """Decode + transform in workers; a failure becomes an error string, not an exception.
 
-    def __init__(self, dataset: ImageDataset, transform):
-        self.dataset, self.transform = dataset, transform
+    ``draft`` (pixels) lets JPEGs decode at a reduced DCT scale that still covers the model's
+    resize size: the ``--fast-decode`` path, whose cosine to the exact path is measured.
+    """
+
+    def __init__(self, dataset: ImageDataset, transform, draft: int | None = None):
+        self.dataset, self.transform, self.draft = dataset, transform, draft
 
     def __len__(self):
         return len(self.dataset)
 
+    def _image(self, i):
+        relpath = self.dataset.samples[i].relpath
+        if self.draft and MEMBER_SEP not in relpath and relpath.lower().endswith(_DRAFT_SUFFIXES):
+            return read_image(self.dataset.root / relpath, draft=self.draft)
+        return self.dataset.load_image(i)
+
     def __getitem__(self, i):
         try:
-            return i, self.transform(self.dataset.load_image(i)), ""
+            return i, self.transform(self._image(i)), ""
         except Exception as e:  # noqa: BLE001 — any decoder error means "unreadable file"
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -43,24 +67,131 @@ def _collate(items):
     ok = [(i, x) for i, x, err in items if x is not None]
     failed = [(i, err) for i, x, err in items if x is None]
     pixels = torch.stack([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], pixels, failed
+    return [i for i, _ in ok], pixels, failed, min(i for i, _, _ in items)
 
 
 @dataclass
 class ExtractResult:
     path: Path
-    status: str  # "written" | "up to date"
+    status: str  # "written" | "up to date" | "shard written"
     n_images: int
     n_skipped: int
+    merged: Path | None = None  # the whole cache, when this shard completed a set
 
 
 def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeline: str) -> str:
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"i/n"`` (or ``(i, n)``), else torchrun's ``RANK``/``WORLD_SIZE``, else None."""
+    if shard is None:
+        rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if rank is None or world is None or int(world) <= 1:
+            return None
+        shard = (int(rank), int(world))
+    if isinstance(shard, str):
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+        except ValueError:
+            raise VlmprobeError(f"--shard {shard!r}: expected i/n, e.g. 0/4.") from None
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise VlmprobeError(f"--shard {i}/{n}: need n >= 1 and 0 <= i < n.")
+    return (i, n) if n > 1 else None
+
+
+def shard_path(target: Path, i: int, n: int) -> Path:
+    """Shard files do not end in .h5, so stages that scan a directory never mistake one for a cache."""
+    return target.with_name(f"{target.name}.shard-{i}-of-{n}")
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise VlmprobeError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    if precision == "fp16" and device.type == "cpu":
+        raise VlmprobeError("--precision fp16 needs a GPU; on CPU use fp32 (default) or bf16.")
+    return PRECISIONS[precision]
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def _uses_conv(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def _channels_last(encoder: Encoder) -> bool:
+    """Conv nets on a GPU run faster channels-last (tensor cores); elsewhere leave memory as is."""
+    if encoder.device.type == "cuda" and _uses_conv(encoder.model_):
+        encoder.model_.to(memory_format=torch.channels_last)
+        return True
+    return False
+
+
+def encode(encoder: Encoder, pixels: torch.Tensor, precision: str = "fp32",
+           channels_last: bool = False) -> np.ndarray:
+    """One batch at ``precision``; a GPU out-of-memory splits the batch instead of crashing."""
+    if channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    try:
+        with _autocast(encoder.device, precision):
+            return encoder.encode_images(pixels).float().cpu().numpy()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        if len(pixels) == 1:
+            raise VlmprobeError(f"One image does not fit in GPU memory with {encoder.entry.name}; "
+                                "use --precision bf16 or --device cpu.") from None
+        half = len(pixels) // 2
+        return np.concatenate([encode(encoder, pixels[:half], precision, channels_last),
+                               encode(encoder, pixels[half:], precision, channels_last)])
+
+
+def auto_batch_size(encoder: Encoder, sample: torch.Tensor, precision: str = "fp32",
+                    channels_last: bool = False, cpu_candidates=(4, 8, 16, 32),
+                    gpu_max: int = 1024) -> int:
+    """GPU: the largest power of two whose forward fits. CPU: the fastest of a few sizes, timed."""
+    if encoder.device.type == "cuda":
+        b = gpu_max
+        while b > 1:
+            try:
+                encode(encoder, sample.expand(b, *sample.shape).clone(), precision, channels_last)
+                torch.cuda.synchronize()
+                return b
+            except (torch.cuda.OutOfMemoryError, VlmprobeError):
+                torch.cuda.empty_cache()
+                b //= 2
+        return 1
+    best, best_rate = cpu_candidates[0], 0.0
+    for b in cpu_candidates:
+        x = sample.expand(b, *sample.shape).clone()
+        encode(encoder, x, precision)  # warm-up: allocator, oneDNN kernels for this shape
+        t0 = time.perf_counter()
+        encode(encoder, x, precision)
+        rate = b / (time.perf_counter() - t0)
+        if rate > best_rate:
+            best, best_rate = b, rate
+    return best
+
+
+def _first_sample(images: _DecodedImages) -> torch.Tensor:
+    for i in range(len(images)):
+        _, x, _ = images[i]
+        if x is not None:
+            return x
+    raise VlmprobeError(f"No image under {images.dataset.root} could be decoded.")
+
+
+def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeline: str,
+                          precision: str) -> str:
     old = read_cache(path)
     reasons = []
+    if "precision" not in old.attrs:
+        reasons.append("written by an older vlmprobe (cache schema 1)")
     if old.dataset_fingerprint != fingerprint:
         reasons.append(f"dataset files changed (fingerprint {old.dataset_fingerprint[:12]} -> "
                        f"{fingerprint[:12]})")
@@ -70,70 +201,215 @@ def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeli
     if old_enc.get("entry") != json.loads(json.dumps(encoder.entry.to_dict(), default=str)):
         reasons.append("registry entry (tap, preprocessing or source) differs")
     if old.attrs.get("intensity_pipeline") != pipeline:
-        reasons.append("intensity pipeline differs")
+        reasons.append("intensity pipeline (or --fast-decode) differs")
+    if old.attrs.get("precision", precision) != precision:
+        reasons.append(f"precision {old.attrs['precision']} -> {precision}")
     return "; ".join(reasons) or "vlmprobe version or transform changed"
 
 
-def extract(model: str, dataset: str, root: str | Path | None = None,
-            out: str | Path | None = None, batch_size: int = 32, device: str = "auto",
-            num_workers: int | None = None, force: bool = False,
-            progress: bool = True) -> ExtractResult:
-    """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` and returns it."""
-    entry = get_model_entry(model)
-    data = load_dataset(dataset, root)
+def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cache, int]:
+    """The cache of the samples in ``chunks`` (chunk order = sample order)."""
     relpaths = [s.relpath for s in data.samples]
-    target = paths.cache_path(paths.cache_dir(out), dataset, model)
-
-    console.print(f"Fingerprinting {len(relpaths)} files under {data.root} ...")
-    sizes, digests, fingerprint = fingerprint_files(data.root, relpaths)
-    encoder = load_encoder(entry, device)
-    desc = encoder.describe()
-    pipeline = data.intensity_pipeline  # derived from every sample: compute once
-    key = cache_key(desc, fingerprint, pipeline)
-    if target.exists():
-        old_key = read_cache_key(target)
-        if old_key == key:
-            old = read_cache(target)
-            return ExtractResult(target, "up to date", len(old.relpaths), len(old.skipped["relpath"]))
-        if old_key is not None and not force:
-            raise VlmprobeError(
-                f"{target} exists but was made from different inputs: "
-                f"{_explain_key_mismatch(target, encoder, fingerprint, pipeline)}. "
-                "Pass --force to overwrite it, or --out another directory.")
-
-    loader = torch.utils.data.DataLoader(
-        _DecodedImages(data, encoder.transform_), batch_size=batch_size, shuffle=False,
-        num_workers=default_workers() if num_workers is None else num_workers,
-        collate_fn=_collate, pin_memory=encoder.device.type == "cuda")
-    order, chunks, skipped = [], [], []
-    with progress_bar(f"extract {model} / {dataset}", len(data), enabled=progress) as advance:
-        for idx, pixels, failed in loader:
-            if pixels is not None:
-                chunks.append(encoder.encode_images(pixels).cpu().numpy())
-                order.extend(idx)
-            skipped.extend(failed)
-            advance(len(idx) + len(failed))
-    if not order:
-        raise VlmprobeError(f"No image under {data.root} could be decoded; first error: "
-                            f"{relpaths[skipped[0][0]]}: {skipped[0][1]}")
-    for i, err in skipped:
-        console.print(f"[yellow]skipped unreadable image[/] {data.path(i)}: {err}")
-
-    phantom_file = data.root / "phantom.json"
+    order = [int(i) for c in chunks for i in c.idx]
+    skipped = [(int(i), e) for c in chunks for i, e in zip(c.failed_idx, c.failed_error)]
+    dim = base["attrs"]["encoder"]["entry"]["embed_dim"]
+    emb = [c.embeddings for c in chunks if len(c.idx)]
     cache = Cache(
-        embeddings=np.concatenate(chunks).astype(np.float32),
+        embeddings=np.concatenate(emb).astype(np.float32) if emb else np.zeros((0, dim), np.float32),
         labels=np.array([data.samples[i].label for i in order], dtype=np.int64),
-        relpaths=[relpaths[i] for i in order], class_names=data.class_names, model=model,
-        dataset=dataset, dataset_fingerprint=fingerprint, cache_key=key,
+        relpaths=[relpaths[i] for i in order],
         metadata={col: [data.samples[i].metadata.get(col, "") for i in order]
                   for col in data.metadata_columns},
-        files={"relpath": relpaths, "size": sizes, "digest": digests},
         skipped={"relpath": [relpaths[i] for i, _ in skipped], "error": [e for _, e in skipped]},
-        attrs={"baseline": entry.baseline, "encoder": desc, "intensity_pipeline": pipeline,
-               "dataset_entry": data.entry.__dict__, "dataset_root": str(data.root),
-               "phantom": json.loads(phantom_file.read_text()) if phantom_file.is_file() else "",
-               "provenance": provenance(stage="extract", batch_size=batch_size,
-                                        device=str(encoder.device))},
+        **{k: v for k, v in base.items()},
     )
-    write_cache(target, cache)
-    return ExtractResult(target, "written", len(order), len(skipped))
+    return cache, len(skipped)
+
+
+def extract(model: str, dataset: str, root: str | Path | None = None,
+            out: str | Path | None = None, batch_size: int | str = 32, device: str = "auto",
+            num_workers: int | None = None, force: bool = False, progress: bool = True,
+            precision: str = "fp32", shard: str | tuple[int, int] | None = None,
+            fast_decode: bool = False, dataset_options: dict | None = None) -> ExtractResult:
+    """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` and returns it.
+
+    Re-running after a crash continues from the chunks on disk. ``batch_size="auto"`` picks
+    one (see :func:`auto_batch_size`); a resumed run keeps the batch size it started with.
+    ``dataset_options``: :func:`~vlmprobe.datasets.load_dataset` choices (size, dicom_window,
+    label_level, class_subset), recorded in the cache's dataset entry and key.
+    """
+    entry = get_model_entry(model)
+    data = load_dataset(dataset, root, **(dataset_options or {}))
+    relpaths = [s.relpath for s in data.samples]
+    final = paths.cache_path(paths.cache_dir(out), dataset, model)
+    part = parse_shard(shard)
+    target = shard_path(final, *part) if part else final
+    if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+        raise VlmprobeError(f"--batch-size {batch_size!r}: give a positive integer or 'auto'.")
+
+    console.print(f"Fingerprinting {len(relpaths)} files under {data.root} ...")
+    sizes, digests, fingerprint = data.fingerprint()  # a label level / class subset included
+    encoder = load_encoder(entry, device)
+    check_precision(precision, encoder.device)
+    desc = encoder.describe()
+    draft = max(entry.preprocess.image_size, entry.preprocess.resize_size or 0) if fast_decode else None
+    pipeline = data.intensity_pipeline  # derived from every sample: compute once
+    if draft:
+        pipeline += f" + fast decode (JPEG DCT-scaled to >= {draft}px)"
+    key = cache_key(desc, fingerprint, pipeline, precision)
+    for existing in (final, target):
+        if existing.exists():
+            old_key = read_cache_key(existing)
+            if old_key == key:
+                WorkDir(target).clear()
+                old = read_cache(existing)
+                return ExtractResult(existing, "up to date", len(old.relpaths),
+                                     len(old.skipped["relpath"]))
+            if not force:
+                why = (_explain_key_mismatch(existing, encoder, fingerprint, pipeline, precision)
+                       if old_key is not None else "it is not a readable cache")
+                raise VlmprobeError(f"{existing} exists but was made from different inputs: {why}. "
+                                    "Pass --force to overwrite it, or --out another directory.")
+
+    images = _DecodedImages(data, encoder.transform_, draft)
+    channels_last = _channels_last(encoder)
+    with WriterLock(target):
+        work = WorkDir(target)
+        want = {"cache_key": key, "n": len(data), "shard": list(part or (0, 1))}
+        resumed = work.resumable(want)
+        if resumed:
+            bs = resumed["batch_size"]
+            if batch_size not in ("auto", bs):
+                console.print(f"[yellow]Resuming with batch size {bs}[/] (the interrupted run's), "
+                              f"not {batch_size}, so the batch boundaries stay the same.")
+        elif batch_size == "auto":
+            bs = auto_batch_size(encoder, _first_sample(images), precision, channels_last)
+            console.print(f"--batch-size auto: {bs} on {encoder.device}")
+        else:
+            bs = batch_size
+        work.start(dict(want, batch_size=bs))
+        i, n = part or (0, 1)
+        mine = [k for k in range(math.ceil(len(data) / bs)) if k % n == i]
+        todo = sorted(set(mine) - work.done_verified(console.print))
+        if len(todo) < len(mine):
+            console.print(f"Resuming: {len(mine) - len(todo)} of {len(mine)} chunks already done "
+                          f"in {work.path}")
+        batches = chunk_batches(len(data), bs, todo)
+        loader = torch.utils.data.DataLoader(
+            images, batch_sampler=batches, collate_fn=_collate,
+            num_workers=default_workers() if num_workers is None else num_workers,
+            pin_memory=encoder.device.type == "cuda")
+        with progress_bar(f"extract {model} / {dataset}", sum(map(len, batches)),
+                          enabled=progress) as advance:
+            for idx, pixels, failed, first in loader:
+                emb = (encode(encoder, pixels, precision, channels_last) if pixels is not None
+                       else np.zeros((0, entry.embed_dim), np.float32))
+                work.write(first // bs, Chunk(np.array(idx, np.int64), emb,
+                                              np.array([j for j, _ in failed], np.int64),
+                                              [e for _, e in failed]))
+                advance(len(idx) + len(failed))
+
+        phantom_file = data.root / "phantom.json"
+        base = dict(
+            class_names=data.class_names, model=model, dataset=dataset,
+            dataset_fingerprint=fingerprint, cache_key=key,
+            files={"relpath": relpaths, "size": sizes, "digest": digests},
+            attrs={"baseline": entry.baseline, "encoder": desc, "intensity_pipeline": pipeline,
+                   "dataset_entry": data.entry.__dict__, "dataset_root": str(data.root),
+                   "phantom": json.loads(phantom_file.read_text()) if phantom_file.is_file() else "",
+                   "precision": precision, "batch_size": bs,
+                   "shard": f"{i}/{n}" if part else "",
+                   "provenance": provenance(stage="extract", batch_size=bs,
+                                            device=str(encoder.device), precision=precision,
+                                            channels_last=channels_last,
+                                            fast_decode=bool(fast_decode))})
+        cache, n_skipped = _assemble(data, [work.read(k) for k in mine], base)
+        if not part and not cache.relpaths:
+            first_err = cache.skipped["relpath"][0], cache.skipped["error"][0]
+            raise VlmprobeError(f"No image under {data.root} could be decoded; first error: "
+                                f"{first_err[0]}: {first_err[1]}")
+        write_cache(target, cache)
+        work.clear()
+    for rel, err in zip(cache.skipped["relpath"], cache.skipped["error"]):
+        console.print(f"[yellow]skipped unreadable image[/] {data.root / rel}: {err}")
+    if not part:
+        return ExtractResult(target, "written", len(cache.relpaths), n_skipped)
+    return ExtractResult(target, "shard written", len(cache.relpaths), n_skipped,
+                         _merge_if_complete(final, n))
+
+
+def _merge_if_complete(final: Path, n: int) -> Path | None:
+    """Whichever shard finishes last merges; a concurrent finisher holding the lock does it."""
+    shards = [shard_path(final, j, n) for j in range(n)]
+    lock = WriterLock(final)
+    if not lock.try_acquire():
+        return None
+    try:
+        if not all(p.exists() for p in shards):
+            return None
+        return merge_shards(shards, final, locked=True)
+    finally:
+        lock.release()
+
+
+def merge_shards(shard_files: list[str | Path], target: str | Path | None = None,
+                 remove: bool = True, locked: bool = False) -> Path:
+    """Join the shard caches of one extraction into the cache one process would have written.
+
+    Refuses shards of different requests (cache keys, batch sizes) and incomplete sets, naming
+    the missing shard or samples. The shard files are removed after the merge unless ``remove``
+    is False.
+    """
+    files = [Path(p) for p in shard_files]
+    if not files:
+        raise VlmprobeError("No shard files given to merge.")
+    shards = [read_cache(p) for p in files]
+    for p, c in zip(files, shards):
+        if not c.shard:
+            raise VlmprobeError(f"{p} is a whole cache, not a shard (its shard attribute is empty).")
+    first = shards[0]
+    n = int(first.shard.split("/")[1])
+    for p, c in zip(files, shards):
+        if c.cache_key != first.cache_key:
+            raise VlmprobeError(f"{p} was made from other inputs than {files[0]} (cache keys "
+                                f"{c.cache_key[:12]} vs {first.cache_key[:12]}); shards of one "
+                                "merge must come from the same extract command.")
+        if c.attrs.get("batch_size") != first.attrs.get("batch_size") or not c.shard.endswith(f"/{n}"):
+            raise VlmprobeError(f"{p} (shard {c.shard}, batch size {c.attrs.get('batch_size')}) "
+                                f"does not belong with {files[0]} (shard {first.shard}, batch size "
+                                f"{first.attrs.get('batch_size')}).")
+    have = sorted(int(c.shard.split("/")[0]) for c in shards)
+    if have != list(range(n)):
+        missing = sorted(set(range(n)) - set(have))
+        dup = sorted({s for s in have if have.count(s) > 1})
+        raise VlmprobeError(f"Shards to merge must be 0..{n - 1} once each; missing {missing}"
+                            f"{f', duplicated {dup}' if dup else ''}. Run `vlmprobe extract "
+                            f"--shard i/{n}` for the missing ones.")
+    position = {r: j for j, r in enumerate(first.files["relpath"])}
+    rows = sorted((position[r], s, j) for s, c in enumerate(shards) for j, r in enumerate(c.relpaths))
+    skipped = sorted((position[r], e) for c in shards
+                     for r, e in zip(c.skipped["relpath"], c.skipped["error"]))
+    covered = [p for p, _, _ in rows] + [p for p, _ in skipped]
+    if sorted(covered) != list(range(len(position))):
+        raise VlmprobeError(f"Shards {', '.join(map(str, files))} do not cover every sample exactly "
+                            f"once ({len(covered)} rows for {len(position)} samples); re-run the "
+                            "shards' extract commands.")
+    merged = Cache(
+        embeddings=np.stack([shards[s].embeddings[j] for _, s, j in rows]).astype(np.float32),
+        labels=np.array([shards[s].labels[j] for _, s, j in rows], dtype=np.int64),
+        relpaths=[shards[s].relpaths[j] for _, s, j in rows],
+        metadata={col: [shards[s].metadata[col][j] for _, s, j in rows] for col in first.metadata},
+        skipped={"relpath": [first.files["relpath"][p] for p, _ in skipped],
+                 "error": [e for _, e in skipped]},
+        class_names=first.class_names, model=first.model, dataset=first.dataset,
+        dataset_fingerprint=first.dataset_fingerprint, cache_key=first.cache_key,
+        files=first.files,
+        attrs=dict(first.attrs, shard="", merged_from=[p.name for p in files]),
+    )
+    target = Path(target) if target else files[0].with_name(files[0].name.split(".shard-")[0])
+    with contextlib.nullcontext() if locked else WriterLock(target):
+        write_cache(target, merged)
+    if remove:
+        for p in files:
+            p.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,46 @@
+"""Helpers for the extraction tests: a fast registry entry and the extract command line.
+
+``lite0_random_64`` is the registry's efficientnet_lite0 architecture with seeded random weights
+at a 64-pixel input, added the way users add models ($VLMPROBE_REGISTRY), so subprocess tests
+exercise the real load/transform/forward path at a fraction of the 224-pixel cost.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+MODEL, DATASET = "lite0_random_64", "breastus"
+TINY_REGISTRY = f"""schema_version: 1
+models:
+  {MODEL}:
+    family: timm
+    architecture: efficientnet_lite0
+    source: random
+    seed: 0
+    tap: pooled
+    embed_dim: 1280
+    preprocess: {{image_size: 64, resize: shortest, resize_size: 72, interpolation: bicubic, stats: imagenet}}
+    baseline: true
+    licence: apache-2.0
+    description: efficientnet_lite0 with seeded random weights at 64 px, for fast extraction tests.
+"""
+
+
+@pytest.fixture
+def tiny_model(tmp_path, monkeypatch) -> str:
+    reg = tmp_path / "tiny_registry.yaml"
+    reg.write_text(TINY_REGISTRY)
+    monkeypatch.setenv("VLMPROBE_REGISTRY", str(reg))  # inherited by subprocesses
+    return MODEL
+
+
+def extract_cmd(root: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "vlmprobe", "extract", "--model", MODEL, "--dataset", DATASET,
+            "--root", str(root), "--out", str(out), "--batch-size", str(batch_size),
+            "--workers", "0", *extra]
+
+
+def target(out: Path) -> Path:
+    return out / DATASET / f"{MODEL}.h5"
