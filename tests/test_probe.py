@@ -91,3 +91,26 @@ def test_unknown_solver_is_refused():
     X, y, test, fold = _problem(n=60)
     with pytest.raises(VlmprobeError, match="fast, sklearn"):
         fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(solver="liblinear"))
+
+
+@pytest.mark.parametrize("n, d, k, noise", [
+    (200, 10, 2, 2.0),    # binary, N > d, overlapping
+    (180, 20, 9, 0.6),    # 9 classes, N > d
+    pytest.param(240, 30, 9, 1.2, marks=pytest.mark.slow),  # 9 classes, overlapping (~15 s)
+    (90, 200, 3, 0.3),    # N < d, separable: saturates
+])
+def test_fast_protocol_selects_the_reference_t(n, d, k, noise):
+    """The issue's criterion: same t, or both saturated, or the reference's validation F1 at the
+    two t within 0.005; refit test predictions agree >= 99.5%. Reference: LinearSVC at tol=1e-8."""
+    X, y, test, fold = _problem(n=n, d=d, noise=noise, n_classes=k)
+    names = [f"c{i}" for i in range(k)]
+    ref, ref_probe = fit_probe(X, y, test, fold, names,
+                               ProbeConfig(tol=1e-8, max_iter=100000, n_bootstrap=10))
+    fast, fast_probe = fit_probe(X, y, test, fold, names, ProbeConfig(solver="fast", n_bootstrap=10))
+    assert fast["all_converged"]
+    assert fast["saturated"] == ref["saturated"]
+    if fast["selected_t"] != ref["selected_t"]:
+        i, j = (ref["t_grid"].index(t) for t in (ref["selected_t"], fast["selected_t"]))
+        assert abs(ref["val_macro_f1"][i] - ref["val_macro_f1"][j]) <= 0.005
+    agree = (ref_probe.predict(X[test]) == fast_probe.predict(X[test])).mean()
+    assert agree >= 0.995
