@@ -114,3 +114,13 @@ def test_fast_protocol_selects_the_reference_t(n, d, k, noise):
         assert abs(ref["val_macro_f1"][i] - ref["val_macro_f1"][j]) <= 0.005
     agree = (ref_probe.predict(X[test]) == fast_probe.predict(X[test])).mean()
     assert agree >= 0.995
+
+
+def test_t_chosen_per_fold_is_recorded():
+    X, y, test, fold = _problem(n=200, d=40, noise=2.5)
+    fields, _ = fit_probe(X, y, test, fold, ["a", "b", "c"],
+                          ProbeConfig(select="per_fold", solver="fast", n_bootstrap=10))
+    assert len(fields["selected_per_fold"]) == 5
+    assert set(fields["selected_per_fold"]) <= set(ProbeConfig().t_grid)
+    mean, _ = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(solver="fast", n_bootstrap=10))
+    assert mean["selected_per_fold"] == [mean["selected_t"]] * 5

@@ -58,6 +58,7 @@ class ProbeConfig:
     subgroups: tuple[str, ...] = ()  # metadata columns (e.g. age, sex, site) to break metrics by
     probe: str = "svm"     # the paper's; "logreg" (same C grid) and "knn" (cosine, k_grid) besides
     k_grid: tuple[int, ...] = K_GRID
+    select: str = "mean"   # the paper's: one t by mean validation F1; "per_fold": each fold its own
 
 
 def _grid(cfg: ProbeConfig, d: int, n_fit: int) -> list[float]:
@@ -228,6 +229,7 @@ class ProbeResult:
     val_macro_f1_sd: list[float]
     selected_t: float
     saturated: bool
+    selected_per_fold: list[float]     # the t of each fold-model (all equal unless select=per_fold)
     test: dict[str, float]             # metric -> mean over the 5 fold-models
     test_sd: dict[str, float]          # ddof=0
     test_ci95: dict[str, tuple[float, float]]  # bootstrap over test images of that mean
@@ -282,6 +284,11 @@ class ProbeResult:
                 "converged": "yes" if self.all_converged else f"no ({self.n_unconverged} fits)"}
 
 
+def _first_max(values: np.ndarray) -> int:
+    """Index of the maximum; ties (within 1e-12) go to the first, i.e. the smallest t."""
+    return int(np.flatnonzero(values >= values.max() - 1e-12)[0])
+
+
 def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
               class_names: list[str], cfg: ProbeConfig = ProbeConfig(),
               positive_class: str | None = None,
@@ -321,7 +328,9 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
                                     labels=np.arange(n_classes), zero_division=0)
             test_scores[i][j] = _scores_of(svm, Xt)
     mean_val = val_f1.mean(1)
-    best = int(np.flatnonzero(mean_val >= mean_val.max() - 1e-12)[0])  # ties -> smallest t
+    if cfg.select not in ("mean", "per_fold"):
+        raise VlmprobeError(f"Unknown t selection {cfg.select!r}; choose mean or per_fold.")
+    best = _first_max(mean_val)
     saturated = all(np.array_equal(val_preds[i][j], val_preds[0][j])
                     for i in range(len(points)) for j in range(len(folds)))
     # Refit on the whole training part with the selected t: the probe RISE explains.
@@ -332,7 +341,11 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     unconverged += not ok
     refit_scores = _scores_of(svm, scaler.transform(X[test]))
 
-    y_test, scores = y[test], test_scores[best]
+    # The paper's choice: one t for every fold (best mean). Variant: each fold-model at its own
+    # best t (the refit then uses the mean's t).
+    per_fold = [_first_max(val_f1[:, j]) if cfg.select == "per_fold" else best
+                for j in range(len(folds))]
+    y_test, scores = y[test], [test_scores[i][j] for j, i in enumerate(per_fold)]
     preds = [s.argmax(1) for s in scores]
     ids = list(test_ids) if test_ids is not None else [f"{i:09d}" for i in np.flatnonzero(test)]
     rank = np.argsort(np.argsort(np.asarray(ids, dtype=object)))  # sorted position of each row
@@ -354,6 +367,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         class_names=class_names, n_train=int(train.sum()), n_test=int(test.sum()), embed_dim=d,
         probe=cfg.probe, t_grid=points, val_macro_f1=mean_val.tolist(),
         val_macro_f1_sd=val_f1.std(1).tolist(), selected_t=points[best], saturated=saturated,
+        selected_per_fold=[points[i] for i in per_fold],
         test=test_mean, test_sd=test_sd, test_ci95=test_ci, per_class=extra["per_class"],
         subgroups=subgroups,
         all_converged=unconverged == 0, n_unconverged=unconverged, refit_C=C,
