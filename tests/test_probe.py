@@ -34,6 +34,8 @@ def test_protocol_on_a_learnable_problem():
     assert probe.info["C"] == pytest.approx(fields["selected_t"] * X.shape[1] / (~test).sum())
     acc = (probe.predict(X[test]) == y[test]).mean()
     assert acc == pytest.approx(fields["refit_test"]["accuracy"])
+    svm = probe.info["svm"]  # every setting recorded, with the dual/primal choice actually made
+    assert svm["dual"] == "auto" and svm["dual_used"] is False and svm["tol"] == 1e-4
 
 
 def test_separable_high_dim_data_saturates_the_grid():

@@ -92,11 +92,15 @@ def _fit_grid(X, y, values, cfg: ProbeConfig) -> list[tuple[object, bool]]:
     return fits
 
 
-def _model_info(model, converged: bool) -> dict:
+def _model_info(model, converged: bool, n_fit: int) -> dict:
     """What fitted the probe, with every setting and whether it converged."""
-    return {"class": f"{type(model).__module__}.{type(model).__name__}", **model.get_params(),
+    info = {"class": f"{type(model).__module__}.{type(model).__name__}", **model.get_params(),
             "sklearn_version": sklearn.__version__,
             "n_iter": int(np.max(getattr(model, "n_iter_", 0))), "converged": bool(converged)}
+    if isinstance(model, LinearSVC) and model.dual == "auto":
+        # scikit-learn's rule for squared hinge + L2: the dual problem only when N < d.
+        info["dual_used"] = n_fit < model.n_features_in_
+    return info
 
 
 def _scores_of(model, X) -> np.ndarray:
@@ -383,7 +387,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     probe = LinearProbe(scaler.mean_, scaler.scale_, svm.coef_, svm.intercept_, class_names,
                         {"C": C, "t": points[best], "n_fit": int(train.sum()),
                          "shuffled_labels": cfg.shuffle_labels,
-                         cfg.probe: {"solver": cfg.solver, **_model_info(svm, ok)}})
+                         cfg.probe: {"solver": cfg.solver, **_model_info(svm, ok, int(train.sum()))}})
     return fields, probe
 
 
