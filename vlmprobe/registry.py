@@ -167,8 +167,18 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(load_registry(), pattern))
 
 
-def get_model_entry(name: str) -> ModelEntry:
-    entries = load_registry()
+def get_model_entry(name: str, entries: dict[str, ModelEntry] | None = None) -> ModelEntry:
+    entries = load_registry() if entries is None else entries
     if name not in entries:
         raise unknown_key_error("model", name, entries)
     return entries[name]
+
+
+def model_summary(entry: ModelEntry) -> dict:
+    """The ``vlmprobe models --json`` object: the headline fields first, then the whole entry."""
+    head = {k: getattr(entry, k) for k in ("name", "family", "source", "revision", "tap",
+                                           "embed_dim")}
+    p = entry.preprocess
+    return {**head, "image_size": p.image_size, "gated": entry.gated,
+            "trust_remote_code": entry.trust_remote_code, "licence": entry.licence,
+            **entry.to_dict()}

@@ -9,7 +9,7 @@ from ..registry import ModelEntry, get_model_entry
 from ..validation import VlmprobeError, unknown_key_error
 from .base import FAMILIES, Encoder, register_family
 from . import (hf_family, llava_family, open_clip_family, timm_family,  # noqa: F401  (they
-               torchvision_family)  # register themselves on import)
+               torchvision_family, upstream_family)  # register themselves on import)
 
 __all__ = ["Encoder", "FAMILIES", "load_encoder", "register_family", "resolve_device"]
 
