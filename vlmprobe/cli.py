@@ -17,8 +17,6 @@ app = typer.Typer(help="Measure what medical vision-language encoders really see
 datasets_app = typer.Typer(help="List the dataset registry, or make phantom datasets.",
                            invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
-cache_app = typer.Typer(help="Inspect, compare and merge embedding caches.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
 
 CacheArgs = typer.Argument(None, help="Cache files or directories (default: every cache under "
                                       "--out / $VLMPROBE_CACHE).", show_default=False)
@@ -206,43 +204,18 @@ def extract(
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (default "
                                         "$VLMPROBE_DATA/<dataset>)."),
     out: Optional[Path] = OutOpt,
-    batch_size: str = typer.Option("32", "--batch-size", help="Images per batch, or 'auto' "
-                                   "(GPU: largest that fits; CPU: fastest of a few, timed)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache made from other inputs."),
-    label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
-    size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast; "
-                                  "fp16 needs a GPU). Part of the cache key."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: embed every n-th batch "
-                                        "into a shard cache (default under torchrun: RANK/"
-                                        "WORLD_SIZE); the last shard to finish merges."),
-    fast_decode: bool = typer.Option(False, "--fast-decode", help="Decode JPEGs at a reduced "
-                                     "DCT scale that still covers the model's input (faster; "
-                                     "embeddings differ slightly, see `cache compare`)."),
 ):
-    """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
-    the same command after a crash to continue)."""
-    from .datasets import dataset_options
+    """Embed every image of a dataset with one model into an HDF5 cache."""
     from .extract import extract as run
 
-    bs = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
-    r = run(model, dataset, root=root, out=out, batch_size=bs, device=device,
-            num_workers=workers, force=force, precision=precision, shard=shard,
-            fast_decode=fast_decode,
-            dataset_options=dataset_options(label_level, classes, size, dicom_window))
+    r = run(model, dataset, root=root, out=out, batch_size=batch_size, device=device,
+            num_workers=workers, force=force)
     skipped = f", {r.n_skipped} unreadable file(s) skipped and recorded" if r.n_skipped else ""
     console.print(f"Cache {r.status}: {r.path} ({r.n_images} images{skipped})")
-    if r.merged:
-        console.print(f"All shards present: merged into {r.merged}")
-
-
-def _positive_int(value: str, option: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise VlmprobeError(f"{option} {value!r}: give a positive integer or 'auto'.") from None
 
 
 @app.command()
@@ -363,55 +336,6 @@ def rise(
     rise_caches(loaded, cfg, choice=choice, labels=label or ["class"], target=target, root=root,
                 device=device, out=_output_dir(caches, out), text_box_file=text_boxes,
                 detect_text=detect_text, causal_steps=causal_steps, log=console.print)
-
-
-@cache_app.command("info")
-def cache_info_cmd(cache: Path = typer.Argument(..., help="A cache (or shard) file."),
-                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Provenance, counts, unreadable files and key of one cache."""
-    from .cache_tools import cache_info, format_info
-
-    info = cache_info(cache)
-    print(json.dumps(info, indent=2, default=str)) if as_json else console.print(
-        format_info(info), markup=False, highlight=False)
-
-
-@cache_app.command("ls")
-def cache_ls_cmd(directory: Optional[Path] = typer.Argument(None, help="Default: --out / "
-                                                            "$VLMPROBE_CACHE."),
-                 out: Optional[Path] = typer.Option(None, "--out", help="The cache directory.")):
-    """Every cache, shard and interrupted extraction under a directory."""
-    from .cache_tools import list_caches
-    from .paths import cache_dir
-
-    rows = list_caches(directory or cache_dir(out))
-    table = Table("path", "model", "dataset", "n", "skipped", "dim", "precision", "status")
-    for r in rows:
-        table.add_row(*(str(r.get(k, "")) for k in ("path", "model", "dataset", "n", "skipped",
-                                                    "dim", "precision", "status")))
-    console.print(table)
-
-
-@cache_app.command("compare")
-def cache_compare_cmd(a: Path = typer.Argument(..., help="Cache A (its saved probe is used)."),
-                      b: Path = typer.Argument(..., help="Cache B, of the same images."),
-                      as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Per-image cosine similarity of two caches, and how many probe predictions change."""
-    from .cache_tools import compare_caches, format_compare
-
-    r = compare_caches(a, b)
-    print(json.dumps(r, indent=2)) if as_json else console.print(format_compare(r), markup=False,
-                                                                 highlight=False)
-
-
-@cache_app.command("merge")
-def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
-                                                        "<model>.h5.shard-i-of-n, all n."),
-                    keep: bool = typer.Option(False, "--keep", help="Keep the shard files.")):
-    """Join the shard caches of one `extract --shard` run into one cache (checks keys, coverage)."""
-    from .extract import merge_shards
-
-    console.print(f"Merged into {merge_shards(shards, remove=not keep)}")
 
 
 @app.command()
