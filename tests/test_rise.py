@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vlmprobe.rise import (RiseConfig, deletion_insertion_auc, iter_masks, mass_in_region,
-                           plot_rise_panels, pointing_game, rise_saliency)
+                           plot_rise_grid, plot_rise_panels, pointing_game,
+                           rise_saliency)
 from vlmprobe.validation import VlmprobeError
 
 H = W = 32
@@ -115,6 +116,20 @@ def test_softmax_maps_sum_to_the_mask_coverage():
     np.testing.assert_allclose(res.base_scores.sum(), 1.0)
 
 
+def test_softmax_is_taken_within_each_probe_and_batch_size_is_chosen():
+    """Several probes scored on the same masks: each block of columns is its own softmax."""
+    box = lambda b: torch.cat([square_box(b) * 5, square_box(b).flip(1) * 3,
+                               b.mean((2, 3)) * torch.tensor([1.0, 2.0, 3.0])], dim=1)
+    res = rise_saliency(box, torch.rand(3, H, W), RiseConfig(n_masks=128, score="softmax"),
+                        groups=[2, 2, 3])
+    for block in (slice(0, 2), slice(2, 4), slice(4, 7)):
+        np.testing.assert_allclose(res.saliency[block].sum(0), res.coverage, atol=1e-5)
+    assert res.config["batch_size"] == 64  # None: chosen for the CPU, and recorded
+    with pytest.raises(VlmprobeError, match="groups"):
+        rise_saliency(box, torch.rand(3, H, W), RiseConfig(n_masks=8, score="softmax"),
+                      groups=[2, 2])
+
+
 def test_centred_map_and_mass_in_region(square_result):
     raw, centred = square_result.saliency[0], square_result.centred()[0]
     inside = region(SQUARE)
@@ -148,21 +163,28 @@ def test_deletion_insertion_rank_a_good_map_above_a_bad_one():
     assert g["insertion"] > 0.8 > 0.2 > b["insertion"]
 
 
-def test_plot_rise_panels_writes_png_and_svg_with_provenance(tmp_path):
+def test_plot_rise_panels_and_grid_write_png_and_svg_with_provenance(tmp_path):
     rng = np.random.default_rng(0)
     sal = rng.random((40, 60))
     sal[:, :8] = np.nan
     mask = np.zeros((40, 60), bool)
     mask[10:25, 20:40] = True
-    rows = [{"image": rng.integers(0, 255, (40, 60), dtype=np.uint8), "saliency": sal,
-             "mask": mask, "text_box": (40, 2, 58, 9), "caption": "benign (1) · r = 0.93"},
+    two_maps = [{"saliency": sal, "title": "class"}, {"saliency": rng.random((40, 60))}]
+    rows = [{"image": rng.integers(0, 255, (40, 60), dtype=np.uint8), "maps": two_maps,
+             "mask": mask, "text_boxes": [(40, 2, 58, 9)], "caption": "benign (1) · r = 0.93"},
             {"image": rng.integers(0, 255, (40, 60, 3), dtype=np.uint8),
-             "saliency": rng.random((40, 60)), "caption": "malignant (2)"}]
+             "maps": [{"saliency": rng.random((40, 60))}], "caption": "malignant (2)"}]
     png, svg = plot_rise_panels(rows, tmp_path / "rise.lite0", "RISE on BUSI",
                                 metadata={"stage": "rise", "n_masks": 1000})
     assert png.name == "rise.lite0.png" and png.exists() and svg.exists()
     with Image.open(png) as im:
         assert json.loads(im.info["Description"]) == {"stage": "rise", "n_masks": 1000}
+    png, svg = plot_rise_grid({"benign": rows[:1], "malignant": rows[1:], "normal": []},
+                              tmp_path / "grid", "RISE grid", metadata={"n": 2})
+    assert png.exists() and svg.exists()
+    with pytest.raises(VlmprobeError, match="original-image coordinates"):
+        plot_rise_panels([{**rows[1], "maps": [{"saliency": np.zeros((5, 5))}]}], tmp_path / "x",
+                         "bad")
 
 
 @pytest.mark.parametrize("field, value", [("n_masks", 1), ("n_masks", 10.0), ("s", 1),

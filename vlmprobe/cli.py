@@ -338,6 +338,55 @@ def rise(
                 detect_text=detect_text, causal_steps=causal_steps, log=console.print)
 
 
+@cache_app.command("info")
+def cache_info_cmd(cache: Path = typer.Argument(..., help="A cache (or shard) file."),
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Provenance, counts, unreadable files and key of one cache."""
+    from .cache_tools import cache_info, format_info
+
+    info = cache_info(cache)
+    print(json.dumps(info, indent=2, default=str)) if as_json else console.print(
+        format_info(info), markup=False, highlight=False)
+
+
+@cache_app.command("ls")
+def cache_ls_cmd(directory: Optional[Path] = typer.Argument(None, help="Default: --out / "
+                                                            "$VLMPROBE_CACHE."),
+                 out: Optional[Path] = typer.Option(None, "--out", help="The cache directory.")):
+    """Every cache, shard and interrupted extraction under a directory."""
+    from .cache_tools import list_caches
+    from .paths import cache_dir
+
+    rows = list_caches(directory or cache_dir(out))
+    table = Table("path", "model", "dataset", "n", "skipped", "dim", "precision", "status")
+    for r in rows:
+        table.add_row(*(str(r.get(k, "")) for k in ("path", "model", "dataset", "n", "skipped",
+                                                    "dim", "precision", "status")))
+    console.print(table)
+
+
+@cache_app.command("compare")
+def cache_compare_cmd(a: Path = typer.Argument(..., help="Cache A (its saved probe is used)."),
+                      b: Path = typer.Argument(..., help="Cache B, of the same images."),
+                      as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Per-image cosine similarity of two caches, and how many probe predictions change."""
+    from .cache_tools import compare_caches, format_compare
+
+    r = compare_caches(a, b)
+    print(json.dumps(r, indent=2)) if as_json else console.print(format_compare(r), markup=False,
+                                                                 highlight=False)
+
+
+@cache_app.command("merge")
+def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
+                                                        "<model>.h5.shard-i-of-n, all n."),
+                    keep: bool = typer.Option(False, "--keep", help="Keep the shard files.")):
+    """Join the shard caches of one `extract --shard` run into one cache (checks keys, coverage)."""
+    from .extract import merge_shards
+
+    console.print(f"Merged into {merge_shards(shards, remove=not keep)}")
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Where the demo writes everything."),

@@ -13,7 +13,7 @@ from .extract import extract
 from .phantom import make_phantom
 from .probe import probe_caches, write_table
 from .progress import console
-from .rise import RiseConfig, rise_caches
+from .rise import ImageChoice, RiseConfig, rise_caches
 from .umap_maps import UmapConfig, umap_caches
 
 MODEL = "efficientnet_lite0"
@@ -47,7 +47,8 @@ def run_demo(out: Path, n: int = 600, seed: int = 0, n_masks: int = 1024, n_imag
     maps = umap_caches(caches, UmapConfig(), color_by=["word"], log=say)
 
     say(f"[bold]5/5 rise[/] {n_images} test images x {n_masks} masks through encoder + saved probe")
-    rise = rise_caches(caches[:1], RiseConfig(n_masks=n_masks), n_images=n_images, log=say)
+    rise = rise_caches(caches[:1], RiseConfig(n_masks=n_masks), choice=ImageChoice(k=n_images),
+                       labels=["class", "word"], log=say)
 
     summary = _summary(by_class, by_word, rise, tables, maps, data_root, cache_root)
     path = out / "SUMMARY.md"
@@ -77,15 +78,22 @@ def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> st
         "(random). A classifier on these features can use the text as a shortcut.",
     ]
     for r in rise:
-        reliable = r["mean_split_half_r"] >= 0.5
+        cls, word = r["by_probe"]["class"], r["by_probe"]["word"]
+        reliable = cls["mean_split_half_r"] >= 0.5
         lines.append(
-            f"- **Where the probe looks (RISE, {r['n_images']} test images, {r['n_masks']} masks "
-            f"each).** Share of positive saliency ÷ share of image area (1 = no preference): "
-            f"lesion mask {r['mean_lesion_enrichment']:.2f}, burnt-in word box "
-            f"{r['mean_text_enrichment']:.2f}. Split-half reliability of the maps r = "
-            f"{r['mean_split_half_r']:.2f}" + ("." if reliable else
-            " — low: at this number of masks the maps are noisy; use `vlmprobe rise --n-masks "
-            "4096` (the paper's N) before reading them."))
+            f"- **Where the probes look (RISE, {r['n_images']} test images, {r['n_masks']} masks "
+            f"each, class and word probes scored on the same masked images).** Share of positive "
+            f"saliency ÷ share of image area (1 = no preference): class probe: lesion "
+            f"{cls['mean_lesion_enrichment']:.2f}, burnt-in word box "
+            f"{cls['mean_text_enrichment']:.2f}; word probe: word box "
+            f"{word['mean_text_enrichment']:.2f}. Deletion / insertion AUC of the class maps "
+            f"{cls['mean_deletion_auc']:.2f} / {cls['mean_insertion_auc']:.2f} (lower / higher "
+            f"is better). Sanity checks: split-half reliability r = "
+            f"{cls['mean_split_half_r']:.2f}" + ("" if reliable else
+            " (low: at this number of masks the maps are noisy; use `vlmprobe rise --n-masks "
+            "4096`, the paper's N, before reading them)") + "; rank correlation with the map of "
+            f"a random-weight probe {cls['mean_random_probe_rank_r']:.2f} (near 0: the map "
+            "depends on what the probe learned).")
     lines += ["", "## Where everything is", ""]
     for md, csv in tables:
         lines.append(f"- probe table: `{md}` (CSV `{csv}`, full results + provenance "
@@ -93,7 +101,8 @@ def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> st
     for png in maps:
         lines.append(f"- UMAP map: `{png}` (+ .svg, coordinates .npz beside it)")
     for r in rise:
-        lines.append(f"- RISE panels: `{r['figure']}` (+ .svg), per-image numbers `{r['table']}`")
+        lines.append(f"- RISE overview: `{r['figure']}` (+ .svg), one figure per image in "
+                     f"`{r['panels']}`, per-image numbers `{r['table']}`, maps `.maps.npz` beside")
     lines.append(f"- caches, split file and saved probes: `{cache_root}`")
     lines.append("")
     lines.append("Every output carries provenance (versions, git commit, command line, seeds): "

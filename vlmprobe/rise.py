@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -37,6 +37,7 @@ from .probe import LinearProbe, probe_path
 from .progress import progress_bar
 from .provenance import provenance
 from .splits import read_split
+from .text_boxes import Box, boxes_mask, detect_text_boxes, read_box_file
 from .validation import VlmprobeError
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
@@ -63,13 +64,15 @@ class RiseConfig:
     fill: str = "mean"
     score: str = "decision"
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int | None = None  # None: chosen for the device (the maps do not depend on it)
 
     def check(self) -> "RiseConfig":
         """sklearn-style parameter validation, run by the functions that use the config."""
         ints = {"n_masks": 2, "s": 2, "seed": 0, "batch_size": 1}
         for name, low in ints.items():
             v = getattr(self, name)
+            if name == "batch_size" and v is None:
+                continue
             if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
                 raise _param_error(name, f"an int in the range [{low}, inf)", v)
         if not isinstance(self.p, numbers.Real) or isinstance(self.p, bool) or not 0 < self.p < 1:
@@ -81,6 +84,14 @@ class RiseConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved(self, device: torch.device, size: tuple[int, int]) -> "RiseConfig":
+        """batch_size None -> 64 on a CPU (larger batches no longer speed up a forward per
+        image, and cost memory); on a GPU 256 images of 224 x 224 px, scaled by pixel count."""
+        if self.batch_size is not None:
+            return self
+        n = 64 if device.type == "cpu" else max(16, int(256 * 224 * 224 / (size[0] * size[1])))
+        return replace(self, batch_size=n)
 
 
 @dataclass
@@ -117,7 +128,7 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, int]) -> Iterator[torch.Tensor]
     interpolation matrices: two batched matmuls per chunk instead of b full-size upsamples and
     crops (many small ops are slow on a shared CPU).
     """
-    cfg.check()
+    cfg = cfg.check().resolved(torch.device("cpu"), size)
     h, w = size
     cell = (math.ceil(h / cfg.s), math.ceil(w / cfg.s))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -150,8 +161,13 @@ def _fill(cfg: RiseConfig, fill_value, pixels: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _scorer(score_fn: ScoreFn, cfg: RiseConfig) -> Callable[[torch.Tensor], torch.Tensor]:
-    """score_fn in the config's score mode, as float64 [b, C] on the CPU."""
+def _scorer(score_fn: ScoreFn, cfg: RiseConfig,
+            groups: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """score_fn in the config's score mode, as float64 [b, C] on the CPU.
+
+    ``groups``: sizes of consecutive column blocks that are separate classifiers (several probes
+    scored on the same embeddings); softmax is taken within each block. Default: one block.
+    """
     def scores(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             out = score_fn(batch)
@@ -159,7 +175,12 @@ def _scorer(score_fn: ScoreFn, cfg: RiseConfig) -> Callable[[torch.Tensor], torc
             raise VlmprobeError(f"score_fn must return [batch, n_classes]; for a batch of "
                                 f"{batch.shape[0]} it returned shape {tuple(out.shape)}.")
         out = out.detach().to("cpu", torch.float64)
-        return out.softmax(dim=1) if cfg.score == "softmax" else out
+        if cfg.score != "softmax":
+            return out
+        sizes = list(groups) if groups is not None else [out.shape[1]]
+        if sum(sizes) != out.shape[1]:
+            raise VlmprobeError(f"groups {sizes} do not add up to the {out.shape[1]} score columns.")
+        return torch.cat([g.softmax(dim=1) for g in out.split(sizes, dim=1)], dim=1)
     return scores
 
 
@@ -176,7 +197,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = RiseConfig(),
-                  fill_value=None, progress: Callable[[int], None] | None = None) -> RiseResult:
+                  fill_value=None, progress: Callable[[int], None] | None = None,
+                  groups: Sequence[int] | None = None) -> RiseResult:
     """RISE maps of one preprocessed image [3, H, W] for every class ``score_fn`` returns.
 
     masked_i = pixels * mask_i + fill * (1 - mask_i); saliency_c = sum_i score_c(masked_i) *
@@ -185,12 +207,13 @@ def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = Ris
     of the centred maps (:meth:`RiseResult.centred`) from masks [0, N/2) and [N/2, N): the
     reliability of the spatial pattern at half the masks (Spearman-Brown 2r / (1 + r) estimates it
     at N). Centred, because the raw map adds mean_score x coverage noise that carries no
-    information about the model.
+    information about the model. ``groups``: see :func:`_scorer` (several probes, one pass).
     """
     cfg.check()
     _check_pixels(pixels)
+    cfg = cfg.resolved(pixels.device, tuple(pixels.shape[1:]))
     fill = _fill(cfg, fill_value, pixels)
-    scores = _scorer(score_fn, cfg)
+    scores = _scorer(score_fn, cfg, groups)
     _, h, w = pixels.shape
     base = scores(pixels[None])[0]
     # per half k of the masks: sum_i s_i mask_i, sum_i s_i, sum_i mask_i
@@ -235,6 +258,7 @@ def deletion_insertion_auc(score_fn: ScoreFn, pixels: torch.Tensor, saliency_map
     """
     cfg.check()
     _check_pixels(pixels)
+    cfg = cfg.resolved(pixels.device, tuple(pixels.shape[1:]))
     if not isinstance(steps, numbers.Integral) or steps < 1:
         raise VlmprobeError(f"steps must be an int >= 1; got {steps!r}.")
     _, h, w = pixels.shape
@@ -295,12 +319,11 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _outline(ax, row: dict) -> None:
-    """Lesion contour and text box, drawn the same on both panels of a row."""
+    """Lesion contour and text boxes, drawn the same on every panel of an image."""
     if row.get("mask") is not None:
         ax.contour(np.asarray(row["mask"], dtype=float), levels=[0.5], colors="#00e5ff",
                    linewidths=1.2)
-    if row.get("text_box") is not None:
-        x0, y0, x1, y1 = row["text_box"]
+    for x0, y0, x1, y1 in row.get("text_boxes") or ():
         ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
                                edgecolor="#ffd400", linestyle="--", linewidth=1.2))
     ax.set_xticks([])
@@ -308,80 +331,150 @@ def _outline(ax, row: dict) -> None:
     ax.spines[:].set_visible(False)
 
 
+def _overlay(ax, image: np.ndarray, sal: np.ndarray):
+    """Saliency over the grayscale image (own min..max); NaN (never seen) hatched grey."""
+    if sal.shape != image.shape[:2]:
+        raise VlmprobeError(f"saliency {sal.shape} and image {image.shape[:2]} differ; draw maps "
+                            "in original-image coordinates (InputGeometry.to_original).")
+    ax.imshow(_gray(image), cmap="gray", vmin=0, vmax=255)
+    finite = sal[np.isfinite(sal)]
+    lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    im = ax.imshow(np.ma.masked_invalid(sal), cmap="inferno", alpha=0.6, vmin=lo,
+                   vmax=hi if hi > lo else lo + 1e-12)
+    unseen = ~np.isfinite(sal)
+    if unseen.any():
+        ax.imshow(np.ma.masked_where(~unseen, np.ones_like(sal)), cmap="Greys", vmin=0, vmax=2.5,
+                  alpha=0.7)
+        ax.contourf(unseen.astype(float), levels=[0.5, 1.5], colors="none", hatches=["////"])
+    return im
+
+
+def _legend(fig, rows: Sequence[dict]) -> None:
+    handles = [Line2D([], [], color="#00e5ff", lw=1.2, label="lesion mask"),
+               Line2D([], [], color="#ffd400", lw=1.2, ls="--", label="text box"),
+               Patch(facecolor="0.75", hatch="////", edgecolor="0.35",
+                     label="not seen by the model")]
+    present = [any(r.get("mask") is not None for r in rows),
+               any(r.get("text_boxes") for r in rows),
+               any(not np.isfinite(np.asarray(m["saliency"], float)).all()
+                   for r in rows for m in r["maps"])]
+    if any(present):
+        fig.legend(handles=[h for h, p in zip(handles, present) if p],
+                   loc="outside lower center", ncol=3, frameon=False)
+
+
+def _stem(path) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".png", ".svg") else path
+
+
 def plot_rise_panels(rows: Sequence[dict], path: str | Path, title: str,
                      metadata: dict | None = None) -> list[Path]:
-    """One row per image: the image, then its saliency over the grayscale image, both in
-    original-image coordinates, so lesion mask and text box line up with what was scored.
+    """One row per image: the image, then each of its maps over the grayscale image, all in
+    original-image coordinates, so lesion mask and text boxes line up with what was scored.
 
-    Row keys: ``image`` (uint8 [h, w] or [h, w, 3]), ``saliency`` (float [h, w], NaN where the
-    model never saw the image: drawn hatched grey), ``caption``; optional ``mask`` (bool [h, w],
-    cyan contour), ``text_box`` ((x0, y0, x1, y1), pixel bounds as in slicing, dashed yellow)
-    and ``cbar_label``. Writes ``<path>.png`` (``metadata`` as JSON in its Description) and
-    ``<path>.svg``; returns both paths.
+    Row keys: ``image`` (uint8 [h, w] or [h, w, 3]), ``maps`` (list of dicts with ``saliency``,
+    float [h, w], NaN where the model never saw the image: drawn hatched grey; ``title``;
+    ``cbar_label``), ``caption``; optional ``mask`` (bool [h, w], cyan contour) and
+    ``text_boxes`` ([(x0, y0, x1, y1)], end-exclusive pixel bounds, dashed yellow). Writes
+    ``<path>.png`` (``metadata`` as JSON in its Description) and ``<path>.svg``.
     """
     if not rows:
         raise VlmprobeError("plot_rise_panels needs at least one row.")
-    path = Path(path)
-    path = path.with_suffix("") if path.suffix in (".png", ".svg") else path
+    n_cols = 1 + max(len(r["maps"]) for r in rows)
     with plt.rc_context({**STYLE, "savefig.dpi": 150, "hatch.color": "0.35"}):
-        fig = plt.figure(figsize=(6.4, 3.1 * len(rows) + 0.5), layout="constrained")
-        subfigs = np.atleast_1d(fig.subfigures(len(rows), 1))
-        for sub, row in zip(subfigs, rows):
-            sal = np.asarray(row["saliency"], dtype=float)
+        fig = plt.figure(figsize=(3.2 * n_cols, 3.1 * len(rows) + 0.5), layout="constrained")
+        for sub, row in zip(np.atleast_1d(fig.subfigures(len(rows), 1)), rows):
             image = np.asarray(row["image"])
-            if sal.shape != image.shape[:2]:
-                raise VlmprobeError(f"Row {row.get('caption', '')!r}: saliency {sal.shape} and "
-                                    f"image {image.shape[:2]} differ; use original coordinates.")
-            ax_img, ax_sal = sub.subplots(1, 2)
-            ax_img.imshow(image, cmap="gray", vmin=0, vmax=255)  # uint8: no contrast stretch
-            ax_img.set_title("image")
-            ax_sal.imshow(_gray(image), cmap="gray", vmin=0, vmax=255)
-            finite = sal[np.isfinite(sal)]
-            lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-            im = ax_sal.imshow(np.ma.masked_invalid(sal), cmap="inferno", alpha=0.6,
-                               vmin=lo, vmax=hi if hi > lo else lo + 1e-12)
-            unseen = ~np.isfinite(sal)
-            if unseen.any():
-                ax_sal.imshow(np.ma.masked_where(~unseen, np.ones_like(sal)), cmap="Greys",
-                              vmin=0, vmax=2.5, alpha=0.7)
-                ax_sal.contourf(unseen.astype(float), levels=[0.5, 1.5], colors="none",
-                                hatches=["////"])
-            ax_sal.set_title("RISE saliency")
-            sub.colorbar(im, ax=ax_sal, shrink=0.85, label=row.get("cbar_label", "saliency"))
-            for ax in (ax_img, ax_sal):
+            axes = sub.subplots(1, n_cols, squeeze=False)[0]
+            axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)  # uint8: no contrast stretch
+            axes[0].set_title("image")
+            for ax, m in zip(axes[1:], row["maps"]):
+                im = _overlay(ax, image, np.asarray(m["saliency"], dtype=float))
+                ax.set_title(m.get("title", "RISE saliency"))
+                sub.colorbar(im, ax=ax, shrink=0.85, label=m.get("cbar_label", "saliency"))
+            for ax in axes[:1 + len(row["maps"])]:
                 _outline(ax, row)
+            for ax in axes[1 + len(row["maps"]):]:
+                ax.set_visible(False)
             sub.suptitle(row["caption"], fontsize=9)
-        handles = [Line2D([], [], color="#00e5ff", lw=1.2, label="lesion mask"),
-                   Line2D([], [], color="#ffd400", lw=1.2, ls="--", label="text box"),
-                   Patch(facecolor="0.75", hatch="////", edgecolor="0.35",
-                         label="not seen by the model")]
-        present = [any(r.get("mask") is not None for r in rows),
-                   any(r.get("text_box") is not None for r in rows),
-                   any(not np.isfinite(np.asarray(r["saliency"], float)).all() for r in rows)]
-        if any(present):
-            fig.legend(handles=[h for h, p in zip(handles, present) if p],
-                       loc="outside lower center", ncol=3, frameon=False)
+        _legend(fig, rows)
         fig.suptitle(title, fontsize=10, fontweight="bold")
-        return save_figure(fig, path, metadata)
+        return save_figure(fig, _stem(path), metadata)
+
+
+def plot_rise_grid(rows_by_class: dict[str, Sequence[dict]], path: str | Path, title: str,
+                   metadata: dict | None = None) -> list[Path]:
+    """Overview of many images: one row per class, one column per image, the first map of
+    each row dict (see :func:`plot_rise_panels`) over its image, each on its own colour scale."""
+    classes = [c for c, rows in rows_by_class.items() if rows]
+    if not classes:
+        raise VlmprobeError("plot_rise_grid needs at least one image.")
+    n_cols = max(len(rows_by_class[c]) for c in classes)
+    all_rows = [r for c in classes for r in rows_by_class[c]]
+    with plt.rc_context({**STYLE, "savefig.dpi": 150, "hatch.color": "0.35"}):
+        fig, axes = plt.subplots(len(classes), n_cols, squeeze=False, layout="constrained",
+                                 figsize=(2.4 * n_cols + 0.6, 2.3 * len(classes) + 0.8))
+        for r, c in enumerate(classes):
+            for k, ax in enumerate(axes[r]):
+                if k >= len(rows_by_class[c]):
+                    ax.set_visible(False)
+                    continue
+                row = rows_by_class[c][k]
+                im = _overlay(ax, np.asarray(row["image"]), np.asarray(row["maps"][0]["saliency"],
+                                                                      dtype=float))
+                _outline(ax, row)
+                ax.set_title(row.get("short_caption", ""), fontsize=7)
+                if k == 0:
+                    ax.set_ylabel(c, fontsize=9, fontweight="bold")
+        fig.colorbar(im, ax=axes, shrink=0.6, ticks=[],
+                     label="saliency, low → high (each image on its own scale)")
+        _legend(fig, all_rows)
+        fig.suptitle(title, fontsize=10, fontweight="bold")
+        return save_figure(fig, _stem(path), metadata)
 
 
 # -- the stage: caches + saved probes -> maps on original images, numbers, figures ----------
-def _dataset_root(cache: Cache, root: Path | None) -> Path:
-    if root is not None:
-        return Path(root)
-    hint = cache.attrs.get("dataset_root")
-    return Path(hint) if hint and Path(hint).is_dir() else paths.data_root(cache.dataset)
+@dataclass(frozen=True)
+class ImageChoice:
+    """Which images RISE explains.
+
+    k: how many held-out test images, taking the true classes in turn (None: one per class);
+    ids: exactly these relpaths, from any split (the split is recorded); misclassified: only
+    test images the probe gets wrong. Seeded by the RISE seed.
+    """
+
+    k: int | None = None
+    ids: tuple[str, ...] = ()
+    misclassified: bool = False
 
 
-def _pick_test_images(cache: Cache, split_file: Path, n: int, seed: int) -> list[int]:
-    """Seeded choice of held-out test images, taking the classes in turn so each is shown."""
-    split = read_split(split_file)
+def choose_images(cache: Cache, probe: LinearProbe, choice: ImageChoice, seed: int) -> list[int]:
+    """Indices into ``cache`` of the images to explain (see :class:`ImageChoice`)."""
+    if choice.ids:
+        if choice.k is not None or choice.misclassified:
+            raise VlmprobeError("Name images either by --ids or by --images/--misclassified, "
+                                "not both.")
+        index = {r: i for i, r in enumerate(cache.relpaths)}
+        unknown = [r for r in choice.ids if r not in index]
+        if unknown:
+            raise VlmprobeError(f"{cache.path} has no image {unknown[0]!r}; ids are relpaths as "
+                                f"the cache stores them, e.g. {cache.relpaths[0]!r}.")
+        return [index[r] for r in choice.ids]
+    if choice.k is not None and choice.k < 1:
+        raise VlmprobeError(f"--images must be >= 1; got {choice.k}.")
+    split = read_split(Path(probe.info["split_file"]))
     test = {r for r, t in zip(split.relpaths, split.test) if t}
+    pool = np.array([r in test for r in cache.relpaths])
+    y, _, _ = cache.label_view(_column(probe.info.get("label_view", "class")))
+    if choice.misclassified:
+        predicted = probe.decision_function(cache.embeddings).argmax(1)
+        pool &= predicted != y
+        if not pool.any():
+            raise VlmprobeError(f"The probe of {cache.path} misclassifies none of its test images.")
     rng = np.random.default_rng(seed)
-    queues = []
-    for c in range(len(cache.class_names)):
-        idx = [i for i, r in enumerate(cache.relpaths) if r in test and cache.labels[i] == c]
-        queues.append(list(rng.permutation(idx)))
+    queues = [list(rng.permutation(np.flatnonzero(pool & (y == c)))) for c in range(y.max() + 1)]
+    n = choice.k if choice.k is not None else sum(1 for q in queues if q)
     picked = []
     while len(picked) < n and any(queues):
         for q in queues:
@@ -390,37 +483,112 @@ def _pick_test_images(cache: Cache, split_file: Path, n: int, seed: int) -> list
     return picked
 
 
-def _region_masks(cache: Cache, i: int, root: Path, size: tuple[int, int]):
-    """Lesion mask (union of the image's mask files) and burnt-in text box, where known."""
-    meta = {k: v[i] for k, v in cache.metadata.items()}
+def random_probe(probe: LinearProbe, seed: int) -> LinearProbe:
+    """The model-randomisation sanity check (Adebayo et al., NeurIPS 2018): same scaler,
+    intercepts and per-class weight norms as ``probe``, random directions. A saliency map that
+    survives this explains the image, not the model."""
+    rng = np.random.default_rng([seed, 1])
+    coef = rng.standard_normal(probe.coef.shape)
+    coef *= np.linalg.norm(probe.coef, axis=1, keepdims=True) / np.linalg.norm(coef, axis=1,
+                                                                               keepdims=True)
+    return LinearProbe(probe.mean, probe.scale, coef, probe.intercept, probe.class_names,
+                       {"random_probe_of": probe.info.get("label_view", "class"), "seed": seed})
+
+
+def _column(label: str) -> str | None:
+    return None if label == "class" else label
+
+
+def _load_probe(cache: Cache, label: str, out: Path | None) -> LinearProbe:
+    """The saved probe in ``out`` (where `vlmprobe probe --out` put it), else beside the cache."""
+    stems = list(dict.fromkeys([probe_path(cache, label, out), probe_path(cache, label)]))
+    stem = next((s for s in stems if s.with_name(s.name + ".npz").is_file()), None)
+    if stem is None:
+        flag = "" if label == "class" else f" --label {label}"
+        raise VlmprobeError(f"No saved {label!r} probe for {cache.path} (looked for "
+                            f"{' and '.join(f'{s}.npz' for s in stems)}); run `vlmprobe probe"
+                            f"{flag}` on this cache first.")
+    probe = LinearProbe.load(stem)
+    if probe.info.get("cache_key") != cache.cache_key:
+        raise VlmprobeError(f"The saved probe {stem} was fitted on another cache than {cache.path};"
+                            " re-run `vlmprobe probe` on it first.")
+    probe.info["path"] = stem.as_posix()
+    return probe
+
+
+def _lesion_mask(cache: Cache, i: int, root: Path, size: tuple[int, int]) -> np.ndarray | None:
+    """Union of the image's mask files, checked against the image size."""
     lesion = None
-    mask_files = [m for m in meta.get("mask_paths", "").split(";") if m]
-    for m in mask_files:
-        arr = np.asarray(Image.open(root / m).convert("L")) > 127
+    for m in (m for m in cache.metadata.get("mask_paths", [""] * len(cache.relpaths))[i].split(";") if m):
+        with Image.open(root / m) as im:
+            if im.size != size:
+                raise VlmprobeError(f"Mask {root / m} is {im.size[0]} x {im.size[1]} but its image "
+                                    f"{cache.relpaths[i]} is {size[0]} x {size[1]}; masks must "
+                                    "be drawn on the image they belong to.")
+            arr = np.asarray(im.convert("L")) > 127
         lesion = arr if lesion is None else lesion | arr
-    box = None
-    if meta.get("text_x0", ""):
-        box = tuple(int(float(meta[f"text_{k}"])) for k in ("x0", "y0", "x1", "y1"))
-    return (lesion if lesion is not None and lesion.any() else None), box
+    return lesion if lesion is not None and lesion.any() else None
 
 
-def _box_mask(box, size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    m = np.zeros((h, w), dtype=bool)
-    x0, y0, x1, y1 = box
-    m[max(y0, 0):y1, max(x0, 0):x1] = True
-    return m
+def _text_boxes(cache: Cache, i: int, image, box_file: dict | None,
+                detect: bool) -> tuple[list[Box], str]:
+    """Burnt-in text boxes and where they come from: a user's file, the dataset, the detector."""
+    if box_file is not None:
+        return box_file.get(cache.relpaths[i], []), "file"
+    if "text_x0" in cache.metadata:
+        if not cache.metadata["text_x0"][i]:
+            return [], "dataset"
+        return [tuple(int(float(cache.metadata[f"text_{k}"][i])) for k in ("x0", "y0", "x1", "y1"))
+                ], "dataset"
+    if detect:
+        return detect_text_boxes(image), "detector"
+    return [], ""
 
 
-def explain_cache(cache: Cache, cfg: RiseConfig, n_images: int = 3, root: Path | None = None,
-                  device: str = "auto", out: Path | None = None, log=print) -> dict:
-    """RISE on ``n_images`` test images through the cache's encoder and its saved class probe."""
+def _region_numbers(sal: np.ndarray, region: np.ndarray | None, name: str) -> dict:
+    if region is None or not region.any():
+        return {f"{name}_{k}": None for k in ("mass", "area", "enrichment", "pointing")}
+    mass, area = mass_in_region(sal, region), float(region.mean())
+    # enrichment > 1: the evidence concentrates on the region
+    return {f"{name}_mass": mass, f"{name}_area": area,
+            f"{name}_enrichment": mass / area if area else None,
+            f"{name}_pointing": pointing_game(sal, region)}
+
+
+def _safe_name(relpath: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in relpath)
+
+
+def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageChoice = ImageChoice(),
+                  labels: Sequence[str] = ("class",), target: str | None = None,
+                  root: Path | None = None, device: str = "auto", out: Path | None = None,
+                  text_box_file: Path | None = None, detect_text: bool = False,
+                  causal_steps: int = 50, log=print) -> dict:
+    """RISE through the cache's encoder and its saved probes, on original images, with numbers.
+
+    ``labels``: the probes to explain ("class", or a metadata column probed with ``vlmprobe
+    probe --label``); all are scored on the same masked embeddings (one encoder pass per mask),
+    the first is drawn in the overview. A random-direction twin of the first probe
+    (:func:`random_probe`) is scored on the same masks too: the rank correlation of its map with
+    the trained one is the sanity check. ``target``: the first probe's class to explain
+    (default: the predicted one). ``causal_steps``: deletion/insertion curve steps (0: skip).
+    """
+    from scipy.stats import spearmanr
+
     from .encoders import load_encoder
 
-    probe = LinearProbe.load(probe_path(cache, "class", out))
-    if probe.info.get("cache_key") != cache.cache_key:
-        raise VlmprobeError(f"The saved probe for {cache.path} was fitted on another cache; re-run "
-                            "`vlmprobe probe` on it first.")
+    cfg.check()
+    labels = list(dict.fromkeys(labels))
+    probes = [_load_probe(cache, label, out) for label in labels]
+    if target is not None and target not in probes[0].class_names:
+        raise VlmprobeError(f"--target {target!r} is not a class of the {labels[0]!r} probe; "
+                            f"classes: {', '.join(probes[0].class_names)}.")
+    heads = probes + [random_probe(probes[0], cfg.seed)]
+    widths = [len(p.class_names) for p in heads]
+    offsets = np.cumsum([0] + widths)
+    box_file = read_box_file(text_box_file) if text_box_file is not None else None
+    picked = choose_images(cache, probes[0], choice, cfg.seed)
+
     encoder = load_encoder(cache.model, device)
     if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
         raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
@@ -430,14 +598,23 @@ def explain_cache(cache: Cache, cfg: RiseConfig, n_images: int = 3, root: Path |
     mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
     std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
     fill_value = (-mean / std).to(encoder.device) if cfg.fill == "black" else None
+    split = read_split(Path(probes[0].info["split_file"]))
+    in_test = dict(zip(split.relpaths, split.test))
+    truth = [cache.label_view(_column(label)) for label in labels]
 
     def score_fn(batch):
-        return probe.decision_function(encoder.encode_images(batch))
+        emb = encoder.encode_images(batch)
+        return torch.cat([p.decision_function(emb) for p in heads], dim=1)
 
-    picked = _pick_test_images(cache, Path(probe.info["split_file"]), n_images, cfg.seed)
-    rows, records, maps = [], [], {}
+    def primary_scores(batch):
+        return score_fn(batch)[:, :widths[0]]
+
+    stem = probe_path(cache, labels[0], out).name
+    out_dir = paths.stage_dir(cache.path, cache.dataset, "rise", out)
+    records, panel_rows, saved = [], [], {}
+    grid_rows = {name: [] for name in truth[0][1]}
     with progress_bar(f"rise {cache.model}", len(picked) * cfg.n_masks, unit="mask") as advance:
-        for i in picked:
+        for k, i in enumerate(picked):
             rel = cache.relpaths[i]
             path = root / sample_file(rel)
             if not path.is_file() or file_digest(path) != digests[rel]:
@@ -445,69 +622,108 @@ def explain_cache(cache: Cache, cfg: RiseConfig, n_images: int = 3, root: Path |
                                     "extracted from; pass --root pointing at that dataset copy.")
             image = read_sample(root, rel, cache.attrs["dataset_entry"].get("dicom_window", "tags"))
             pixels = encoder.transform_(image).to(encoder.device)
-            res = rise_saliency(score_fn, pixels, cfg, fill_value, progress=advance)
-            target = int(np.argmax(res.base_scores))
+            res = rise_saliency(score_fn, pixels, cfg, fill_value, progress=advance,
+                                groups=widths)
             geometry = encoder.geometry(*image.size)
-            sal = geometry.to_original(res.centred()[target])
-            lesion, box = _region_masks(cache, i, root, image.size)
-            text = _box_mask(box, image.size) if box else None
-            rec = {"relpath": rel, "true": cache.class_names[cache.labels[i]],
-                   "predicted": probe.class_names[target], "score": float(res.base_scores[target]),
-                   "split_half_r": float(res.split_half_r[target]),
-                   "unseen_fraction": geometry.unseen_fraction,
-                   "lesion_mass": mass_in_region(sal, lesion) if lesion is not None else None,
-                   "lesion_area": float(lesion.mean()) if lesion is not None else None,
-                   "lesion_pointing": pointing_game(sal, lesion) if lesion is not None else None,
-                   "text_mass": mass_in_region(sal, text) if text is not None else None,
-                   "text_area": float(text.mean()) if text is not None else None,
-                   "text_pointing": pointing_game(sal, text) if text is not None else None}
-            for region in ("lesion", "text"):  # > 1: the evidence concentrates on the region
-                mass, area = rec[f"{region}_mass"], rec[f"{region}_area"]
-                rec[f"{region}_enrichment"] = mass / area if mass is not None and area else None
-            records.append(rec)
-            maps[rel] = res.centred()[target]
-            parts = [f"{rel}: true {rec['true']}, predicted {rec['predicted']}",
-                     f"split-half r = {rec['split_half_r']:.2f}"]
-            for region in ("lesion", "text"):
-                if rec[f"{region}_mass"] is not None:
-                    parts.append(f"{region}: {100 * rec[f'{region}_mass']:.0f}% of saliency "
-                                 f"on {100 * rec[f'{region}_area']:.0f}% of the image")
-            rows.append({"image": np.asarray(image), "saliency": sal, "mask": lesion,
-                         "text_box": box, "caption": "; ".join(parts),
-                         "cbar_label": f"RISE saliency of '{rec['predicted']}' (centred)"})
-    out_dir = paths.stage_dir(cache.path, cache.dataset, "rise", out)
+            lesion = _lesion_mask(cache, i, root, image.size)
+            boxes, box_source = _text_boxes(cache, i, image, box_file, detect_text)
+            text = boxes_mask(boxes, image.size) if boxes else None
+            centred = res.centred()
+            targets = [probes[0].class_names.index(target) if target is not None
+                       else int(np.argmax(res.base_scores[offsets[0]:offsets[1]]))]
+            targets += [int(np.argmax(res.base_scores[offsets[j]:offsets[j + 1]]))
+                        for j in range(1, len(probes))]
+            maps_in = [centred[offsets[j] + t] for j, t in enumerate(targets)]
+            random_in = centred[offsets[len(probes)] + targets[0]]
+            rank_r = float(spearmanr(maps_in[0].ravel(), random_in.ravel()).statistic)
+            maps_orig = [geometry.to_original(m) for m in maps_in]
+            causal = ({f"{name}_auc": v for name, v in deletion_insertion_auc(
+                primary_scores, pixels, maps_in[0], targets[0], cfg, fill_value,
+                steps=causal_steps).items()} if causal_steps else {})
+            split_name = "test" if in_test.get(rel) else "train"
+            for j, (label, probe) in enumerate(zip(labels, probes)):
+                y, names, _ = truth[j]
+                c = offsets[j] + targets[j]
+                records.append({
+                    "relpath": rel, "split": split_name, "probe": label, "true": names[y[i]],
+                    "target": probe.class_names[targets[j]],
+                    "predicted": probe.class_names[int(np.argmax(
+                        res.base_scores[offsets[j]:offsets[j + 1]]))],
+                    "score": float(res.base_scores[c]), "split_half_r": float(res.split_half_r[c]),
+                    "unseen_fraction": geometry.unseen_fraction,
+                    **_region_numbers(maps_orig[j], lesion, "lesion"),
+                    **_region_numbers(maps_orig[j], text, "text"), "text_box_source": box_source,
+                    "random_probe_rank_r": rank_r if j == 0 else None,
+                    "deletion_auc": causal.get("deletion_auc") if j == 0 else None,
+                    "insertion_auc": causal.get("insertion_auc") if j == 0 else None})
+            first = records[-len(probes)]
+            log(f"  {rel}: true {first['true']}, explained {first['target']}; split-half r = "
+                f"{first['split_half_r']:.2f}; rank r with a random-weight probe's map = "
+                f"{rank_r:.2f}")
+            maps = [{"saliency": m, "title": f"{label}: {probes[j].class_names[targets[j]]}",
+                     "cbar_label": "centred RISE saliency"}
+                    for j, (label, m) in enumerate(zip(labels, maps_orig))]
+            maps.append({"saliency": geometry.to_original(random_in),
+                         "title": "random-weight probe (sanity check)",
+                         "cbar_label": f"rank r with trained map = {rank_r:.2f}"})
+            row = {"image": np.asarray(image), "maps": maps, "mask": lesion, "text_boxes": boxes,
+                   "caption": f"{rel}: true {first['true']}, predicted {first['predicted']}, "
+                              f"split-half r = {first['split_half_r']:.2f}",
+                   "short_caption": f"pred. {first['predicted']}" + (
+                       f" · text {100 * first['text_mass']:.0f}%"
+                       if first["text_mass"] is not None else "")}
+            grid_rows[first["true"]].append(row)
+            plot_rise_panels([row], out_dir / f"{stem}.panels" / f"{k:03d}-{_safe_name(rel)}",
+                             f"RISE: {cache.model} on {cache.dataset}", {"relpath": rel})
+            saved[f"input_{k}"] = np.stack(maps_in)
+            saved[f"original_{k}"] = np.stack(maps_orig).astype(np.float32)
+
     meta = provenance(stage="rise", model=cache.model, dataset=cache.dataset,
-                      cache_key=cache.cache_key, probe=probe_path(cache, "class", out).as_posix(),
-                      rise=cfg.to_dict(), map="centred RISE map of the predicted class")
+                      cache_key=cache.cache_key, rise=cfg.to_dict(), target=target,
+                      probes={label: p.info["path"] for label, p in zip(labels, probes)},
+                      map="centred RISE map of the explained class", causal_steps=causal_steps,
+                      text_boxes=str(text_box_file) if text_box_file else
+                      ("detector" if detect_text else "dataset"))
     base = " (null baseline)" if cache.baseline else ""
-    figure = plot_rise_panels(rows, out_dir / cache.model,
-                              f"RISE: {cache.model}{base} + linear probe on {cache.dataset} "
-                              f"(N={cfg.n_masks} masks, s={cfg.s}, p={cfg.p:g}, fill={cfg.fill})",
-                              meta)[0]
-    np.savez(out_dir / f"{cache.model}.maps.npz", **{f"map{k}": m for k, m in enumerate(maps.values())},
-             relpaths=np.array(list(maps)))
-    table = out_dir / f"{cache.model}.csv"
+    figure = plot_rise_grid(grid_rows, out_dir / stem,
+                            f"RISE: {cache.model}{base} + {labels[0]} probe on {cache.dataset} "
+                            f"(N={cfg.n_masks} masks, s={cfg.s}, p={cfg.p:g}, fill={cfg.fill})",
+                            meta)[0]
+    np.savez_compressed(out_dir / f"{stem}.maps.npz", relpaths=np.array([cache.relpaths[i]
+                        for i in picked]), probes=np.array(labels), **saved)
+    table = out_dir / f"{stem}.csv"
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
-    (out_dir / f"{cache.model}.json").write_text(json.dumps(
+    (out_dir / f"{stem}.json").write_text(json.dumps(
         {"config": cfg.to_dict(), "images": records, "provenance": meta}, indent=2, default=str))
 
-    def mean_of(key):
-        vals = [r[key] for r in records if r[key] is not None]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    summary = {"model": cache.model, "n_images": len(records), "n_masks": cfg.n_masks,
-               "figure": figure, "table": table,
-               **{f"mean_{k}": mean_of(k) for k in ("lesion_mass", "lesion_area", "text_mass",
-                                                    "text_area", "lesion_enrichment",
-                                                    "text_enrichment", "split_half_r")}}
-    log(f"{cache.model} / {cache.dataset}: RISE panels {figure}, numbers {table}")
+    keys = ("lesion_mass", "lesion_area", "text_mass", "text_area", "lesion_enrichment",
+            "text_enrichment", "split_half_r", "random_probe_rank_r", "deletion_auc",
+            "insertion_auc")
+    by_probe = {label: {f"mean_{key}": _mean([r[key] for r in records if r["probe"] == label])
+                        for key in keys} for label in labels}
+    summary = {"model": cache.model, "n_images": len(picked), "n_masks": cfg.n_masks,
+               "figure": figure, "panels": out_dir / f"{stem}.panels", "table": table,
+               "records": records, "by_probe": by_probe, **by_probe[labels[0]]}
+    log(f"{cache.model} / {cache.dataset}: RISE overview {figure}, per-image panels "
+        f"{summary['panels']}, numbers {table}")
     return summary
 
 
-def rise_caches(caches: list[Cache], cfg: RiseConfig = RiseConfig(), n_images: int = 3,
-                root: Path | None = None, device: str = "auto", out: Path | None = None,
-                log=print) -> list[dict]:
-    return [explain_cache(c, cfg.check(), n_images, root, device, out, log) for c in caches]
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _dataset_root(cache: Cache, root: Path | None) -> Path:
+    if root is not None:
+        return Path(root)
+    hint = cache.attrs.get("dataset_root")
+    return Path(hint) if hint and Path(hint).is_dir() else paths.data_root(cache.dataset)
+
+
+def rise_caches(caches: list[Cache], cfg: RiseConfig = RiseConfig(), **kwargs) -> list[dict]:
+    """:func:`explain_cache` on each cache (same options)."""
+    return [explain_cache(c, cfg.check(), **kwargs) for c in caches]

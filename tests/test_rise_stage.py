@@ -1,0 +1,132 @@
+"""The RISE stage end to end: phantom -> lite0 cache -> class and word probes -> explain_cache."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmprobe.cache import read_cache
+from vlmprobe.extract import extract
+from vlmprobe.phantom import make_phantom
+from vlmprobe.probe import LinearProbe, probe_caches, probe_path
+from vlmprobe.rise import ImageChoice, RiseConfig, choose_images, explain_cache, random_probe
+from vlmprobe.validation import VlmprobeError
+
+DATASET = "breastus_phantom"
+
+
+def build(tmp, n, seed):
+    data = make_phantom("breastus", tmp / "data", n=n, seed=seed, progress=False)
+    r = extract("efficientnet_lite0", DATASET, root=data, out=tmp / "cache", device="cpu",
+                num_workers=0, progress=False)
+    cache = read_cache(r.path)
+    probe_caches([cache], log=lambda *a: None)
+    probe_caches([cache], label="word", log=lambda *a: None)
+    return data, cache
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("rise_stage"), n=45, seed=2)
+
+
+def test_choose_images(small):
+    _, cache = small
+    probe = LinearProbe.load(probe_path(cache, "class"))
+    default = choose_images(cache, probe, ImageChoice(), seed=0)
+    assert sorted(cache.labels[default]) == [0, 1, 2]  # one per class
+    picked = choose_images(cache, probe, ImageChoice(k=5), seed=0)
+    assert len(set(picked)) == 5 and picked == choose_images(cache, probe, ImageChoice(k=5), 0)
+    wrong = choose_images(cache, probe, ImageChoice(k=50, misclassified=True), seed=0)
+    predicted = probe.decision_function(cache.embeddings[wrong]).argmax(1)
+    assert len(wrong) >= 1 and (predicted != cache.labels[wrong]).all()
+    named = choose_images(cache, probe, ImageChoice(ids=(cache.relpaths[3], cache.relpaths[0])), 0)
+    assert named == [3, 0]
+    with pytest.raises(VlmprobeError, match="no image 'nope.png'"):
+        choose_images(cache, probe, ImageChoice(ids=("nope.png",)), 0)
+    with pytest.raises(VlmprobeError, match="either by --ids"):
+        choose_images(cache, probe, ImageChoice(k=2, ids=(cache.relpaths[0],)), 0)
+
+
+def test_random_probe_keeps_norms_and_changes_directions(small):
+    _, cache = small
+    probe = LinearProbe.load(probe_path(cache, "class"))
+    rand = random_probe(probe, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(rand.coef, axis=1), np.linalg.norm(probe.coef, axis=1))
+    cos = (rand.coef * probe.coef).sum(1) / np.linalg.norm(probe.coef, axis=1) ** 2
+    assert np.abs(cos).max() < 0.2
+    np.testing.assert_array_equal(rand.coef, random_probe(probe, seed=0).coef)
+
+
+def test_explain_two_probes_on_the_same_masks(small, tmp_path):
+    data, cache = small
+    with_word = [i for i, w in enumerate(cache.metadata["word"]) if w][:2]
+    ids = tuple(cache.relpaths[i] for i in with_word)
+    out = tmp_path / "out"
+    res = explain_cache(cache, RiseConfig(n_masks=40, batch_size=16), ImageChoice(ids=ids),
+                        labels=["class", "word"], target="benign", root=data, device="cpu",
+                        out=out, causal_steps=4, log=lambda *a: None)
+    # probes written beside the cache are found although outputs go to --out
+    rows = list(csv.DictReader(open(res["table"])))
+    assert [(r["relpath"], r["probe"]) for r in rows] == [(i, p) for i in ids for p in ("class", "word")]
+    for r in rows:
+        assert r["text_box_source"] == "dataset" and 0 <= float(r["text_mass"]) <= 1
+        assert -1 <= float(r["split_half_r"]) <= 1
+    cls = [r for r in rows if r["probe"] == "class"]
+    assert all(r["target"] == "benign" for r in cls)
+    assert all(-1 <= float(r["random_probe_rank_r"]) <= 1 and r["deletion_auc"] for r in cls)
+    words = [r for r in rows if r["probe"] == "word"]
+    assert all(r["true"] in ("BREAST", "AXILLA") and r["random_probe_rank_r"] == "" for r in words)
+    maps = np.load(res["table"].with_name("efficientnet_lite0.maps.npz"))
+    assert list(maps["probes"]) == ["class", "word"] and list(maps["relpaths"]) == list(ids)
+    w, h = Image.open(data / ids[0]).size
+    assert maps["original_0"].shape == (2, h, w) and maps["input_0"].shape == (2, 224, 224)
+    assert res["figure"].is_file() and len(list(res["panels"].glob("*.png"))) == 2
+    meta = json.loads(Image.open(res["figure"]).info["Description"])
+    assert meta["rise"]["n_masks"] == 40 and meta["target"] == "benign"
+    assert set(res["by_probe"]) == {"class", "word"}
+
+
+def test_stage_bad_input(small, tmp_path):
+    data, cache = small
+    kw = dict(root=data, device="cpu", log=lambda *a: None)
+    with pytest.raises(VlmprobeError, match="not a class of the 'class' probe; classes: normal, benign"):
+        explain_cache(cache, RiseConfig(n_masks=8), target="cyst", **kw)
+    with pytest.raises(VlmprobeError, match=r"No saved .site. probe .* `vlmprobe probe --label site`"):
+        explain_cache(cache, RiseConfig(n_masks=8), labels=["site"], **kw)
+    i = next(i for i, m in enumerate(cache.metadata["mask_paths"]) if m)
+    moved = tmp_path / "moved"
+    import shutil
+    shutil.copytree(data, moved)
+    mask = moved / cache.metadata["mask_paths"][i].split(";")[0]
+    Image.open(mask).resize((17, 11)).save(mask)
+    with pytest.raises(VlmprobeError, match=r"Mask .* is 17 x 11 but its image"):
+        explain_cache(cache, RiseConfig(n_masks=8), ImageChoice(ids=(cache.relpaths[i],)),
+                      **{**kw, "root": moved})
+
+
+@pytest.mark.slow
+def test_word_probe_puts_more_saliency_on_the_text_than_the_class_probe(tmp_path):
+    """The paper's background-bias finding as a test: on the same masked embeddings of 10 test
+    images bearing a word, the probe for the burnt-in word must put more positive saliency mass
+    inside the text box than the class probe (>= 9 of 10 images, paired Wilcoxon p < 0.01)."""
+    from scipy.stats import wilcoxon
+
+    from vlmprobe.splits import read_split
+
+    data, cache = build(tmp_path, n=300, seed=7)
+    split = read_split(LinearProbe.load(probe_path(cache, "class")).info["split_file"])
+    test = {r for r, t in zip(split.relpaths, split.test) if t}
+    ids = tuple(r for r, w in zip(cache.relpaths, cache.metadata["word"]) if w and r in test)[:10]
+    assert len(ids) == 10
+    res = explain_cache(cache, RiseConfig(n_masks=500), ImageChoice(ids=ids),
+                        labels=["class", "word"], root=data, device="cpu", causal_steps=0,
+                        log=print)
+    mass = {p: np.array([r["text_mass"] for r in res["records"] if r["probe"] == p])
+            for p in ("class", "word")}
+    wins = int((mass["word"] > mass["class"]).sum())
+    p = wilcoxon(mass["word"], mass["class"], alternative="greater").pvalue
+    print(f"text-box saliency mass, word probe {np.round(mass['word'], 2)}, class probe "
+          f"{np.round(mass['class'], 2)}: word > class in {wins}/10, one-sided Wilcoxon p = {p:.4f}")
+    assert wins >= 9 and p < 0.01
