@@ -144,7 +144,7 @@ def test_written_words_follow_r(tmp_path):
     ({"text_label_correlation": 1.5}, r"\[0, 1\]"),
     ({"n": 5}, "too small"),
     ({"seed": -1}, "non-negative"),
-    ({"dataset": "brainmr"}, "breastus"),
+    ({"dataset": "busi"}, "Valid phantom datasets: .*breastus"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
     args = {"dataset": "breastus", "out": tmp_path / "x", "n": 12, "progress": False, **kwargs}

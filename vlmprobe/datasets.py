@@ -421,6 +421,9 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageD
         raise VlmprobeError(f"{root / entry.metadata_csv} is missing: a phantom root must hold the "
                             "manifest make-phantom wrote. Regenerate it (vlmprobe datasets "
                             "make-phantom).")
+    truth = root / "manifest.csv"  # a phantom's per-image truth (vlmprobe.phantom), any layout
+    if (root / "phantom.json").is_file() and truth.is_file() and entry.metadata_csv != truth.name:
+        samples = _join_metadata(samples, truth)
     samples = _assign_groups(entry, samples, joined)
     entry, samples = _select_classes(entry, samples)
     if not samples:
