@@ -14,10 +14,11 @@ from .validation import VlmprobeError
 app = typer.Typer(help="Measure what medical vision-language encoders really see.",
                   pretty_exceptions_show_locals=False, no_args_is_help=True,
                   add_completion=False)
-datasets_app = typer.Typer(help="List the dataset registry, check a copy, write its split, or "
-                           "make phantom datasets.",
+datasets_app = typer.Typer(help="List the dataset registry, or make phantom datasets.",
                            invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
+cache_app = typer.Typer(help="Inspect, compare and merge embedding caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 CacheArgs = typer.Argument(None, help="Cache files or directories (default: every cache under "
                                       "--out / $VLMPROBE_CACHE).", show_default=False)
@@ -106,25 +107,19 @@ def datasets(ctx: typer.Context):
 
 @datasets_app.command("make-phantom")
 def make_phantom_cmd(
-    dataset: str = typer.Argument(..., help="Which dataset to imitate: any of the eight "
-                                  "(brainmr, sarscov2ct, pneumoniamnist, breastus, breakhis, "
-                                  "hicervix, deepdrid, isic2019)."),
+    dataset: str = typer.Argument(..., help="Which dataset to imitate (breastus)."),
     out: Path = typer.Option(..., "--out", help="Directory to write the phantom dataset into."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of images (default 600 for "
-                                    "breastus, 120 for the others)."),
+    n: int = typer.Option(600, "--n", help="Number of images."),
     seed: int = typer.Option(0, "--seed"),
     text_label_correlation: float = typer.Option(
         0.8, "--text-label-correlation",
-        help="r in [0,1]: probability that the burnt-in word (breastus) or the site mark "
-             "(the others) is the class's (see README)."),
-    size: int = typer.Option(28, "--size", help="MedMNIST image size (pneumoniamnist)."),
+        help="r in [0,1]: probability that the burnt-in word is the class's word (see README)."),
 ):
     """Write a phantom dataset in the real on-disk layout, with known ground truth."""
     from .phantom import make_phantom
 
-    path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation,
-                        size=size)
-    console.print(f"Phantom {dataset} (seed {seed}) written to {path}")
+    path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation)
+    console.print(f"Phantom {dataset} ({n} images, seed {seed}) written to {path}")
 
 
 LabelLevelOpt = typer.Option(None, "--label-level", help="Level of a label hierarchy (HiCervix: "
@@ -211,18 +206,43 @@ def extract(
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (default "
                                         "$VLMPROBE_DATA/<dataset>)."),
     out: Optional[Path] = OutOpt,
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: str = typer.Option("32", "--batch-size", help="Images per batch, or 'auto' "
+                                   "(GPU: largest that fits; CPU: fastest of a few, timed)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache made from other inputs."),
+    label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
+    size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (autocast; "
+                                  "fp16 needs a GPU). Part of the cache key."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: embed every n-th batch "
+                                        "into a shard cache (default under torchrun: RANK/"
+                                        "WORLD_SIZE); the last shard to finish merges."),
+    fast_decode: bool = typer.Option(False, "--fast-decode", help="Decode JPEGs at a reduced "
+                                     "DCT scale that still covers the model's input (faster; "
+                                     "embeddings differ slightly, see `cache compare`)."),
 ):
-    """Embed every image of a dataset with one model into an HDF5 cache."""
+    """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
+    the same command after a crash to continue)."""
+    from .datasets import dataset_options
     from .extract import extract as run
 
-    r = run(model, dataset, root=root, out=out, batch_size=batch_size, device=device,
-            num_workers=workers, force=force)
+    bs = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
+    r = run(model, dataset, root=root, out=out, batch_size=bs, device=device,
+            num_workers=workers, force=force, precision=precision, shard=shard,
+            fast_decode=fast_decode,
+            dataset_options=dataset_options(label_level, classes, size, dicom_window))
     skipped = f", {r.n_skipped} unreadable file(s) skipped and recorded" if r.n_skipped else ""
     console.print(f"Cache {r.status}: {r.path} ({r.n_images} images{skipped})")
+    if r.merged:
+        console.print(f"All shards present: merged into {r.merged}")
+
+
+def _positive_int(value: str, option: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise VlmprobeError(f"{option} {value!r}: give a positive integer or 'auto'.") from None
 
 
 @app.command()
@@ -343,6 +363,55 @@ def rise(
     rise_caches(loaded, cfg, choice=choice, labels=label or ["class"], target=target, root=root,
                 device=device, out=_output_dir(caches, out), text_box_file=text_boxes,
                 detect_text=detect_text, causal_steps=causal_steps, log=console.print)
+
+
+@cache_app.command("info")
+def cache_info_cmd(cache: Path = typer.Argument(..., help="A cache (or shard) file."),
+                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Provenance, counts, unreadable files and key of one cache."""
+    from .cache_tools import cache_info, format_info
+
+    info = cache_info(cache)
+    print(json.dumps(info, indent=2, default=str)) if as_json else console.print(
+        format_info(info), markup=False, highlight=False)
+
+
+@cache_app.command("ls")
+def cache_ls_cmd(directory: Optional[Path] = typer.Argument(None, help="Default: --out / "
+                                                            "$VLMPROBE_CACHE."),
+                 out: Optional[Path] = typer.Option(None, "--out", help="The cache directory.")):
+    """Every cache, shard and interrupted extraction under a directory."""
+    from .cache_tools import list_caches
+    from .paths import cache_dir
+
+    rows = list_caches(directory or cache_dir(out))
+    table = Table("path", "model", "dataset", "n", "skipped", "dim", "precision", "status")
+    for r in rows:
+        table.add_row(*(str(r.get(k, "")) for k in ("path", "model", "dataset", "n", "skipped",
+                                                    "dim", "precision", "status")))
+    console.print(table)
+
+
+@cache_app.command("compare")
+def cache_compare_cmd(a: Path = typer.Argument(..., help="Cache A (its saved probe is used)."),
+                      b: Path = typer.Argument(..., help="Cache B, of the same images."),
+                      as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Per-image cosine similarity of two caches, and how many probe predictions change."""
+    from .cache_tools import compare_caches, format_compare
+
+    r = compare_caches(a, b)
+    print(json.dumps(r, indent=2)) if as_json else console.print(format_compare(r), markup=False,
+                                                                 highlight=False)
+
+
+@cache_app.command("merge")
+def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
+                                                        "<model>.h5.shard-i-of-n, all n."),
+                    keep: bool = typer.Option(False, "--keep", help="Keep the shard files.")):
+    """Join the shard caches of one `extract --shard` run into one cache (checks keys, coverage)."""
+    from .extract import merge_shards
+
+    console.print(f"Merged into {merge_shards(shards, remove=not keep)}")
 
 
 @cache_app.command("info")

@@ -249,6 +249,9 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
 
     console.print(f"Fingerprinting {len(relpaths)} files under {data.root} ...")
     sizes, digests, fingerprint = data.fingerprint()  # a label level / class subset included
+    local_rank = os.environ.get("LOCAL_RANK")
+    if part and local_rank is not None and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(local_rank) % torch.cuda.device_count()}"  # one GPU per torchrun rank
     encoder = load_encoder(entry, device)
     check_precision(precision, encoder.device)
     desc = encoder.describe()
