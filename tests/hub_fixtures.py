@@ -49,6 +49,19 @@ def use_hub_cache(monkeypatch, cache: Path) -> None:
     monkeypatch.setattr(transformers_hub, "_is_offline_mode", True)
 
 
+def registry_facts_transform(cfg):
+    """The transform a registry entry's preprocess facts describe, in torchvision terms: the
+    official transform must agree with it, so geometry and cache keys describe the real one."""
+    from torchvision import transforms as T
+
+    interp = T.InterpolationMode(cfg.interpolation)
+    if cfg.resize == "squash":
+        resize = [T.Resize((cfg.image_size, cfg.image_size), interp)]
+    else:
+        resize = [T.Resize(cfg.resize_size or cfg.image_size, interp), T.CenterCrop(cfg.image_size)]
+    return T.Compose([*resize, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+
+
 def write_snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
     """Write ``files`` as the hub cache does; return the snapshot folder.
 
@@ -272,3 +285,99 @@ def write_timm_hub(cache: Path, repo_id: str, kwargs: dict, data_config: dict) -
     files["config.json"] = _json(config)
     snapshot = write_snapshot(cache, repo_id, files)
     return HubFixture(repo_id, snapshot, snapshot / "model.safetensors", 192)
+
+
+def write_clip_repo(cache: Path, repo_id: str, mean, std, seed: int = 4) -> HubFixture:
+    """A transformers CLIPModel repo (PLIP, PubMedCLIP, MONET): ``config.json`` +
+    ``model.safetensors`` + its CLIPImageProcessor config with the repo's mean/std. Vision width
+    36, projection 20 (``image_embeds``)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    config = CLIPConfig(
+        vision_config={"hidden_size": 36, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "image_size": 224, "patch_size": 32},
+        text_config={"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 4,
+                     "max_position_embeddings": 16},
+        projection_dim=20)
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        CLIPModel(config).save_pretrained(tmp)
+        CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+                           image_mean=list(mean), image_std=list(std)).save_pretrained(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+    snapshot = write_snapshot(cache, repo_id, files)
+    return HubFixture(repo_id, snapshot, snapshot / "model.safetensors", 20)
+
+
+def write_dinov2_repo(cache: Path, repo_id: str, resize: int, crop: int) -> HubFixture:
+    """A transformers Dinov2Model repo (facebook/dinov2-large, microsoft/rad-dino) with its
+    BitImageProcessor config (shortest side ``resize`` bicubic, crop ``crop``, ImageNet stats).
+    Width 28; the CLS token (``cls`` tap) differs from pooler and mean values."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=28, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=56, patch_size=14, image_size=crop)
+    torch.manual_seed(5)
+    with tempfile.TemporaryDirectory() as tmp:
+        Dinov2Model(config).save_pretrained(tmp)
+        BitImageProcessor(size={"shortest_edge": resize}, crop_size={"height": crop, "width": crop},
+                          image_mean=[0.485, 0.456, 0.406],
+                          image_std=[0.229, 0.224, 0.225]).save_pretrained(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+    snapshot = write_snapshot(cache, repo_id, files)
+    return HubFixture(repo_id, snapshot, snapshot / "model.safetensors", 28)
+
+
+REMOTE_MODELING = '''\
+"""Remote code of a hub-shaped fixture (as LLM2CLIP's repo ships its own modeling file)."""
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class TinyRemoteConfig(PretrainedConfig):
+    model_type = "tiny_remote_clip"
+
+    def __init__(self, width=30, proj=18, **kwargs):
+        self.width, self.proj = width, proj
+        super().__init__(**kwargs)
+
+
+class TinyRemoteModel(PreTrainedModel):
+    config_class = TinyRemoteConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.patch = torch.nn.Conv2d(3, config.width, 28, stride=28)
+        self.visual_projection = torch.nn.Linear(config.width, config.proj)
+        self.post_init()
+
+    def get_image_features(self, pixel_values):
+        return self.visual_projection(self.patch(pixel_values).mean((2, 3)))
+'''
+
+
+def write_remote_code_repo(cache: Path, repo_id: str) -> HubFixture:
+    """A trust_remote_code repo (LLM2CLIP's layout): ``config.json`` with ``auto_map`` pointing
+    at ``modeling_tiny.py`` in the repo, and ``model.safetensors``; no preprocessor config (the
+    entry's processor_source supplies one)."""
+    import importlib.util
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "modeling_tiny.py").write_text(REMOTE_MODELING)
+        spec = importlib.util.spec_from_file_location("modeling_tiny_fixture",
+                                                      Path(tmp) / "modeling_tiny.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        torch.manual_seed(6)
+        model = module.TinyRemoteModel(module.TinyRemoteConfig())
+        model.save_pretrained(tmp)
+        config = json.loads((Path(tmp) / "config.json").read_text())
+        config["auto_map"] = {"AutoConfig": "modeling_tiny.TinyRemoteConfig",
+                              "AutoModel": "modeling_tiny.TinyRemoteModel"}
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+    snapshot = write_snapshot(cache, repo_id, files)
+    return HubFixture(repo_id, snapshot, snapshot / "model.safetensors", 18)

@@ -12,11 +12,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hub_fixtures import (BIOMEDBERT_REPO, BIOMEDCLIP_REPO, MEDSIGLIP_REPO, use_hub_cache,
-                          write_biomedclip, write_medsiglip)
+from hub_fixtures import (BIOMEDBERT_REPO, BIOMEDCLIP_REPO, MEDSIGLIP_REPO,
+                          registry_facts_transform, use_hub_cache, write_biomedclip,
+                          write_medsiglip)
 from PIL import Image
 from skimage.data import chelsea
-from torchvision import transforms as T
 
 from vlmprobe.encoders import load_encoder
 from vlmprobe.provenance import sha256_file
@@ -87,20 +87,10 @@ def test_tap_and_transform_are_the_official_ones(name, encoders, references):
             assert not torch.allclose(out, wrong_tap(x))
 
 
-def _registry_facts_transform(cfg):
-    """The transform the registry's preprocess facts describe, in torchvision terms."""
-    interp = T.InterpolationMode(cfg.interpolation)
-    if cfg.resize == "squash":
-        resize = [T.Resize((cfg.image_size, cfg.image_size), interp)]
-    else:
-        resize = [T.Resize(cfg.resize_size or cfg.image_size, interp), T.CenterCrop(cfg.image_size)]
-    return T.Compose([*resize, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
-
-
 @pytest.mark.parametrize("name", HUB_MODELS)
 def test_official_transform_matches_registry_facts(name, encoders):
     enc = encoders[name]
-    expected = _registry_facts_transform(enc.preprocess_cfg)(CHELSEA)
+    expected = registry_facts_transform(enc.preprocess_cfg)(CHELSEA)
     torch.testing.assert_close(enc.transform_(CHELSEA), expected, atol=1e-5, rtol=0)
 
 

@@ -1,0 +1,101 @@
+"""More of the transformers family on hub-shaped fixtures, offline: two-tower CLIPModel repos
+(``image_embeds``), DINOv2-style repos (``cls``), and a trust_remote_code repo (LLM2CLIP's
+layout) whose preprocessor comes from ``processor_source``.
+
+References use transformers directly (the model class's ``from_pretrained`` and the repo's
+``AutoImageProcessor``), on 8-bit scikit-image photos and a DICOM slice decoded by vlmprobe's
+fixed default intensity pipeline.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hub_fixtures import (CLIP_L336_REPO, registry_facts_transform, use_hub_cache,
+                          write_clip_l336, write_clip_repo, write_dinov2_repo,
+                          write_remote_code_repo)
+from PIL import Image
+from skimage.data import astronaut, chelsea
+
+from vlmprobe.encoders import load_encoder
+from vlmprobe.provenance import sha256_file
+from vlmprobe.registry import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_model_entry
+
+
+def _dicom_image():
+    import pydicom.data
+
+    from vlmprobe.datasets import read_dicom
+
+    return read_dicom(pydicom.data.get_testdata_file("CT_small.dcm"), "tags")
+
+
+IMAGES = {"chelsea": Image.fromarray(chelsea()), "ct_dicom": _dicom_image()}
+WRITERS = {
+    "plip": lambda c: write_clip_repo(c, "vinid/plip", CLIP_MEAN, CLIP_STD),
+    "pubmedclip": lambda c: write_clip_repo(c, "flaviagiammarino/pubmed-clip-vit-base-patch32",
+                                            CLIP_MEAN, CLIP_STD),
+    "monet": lambda c: write_clip_repo(c, "suinleelab/monet", IMAGENET_MEAN, IMAGENET_STD),
+    "clip_l14_336": write_clip_l336,
+    "dinov2": lambda c: write_dinov2_repo(c, "facebook/dinov2-large", 256, 224),
+    "rad_dino": lambda c: write_dinov2_repo(c, "microsoft/rad-dino", 518, 518),
+    # its processor_source is the clip_l14_336 fixture, written above
+    "llm2clip": lambda c: write_remote_code_repo(c, "microsoft/LLM2CLIP-Openai-L-14-336"),
+}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    with pytest.MonkeyPatch.context() as mp:
+        use_hub_cache(mp, cache)
+        mp.setenv("VLMPROBE_TRUST_REMOTE_CODE", "1")
+        yield {name: write(cache) for name, write in WRITERS.items()}
+
+
+def _reference(name):
+    """(tap, wrong tap, processor) built with transformers only."""
+    import transformers
+
+    entry = get_model_entry(name)
+    cls = getattr(transformers, entry.architecture)
+    model = cls.from_pretrained(entry.source, trust_remote_code=entry.trust_remote_code).eval()
+    processor = transformers.AutoImageProcessor.from_pretrained(
+        entry.processor_source or entry.source)
+    if entry.tap == "image_embeds":
+        tap = lambda x: model.get_image_features(pixel_values=x)  # noqa: E731
+        wrong = None
+    else:
+        tap = lambda x: model(pixel_values=x).last_hidden_state[:, 0]  # noqa: E731
+        # same width; DINOv2's pooler_output is this very CLS token, so compare with the mean
+        wrong = lambda x: model(pixel_values=x).last_hidden_state[:, 1:].mean(1)  # noqa: E731
+    return tap, wrong, processor
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_tap_transform_and_checksum_are_the_official_ones(name, hub):
+    fx = hub[name]
+    enc = load_encoder(dataclasses.replace(get_model_entry(name), embed_dim=fx.tap_dim), "cpu")
+    tap, wrong, processor = _reference(name)
+    for image in IMAGES.values():
+        official = processor(images=image, return_tensors="pt").pixel_values[0]
+        torch.testing.assert_close(enc.transform_(image), official, atol=1e-6, rtol=0)
+    x = torch.stack([enc.transform_(IMAGES["chelsea"]), enc.transform_(Image.fromarray(astronaut()))])
+    out = enc.encode_images(x)
+    assert out.shape == (2, fx.tap_dim) and torch.equal(out, enc.encode_images(x))
+    with torch.no_grad():
+        torch.testing.assert_close(out, tap(x))
+        if wrong is not None:
+            assert not torch.allclose(out, wrong(x), atol=1e-3)
+    assert enc.weights_sha256_ == sha256_file(fx.weights)
+    facts = registry_facts_transform(enc.preprocess_cfg)(IMAGES["chelsea"])
+    torch.testing.assert_close(enc.transform_(IMAGES["chelsea"]), facts, atol=1e-5, rtol=0)
+
+
+def test_processor_source_is_used_for_preprocessing(hub):
+    """LLM2CLIP's repo has no preprocessor: it comes from openai/clip-vit-large-patch14-336."""
+    assert not (hub["llm2clip"].snapshot / "preprocessor_config.json").exists()
+    enc = load_encoder(dataclasses.replace(get_model_entry("llm2clip"), embed_dim=18), "cpu")
+    assert enc.transform_(IMAGES["chelsea"]).shape == (3, 336, 336)
+    assert get_model_entry("llm2clip").processor_source == CLIP_L336_REPO
