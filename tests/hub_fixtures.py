@@ -381,3 +381,36 @@ def write_remote_code_repo(cache: Path, repo_id: str) -> HubFixture:
         files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
     snapshot = write_snapshot(cache, repo_id, files)
     return HubFixture(repo_id, snapshot, snapshot / "model.safetensors", 18)
+
+
+#: a tiny open_clip ViT config (vision width 32, projection 20)
+TINY_OPEN_CLIP = {"embed_dim": 20,
+                  "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "patch_size": 32,
+                                 "head_width": 16},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                               "layers": 1}}
+
+
+def write_open_clip_repo(cache: Path, repo_id: str, model_cfg: dict, preprocess_cfg: dict | None,
+                         filename: str = "open_clip_pytorch_model.bin") -> HubFixture:
+    """An open_clip weights repo: weights under ``filename``, plus ``open_clip_config.json`` when
+    ``preprocess_cfg`` is given (an ``hf-hub:`` model such as QuiltNet); the repos that
+    open_clip's pretrained tags point at (``timm/vit_base_patch16_clip_224.openai``) hold
+    weights only."""
+    from open_clip.model import CLIP
+
+    torch.manual_seed(7)
+    model = CLIP(**model_cfg)
+    files = {filename: (_safetensors(model.state_dict()) if filename.endswith(".safetensors")
+                        else _torch_bytes(model.state_dict()))}
+    if preprocess_cfg is not None:
+        files["open_clip_config.json"] = _json({"model_cfg": model_cfg,
+                                                "preprocess_cfg": preprocess_cfg})
+    snapshot = write_snapshot(cache, repo_id, files)
+    return HubFixture(repo_id, snapshot, snapshot / filename, model_cfg["embed_dim"])
+
+
+def _torch_bytes(state) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
