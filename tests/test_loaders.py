@@ -292,3 +292,31 @@ def test_cmyk_palette_rgba_and_16bit_become_rgb(tmp_path, fmt, mode):
         path.write_bytes(_encoded(fmt, mode))
     im = read_image(path)
     assert im.mode == "RGB" and (mode != "I;16" or np.asarray(im).min() == 255)
+
+
+def test_isic_metadata_joined_on_image_with_lesion_groups(tmp_path):
+    from vlmprobe.splits import group_ids
+
+    cols = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+    (tmp_path / "ISIC_2019_Training_Input").mkdir()
+    gt = ["image," + ",".join(cols)]
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "ISIC_2019_Training_Input" / f"ISIC_{i}.jpg")
+        gt.append(f"ISIC_{i}," + ",".join("1.0" if k == i % 2 else "0.0" for k in range(9)))
+    (tmp_path / "ISIC_2019_Training_GroundTruth.csv").write_text("\n".join(gt) + "\n")
+    meta = tmp_path / "ISIC_2019_Training_Metadata.csv"
+    meta.write_text("image,age_approx,anatom_site_general,lesion_id,sex\n"
+                    "ISIC_0,55.0,head/neck,IL_1,male\nISIC_1,30.0,,IL_1,female\n"
+                    "ISIC_2,70.0,lower extremity,,male\n")  # ISIC_3 has no metadata row
+    ds = load_dataset("isic2019", tmp_path)
+    m = [s.metadata for s in ds.samples]
+    assert m[0]["age_approx"] == "55.0" and m[0]["anatom_site_general"] == "head/neck"
+    assert [x.get("group") for x in m] == ["IL_1", "IL_1", "", ""]
+    assert "age_approx" not in m[3]
+    g = group_ids([x["group"] for x in m], [s.relpath for s in ds.samples])
+    assert g[0] == g[1] and len({g[1], g[2], g[3]}) == 3  # no lesion id: a group of its own
+    meta.write_text("isic_id,age_approx\nISIC_0,55\n")
+    with pytest.raises(VlmprobeError, match="Metadata.csv is unreadable or has no 'image' column"):
+        load_dataset("isic2019", tmp_path)
+    meta.unlink()  # the metadata file is optional: no groups then
+    assert all("group" not in s.metadata for s in load_dataset("isic2019", tmp_path).samples)
