@@ -23,7 +23,7 @@ def hicervix(tmp_path):
     (root / "train").mkdir(parents=True)
     lines = ["image_name,level_1,level_2,level_3"]
     rng = np.random.default_rng(0)
-    for i in range(30):
+    for i in range(40):
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(
             root / "train" / f"{i}.jpg")
         lines.append(f"{i}.jpg," + ",".join(LEVELS[i % 5]))
@@ -45,7 +45,7 @@ def test_label_level_picks_the_hierarchy_column(hicervix):
 
 def test_class_subset_relabels_and_filters(hicervix):
     ds = load_dataset("hicervix", hicervix, **dataset_options(classes="Trichomonas,Candida"))
-    assert ds.class_names == ["Candida", "Trichomonas"] and len(ds) == 12
+    assert ds.class_names == ["Candida", "Trichomonas"] and len(ds) == 16
     assert {ds.class_names[s.label] for s in ds.samples} == {"Candida", "Trichomonas"}
     assert ds.label_view == "classes=Candida+Trichomonas"
     assert ds.entry.class_subset == ["Candida", "Trichomonas"]  # recorded in every cache
@@ -92,3 +92,24 @@ def test_extract_records_the_view_and_keeps_views_apart(hicervix, tmp_path, lite
     assert read_cache(r3.path).dataset_fingerprint != c1.dataset_fingerprint
     with pytest.raises(VlmprobeError, match="different inputs"):  # never served for another view
         extract("efficientnet_lite0", "hicervix", out=tmp_path / "a", **kw)
+
+
+def test_cli_check_and_split_take_the_view_options(hicervix, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmprobe.cli import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["datasets", "check", "hicervix", "--root", str(hicervix),
+                              "--label-level", "1"])
+    assert out.exit_code == 0, out.output
+    assert "Microbe" in out.output and "ASC-US" not in out.output
+    out = runner.invoke(app, ["datasets", "split", "hicervix", "--root", str(hicervix), "--out",
+                              str(tmp_path), "--classes", "NILM,HSIL,Candida"])
+    assert out.exit_code == 0, out.output
+    (split,) = (tmp_path / "hicervix" / "splits").glob("*.csv")
+    labels = {line.split(",")[1] for line in split.read_text().splitlines()[1:]}
+    assert labels == {"NILM", "HSIL", "Candida"}
+    bad = runner.invoke(app, ["datasets", "check", "hicervix", "--root", str(hicervix),
+                              "--classes", "Fungus"])
+    assert bad.exit_code != 0 and "Fungus" in str(bad.exception or bad.output)
