@@ -414,3 +414,26 @@ def _torch_bytes(state) -> bytes:
     buf = io.BytesIO()
     torch.save(state, buf)
     return buf.getvalue()
+
+
+def write_medgemma(cache: Path) -> HubFixture:
+    """google/medgemma-4b-it's layout: a Gemma3ForConditionalGeneration (``config.json`` with
+    text and SigLIP vision configs, ``vision_use_head: false``, 896 px / patch 14 = 4096 tokens)
+    and its Gemma3ImageProcessor config. Vision width 24, text width 32."""
+    from transformers import AutoModelForImageTextToText, Gemma3Config, Gemma3ImageProcessor
+
+    config = Gemma3Config(
+        text_config={"vocab_size": 300, "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                     "head_dim": 16},
+        vision_config={"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 896, "patch_size": 14,
+                       "vision_use_head": False},
+        mm_tokens_per_image=256, image_token_index=299, boi_token_index=297, eoi_token_index=298)
+    torch.manual_seed(8)
+    with tempfile.TemporaryDirectory() as tmp:
+        AutoModelForImageTextToText.from_config(config).save_pretrained(tmp)
+        Gemma3ImageProcessor(size={"height": 896, "width": 896}).save_pretrained(tmp)
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+    snapshot = write_snapshot(cache, "google/medgemma-4b-it", files)
+    return HubFixture("google/medgemma-4b-it", snapshot, snapshot / "model.safetensors", 24)

@@ -1,6 +1,7 @@
 """More of the transformers family on hub-shaped fixtures, offline: two-tower CLIPModel repos
-(``image_embeds``), DINOv2-style repos (``cls``), and a trust_remote_code repo (LLM2CLIP's
-layout) whose preprocessor comes from ``processor_source``.
+(``image_embeds``), DINOv2-style repos (``cls``), MedGemma's SigLIP tower inside a Gemma 3
+checkpoint (``vision_tower_mean``), and a trust_remote_code repo (LLM2CLIP's layout) whose
+preprocessor comes from ``processor_source``.
 
 References use transformers directly (the model class's ``from_pretrained`` and the repo's
 ``AutoImageProcessor``), on 8-bit scikit-image photos and a DICOM slice decoded by vlmprobe's
@@ -13,7 +14,7 @@ import dataclasses
 import pytest
 import torch
 from hub_fixtures import (CLIP_L336_REPO, registry_facts_transform, use_hub_cache,
-                          write_clip_l336, write_clip_repo, write_dinov2_repo,
+                          write_clip_l336, write_clip_repo, write_dinov2_repo, write_medgemma,
                           write_remote_code_repo)
 from PIL import Image
 from skimage.data import astronaut, chelsea
@@ -38,6 +39,7 @@ WRITERS = {
                                             CLIP_MEAN, CLIP_STD),
     "monet": lambda c: write_clip_repo(c, "suinleelab/monet", IMAGENET_MEAN, IMAGENET_STD),
     "clip_l14_336": write_clip_l336,
+    "medgemma": write_medgemma,
     "dinov2": lambda c: write_dinov2_repo(c, "facebook/dinov2-large", 256, 224),
     "rad_dino": lambda c: write_dinov2_repo(c, "microsoft/rad-dino", 518, 518),
     # its processor_source is the clip_l14_336 fixture, written above
@@ -63,13 +65,15 @@ def _reference(name):
     model = cls.from_pretrained(entry.source, trust_remote_code=entry.trust_remote_code).eval()
     processor = transformers.AutoImageProcessor.from_pretrained(
         entry.processor_source or entry.source)
-    if entry.tap == "image_embeds":
-        tap = lambda x: model.get_image_features(pixel_values=x)  # noqa: E731
-        wrong = None
-    else:
-        tap = lambda x: model(pixel_values=x).last_hidden_state[:, 0]  # noqa: E731
+    hidden = lambda x: model(pixel_values=x).last_hidden_state  # noqa: E731
+    tap, wrong = {
+        "image_embeds": (lambda x: model.get_image_features(pixel_values=x), None),
         # same width; DINOv2's pooler_output is this very CLS token, so compare with the mean
-        wrong = lambda x: model(pixel_values=x).last_hidden_state[:, 1:].mean(1)  # noqa: E731
+        "cls": (lambda x: hidden(x)[:, 0], lambda x: hidden(x)[:, 1:].mean(1)),
+        "vision_tower_mean": (
+            lambda x: model.vision_tower(pixel_values=x).last_hidden_state.mean(1),
+            lambda x: model.vision_tower(pixel_values=x).last_hidden_state[:, 0]),
+    }[entry.tap]
     return tap, wrong, processor
 
 
