@@ -62,3 +62,28 @@ def test_align_detects_images_missing_from_split():
     s = make_split(paths, y, SplitSpec())
     with pytest.raises(VlmprobeError, match="not in split file"):
         s.align(paths + ["new.png"], "cache.h5")
+
+
+def test_grouped_split_needs_enough_groups():
+    paths, y = _data()
+    with pytest.raises(VlmprobeError, match="datasets split NAME --split grouped"):
+        make_split(paths, y, SplitSpec(grouping="grouped"))
+    with pytest.raises(VlmprobeError, match="only 3 groups"):
+        make_split(paths, y, SplitSpec(grouping="grouped"), groups=[p[:2] for p in paths])
+    with pytest.raises(VlmprobeError, match="not available"):
+        make_split(paths, y, SplitSpec(grouping="patients"))
+
+
+def test_grouped_split_sidecar_records_groups(tmp_path):
+    import json
+
+    paths, y = _data()
+    groups = [f"g{i // 4}" for i in range(len(paths))]  # 20 groups of 4, never mixing classes
+    s = load_or_create_split(tmp_path, "fp", paths, y, ["a", "b", "c"],
+                             SplitSpec(grouping="grouped"), groups=groups, group_source="patient")
+    assert s.path.name.startswith("class-grouped-seed0-")
+    side = json.loads(s.path.with_suffix(".json").read_text())
+    assert side["groups"] == {"source": "patient", "n_groups": 20, "n_crossing_train_test": 0}
+    paper = load_or_create_split(tmp_path, "fp", paths, y, ["a", "b", "c"], SplitSpec(),
+                                 groups=groups, group_source="patient")
+    assert json.loads(paper.path.with_suffix(".json").read_text())["groups"]["n_crossing_train_test"] > 0

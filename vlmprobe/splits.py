@@ -102,7 +102,8 @@ def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source:
     if spec.grouping == "grouped":
         if groups is None:
             raise VlmprobeError(f"{source or 'split'}: a grouped split needs a group per image "
-                                "(patient id or near-duplicate cluster).")
+                                "(patient id or near-duplicate cluster); `vlmprobe datasets split "
+                                "NAME --split grouped` writes one from the dataset.")
         g = group_ids([groups[i] for i in order], paths)
         test_idx = _grouped_parts(y, g, round(1 / spec.test_fraction), spec.seed, source)[0]
         train_idx = np.setdiff1d(idx, test_idx)
