@@ -163,3 +163,13 @@ def test_a_new_model_of_an_existing_family_is_one_yaml_entry(hub, tmp_path, monk
     enc = load_encoder("my_siglip", device="cpu")
     import torch
     assert enc.encode_images(torch.zeros(1, 3, 448, 448)).shape == (1, 32)
+
+
+def test_readme_model_table_is_the_generated_one():
+    from vlmprobe.registry import markdown_table
+
+    readme = (TESTS.parent / "README.md").read_text()
+    start, end = "<!-- models-table:start -->\n", "\n<!-- models-table:end -->"
+    table = readme[readme.index(start) + len(start):readme.index(end)]
+    assert table == markdown_table(), "README table is stale: paste `vlmprobe models --markdown`"
+    assert markdown_table().strip() == run("models", "--markdown").strip()

@@ -46,11 +46,15 @@ def models(
                                                   "YAML file(s), as $VLMPROBE_REGISTRY."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow entries "
                                            "that declare trust_remote_code to run hub code."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print the README's model table."),
 ):
     """List the model registry (or check it, or compare two models' vision weights)."""
-    from .registry import get_model_entry, load_registry, model_summary
+    from .registry import get_model_entry, load_registry, markdown_table, model_summary
 
     entries = load_registry(registry or ())
+    if markdown:
+        print(markdown_table(entries))
+        return
     if compare_weights:
         from .encoders.check import compare_weights as compare
 

@@ -182,3 +182,17 @@ def model_summary(entry: ModelEntry) -> dict:
     return {**head, "image_size": p.image_size, "gated": entry.gated,
             "trust_remote_code": entry.trust_remote_code, "licence": entry.licence,
             **entry.to_dict()}
+
+
+def markdown_table(entries: dict[str, ModelEntry] | None = None) -> str:
+    """The README's model table, generated from the registry (``vlmprobe models --markdown``)."""
+    entries = load_registry() if entries is None else entries
+    rows = ["| model | family | source | tap | dim | input | licence | gated | remote code |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for e in entries.values():
+        p = e.preprocess
+        rows.append(f"| `{e.name}`{' (medical)' if e.medical else ''} | {e.family} | "
+                    f"`{e.source}` | {e.tap} | {e.embed_dim} | {p.image_size} {p.resize} | "
+                    f"{e.licence} | {'yes' if e.gated else ''} | "
+                    f"{'yes' if e.trust_remote_code else ''} |")
+    return "\n".join(rows)
