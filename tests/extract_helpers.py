@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 MODEL, DATASET = "lite0_random_64", "breastus"
 TINY_REGISTRY = f"""schema_version: 1
@@ -29,11 +30,17 @@ models:
 
 
 @pytest.fixture
-def tiny_model(tmp_path, monkeypatch) -> str:
+def tiny_model(tmp_path, monkeypatch):
     reg = tmp_path / "tiny_registry.yaml"
     reg.write_text(TINY_REGISTRY)
     monkeypatch.setenv("VLMPROBE_REGISTRY", str(reg))  # inherited by subprocesses
-    return MODEL
+    # One intra-op thread: on a shared, oversubscribed CPU OpenMP's spinning threads make every
+    # forward seconds slower; the tests check bytes and behaviour, not speed.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield MODEL
+    torch.set_num_threads(threads)
 
 
 def extract_cmd(root: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
