@@ -72,6 +72,9 @@ def test_grouped_split_needs_enough_groups():
         make_split(paths, y, SplitSpec(grouping="grouped"), groups=[p[:2] for p in paths])
     with pytest.raises(VlmprobeError, match="not available"):
         make_split(paths, y, SplitSpec(grouping="patients"))
+    one_each = [p if p.startswith("c0") else p[:2] for p in paths]  # classes 1 and 2: one group
+    with pytest.raises(VlmprobeError, match="no grouped test set holds every class"):
+        make_split(paths, y, SplitSpec(grouping="grouped"), groups=one_each)
 
 
 def test_grouped_split_sidecar_records_groups(tmp_path):

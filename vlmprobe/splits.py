@@ -105,12 +105,12 @@ def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source:
                                 "(patient id or near-duplicate cluster); `vlmprobe datasets split "
                                 "NAME --split grouped` writes one from the dataset.")
         g = group_ids([groups[i] for i in order], paths)
-        test_idx = _grouped_parts(y, g, round(1 / spec.test_fraction), spec.seed, source)[0]
+        parts = _grouped_parts(y, g, round(1 / spec.test_fraction), spec.seed, source)
+        test_idx = next((t for t in parts if len(set(y[t].tolist())) == len(set(y.tolist()))), None)
+        if test_idx is None:  # the first part holding every class is the test set
+            raise VlmprobeError(f"{source or 'split'}: no grouped test set holds every class; too "
+                                "few groups per class for a grouped split. Use --split paper.")
         train_idx = np.setdiff1d(idx, test_idx)
-        missing = sorted(set(y.tolist()) - set(y[test_idx].tolist()))
-        if missing:
-            raise VlmprobeError(f"{source or 'split'}: no group of class(es) {missing} landed in "
-                                "the test set; too few groups per class for a grouped split.")
         parts = _grouped_parts(y[train_idx], g[train_idx], spec.n_folds, spec.seed, source)
         for k, val in enumerate(parts):
             fold[train_idx[val]] = k
