@@ -211,3 +211,10 @@ def test_cli_check_exit_codes_and_paths(faulty, tmp_path):
     assert runner.invoke(app, ["datasets", "check", "sarscov2ct", "--root", str(clean)]).exit_code == 0
     assert runner.invoke(app, ["datasets", "check", "sarscov2ct", "--root", str(clean),
                                "--strict"]).exit_code == 1
+
+
+def test_busi_images_without_masks_are_reported(tiny_busi):
+    (tiny_busi / "benign" / "benign (2)_mask.png").unlink()
+    r = check_dataset("breastus", tiny_busi)
+    assert [f.paths for f in r.of("missing_mask")] == [("benign/benign (2).png",)]
+    assert r.ok  # a warning: the image is still usable for probing

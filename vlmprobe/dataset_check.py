@@ -168,6 +168,12 @@ def check_dataset(name: str, root: str | Path | None = None, split: str | Path |
                         f"{entry.layout_help}"))
         elif n == 0:
             add(Finding("info", "empty_class", f"class {c!r} is empty, as expected"))
+    if entry.layout == "busi":  # BUSI pairs every image with a lesion mask (all black if normal)
+        maskless = [s.relpath for s in ds.samples if not s.metadata.get("mask_paths")]
+        if maskless:
+            add(Finding("warning", "missing_mask", f"{len(maskless)} image(s) without a "
+                        f"<name>_mask.png beside them: {', '.join(maskless[:5])}"
+                        + (" ..." if len(maskless) > 5 else ""), tuple(maskless)))
     count_level = "error" if strict else "warning"
     diff = {c: (n, e) for c, (n, e) in counts.items() if e is not None and n != e}
     if diff:
