@@ -14,7 +14,8 @@ from .validation import VlmprobeError
 app = typer.Typer(help="Measure what medical vision-language encoders really see.",
                   pretty_exceptions_show_locals=False, no_args_is_help=True,
                   add_completion=False)
-datasets_app = typer.Typer(help="List the dataset registry, or make phantom datasets.",
+datasets_app = typer.Typer(help="List the dataset registry, check a copy, write its split, or "
+                           "make phantom datasets.",
                            invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
 cache_app = typer.Typer(help="Inspect, compare and merge embedding caches.", no_args_is_help=True)
@@ -111,19 +112,25 @@ def datasets(ctx: typer.Context):
 
 @datasets_app.command("make-phantom")
 def make_phantom_cmd(
-    dataset: str = typer.Argument(..., help="Which dataset to imitate (breastus)."),
+    dataset: str = typer.Argument(..., help="Which dataset to imitate: any of the eight "
+                                  "(brainmr, sarscov2ct, pneumoniamnist, breastus, breakhis, "
+                                  "hicervix, deepdrid, isic2019)."),
     out: Path = typer.Option(..., "--out", help="Directory to write the phantom dataset into."),
-    n: int = typer.Option(600, "--n", help="Number of images."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of images (default 600 for "
+                                    "breastus, 120 for the others)."),
     seed: int = typer.Option(0, "--seed"),
     text_label_correlation: float = typer.Option(
         0.8, "--text-label-correlation",
-        help="r in [0,1]: probability that the burnt-in word is the class's word (see README)."),
+        help="r in [0,1]: probability that the burnt-in word (breastus) or the site mark "
+             "(the others) is the class's (see README)."),
+    size: int = typer.Option(28, "--size", help="MedMNIST image size (pneumoniamnist)."),
 ):
     """Write a phantom dataset in the real on-disk layout, with known ground truth."""
     from .phantom import make_phantom
 
-    path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation)
-    console.print(f"Phantom {dataset} ({n} images, seed {seed}) written to {path}")
+    path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation,
+                        size=size)
+    console.print(f"Phantom {dataset} (seed {seed}) written to {path}")
 
 
 LabelLevelOpt = typer.Option(None, "--label-level", help="Level of a label hierarchy (HiCervix: "
