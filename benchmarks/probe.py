@@ -11,6 +11,7 @@ prints per-t time, convergence, selected t and agreement; the last line is ``rat
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -31,13 +32,14 @@ def synthetic(n: int, d: int, k: int, seed: int = 0, rank: int = 16, sep: float 
 
 
 def timed_fit_svm(times: list):
-    """Wrap the probe's single dispatch point to time each call (one call = one fold's t path)."""
+    """Wrap the probe's single dispatch point to time each call (one call = one fold's t path):
+    wall time and this process's CPU time (all threads), since the machine may be shared."""
     inner = probe_mod._fit_grid
 
     def wrapper(X, y, Cs, cfg):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = inner(X, y, Cs, cfg)
-        times.append((len(Cs), time.perf_counter() - t0))
+        times.append((len(Cs), time.perf_counter() - t0, time.process_time() - c0))
         return out
     return wrapper
 
@@ -52,17 +54,19 @@ def run(solver: str, X, y, test, fold, names):
         total = time.perf_counter() - t0
     finally:
         probe_mod._fit_grid = original
-    n_fits = sum(n for n, _ in times)
-    svm_time = sum(t for _, t in times)
+    n_fits = sum(n for n, _, _ in times)
+    svm_time = sum(t for _, t, _ in times)
+    cpu_time = sum(c for _, _, c in times)
     conv = "all" if fields["all_converged"] else f"{fields['n_unconverged']} unconverged"
-    print(f"[{solver}] total {total:.1f} s, SVM fits {svm_time:.1f} s for {n_fits} fits "
-          f"({svm_time / n_fits:.2f} s per t); selected t={fields['selected_t']:g}"
+    print(f"[{solver}] total {total:.1f} s, SVM fits {svm_time:.1f} s wall / {cpu_time:.1f} s CPU "
+          f"for {n_fits} fits ({svm_time / n_fits:.2f} s wall per t; load average "
+          f"{os.getloadavg()[0]:.1f}); selected t={fields['selected_t']:g}"
           f"{' (saturated)' if fields['saturated'] else ''}; converged: "
           f"{conv}; "
           f"val macro-F1 per t {np.round(fields['val_macro_f1'], 4).tolist()}; "
           f"test accuracy {fields['test']['accuracy']:.3f}, macro-F1 {fields['test']['macro_f1']:.3f}",
           flush=True)
-    return fields, probe, svm_time
+    return fields, probe, svm_time, cpu_time
 
 
 def main():
@@ -76,13 +80,14 @@ def main():
     names = [f"c{i}" for i in range(k)]
     print(f"data: N={n}, d={d}, {k} classes; train {int((~test).sum())}, test {int(test.sum())}",
           flush=True)
-    ref, ref_probe, t_ref = run("sklearn", X, y, test, fold, names)
-    fast, fast_probe, t_fast = run("fast", X, y, test, fold, names)
+    ref, ref_probe, t_ref, c_ref = run("sklearn", X, y, test, fold, names)
+    fast, fast_probe, t_fast, c_fast = run("fast", X, y, test, fold, names)
     agree = (ref_probe.predict(X[test]) == fast_probe.predict(X[test])).mean()
     print(f"test accuracy (sklearn refit): {ref['refit_test']['accuracy']:.3f}; "
           f"selected t: sklearn {ref['selected_t']:g}, fast {fast['selected_t']:g}; "
           f"refit test prediction agreement {agree:.4f}; max |Δ val macro-F1| per t "
           f"{np.max(np.abs(np.subtract(ref['val_macro_f1'], fast['val_macro_f1']))):.4f}")
+    print(f"CPU-time ratio: {c_ref / c_fast:.2f} (fast solver BLAS threads: 1)")
     print(f"ratio: {t_ref / t_fast:.2f}")
 
 

@@ -23,6 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+from threadpoolctl import threadpool_limits
 
 
 def _with_one(X: np.ndarray) -> np.ndarray:
@@ -158,6 +159,9 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
     max_iter : int — Newton iterations (each is one Cholesky solve per unconverged class).
     warm_start : bool — start from the previous ``coef_``/``intercept_`` (same classes and
         features), as when fitting an ascending C path.
+    blas_threads : int or None — BLAS threads while fitting (None: the library's default).
+        1 by default: on a shared machine OpenBLAS threads spin-wait when cores are
+        oversubscribed (a 1,200×256 fit took 28 s with 2 threads, 0.6 s with 1, at load 8).
 
     Attributes: ``coef_`` [K, d] (K = 1 for two classes, positive = ``classes_[1]``),
     ``intercept_`` [K], ``classes_``, ``n_iter_``, ``converged_``.
@@ -168,13 +172,15 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
         "tol": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "warm_start": ["boolean"],
+        "blas_threads": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    def __init__(self, C=1.0, tol=1e-3, max_iter=200, warm_start=False):
+    def __init__(self, C=1.0, tol=1e-3, max_iter=200, warm_start=False, blas_threads=1):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.warm_start = warm_start
+        self.blas_threads = blas_threads
 
     def fit(self, X, y):
         self._validate_params()
@@ -184,8 +190,9 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
         if (self.warm_start and hasattr(self, "coef_") and self.coef_.shape == (Y.shape[1], X.shape[1])
                 and np.array_equal(self.classes_, classes)):
             W0 = np.vstack([self.coef_.T, self.intercept_[None]])
-        W, n_iter, converged = newton_ovr(_with_one(X), Y, float(self.C), W0, self.tol,
-                                          self.max_iter)
+        with threadpool_limits(self.blas_threads, user_api="blas"):
+            W, n_iter, converged = newton_ovr(_with_one(X), Y, float(self.C), W0, self.tol,
+                                              self.max_iter)
         if not converged:
             warnings.warn(f"FastLinearSVC did not converge in max_iter={self.max_iter} Newton "
                           "iterations; increase max_iter.", ConvergenceWarning)
@@ -221,21 +228,25 @@ def _targets(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return classes, np.where(y_idx[:, None] == np.arange(len(classes)), 1.0, -1.0)
 
 
-def fit_path(X, y, Cs, tol: float = 1e-3, max_iter: int = 200) -> list[FastLinearSVC]:
+def fit_path(X, y, Cs, tol: float = 1e-3, max_iter: int = 200,
+             blas_threads: int | None = 1) -> list[FastLinearSVC]:
     """One fitted FastLinearSVC per C (in the order given), each warm-started from the
     solution at the next smaller C and sharing one set of Newton systems (the Gram matrices
     follow the active sets, which change little from one C to the next)."""
-    template = FastLinearSVC(tol=tol, max_iter=max_iter)
+    template = FastLinearSVC(tol=tol, max_iter=max_iter, blas_threads=blas_threads)
     template._validate_params()
     X, y = validate_data(template, X, y, dtype=np.float64)
     classes, Y = _targets(y)
     Xb = _with_one(X)
-    system = newton_system(Xb, Y.shape[1])
-    W = np.zeros((Xb.shape[1], Y.shape[1]))
     fitted = {}
-    for C in sorted(set(float(c) for c in Cs)):
-        W, n_iter, converged = newton_ovr(Xb, Y, C, W, tol, max_iter, system)
-        model = FastLinearSVC(C=C, tol=tol, max_iter=max_iter)
+    with threadpool_limits(blas_threads, user_api="blas"):
+        system = newton_system(Xb, Y.shape[1])
+        W = np.zeros((Xb.shape[1], Y.shape[1]))
+        for C in sorted(set(float(c) for c in Cs)):
+            W, n_iter, converged = newton_ovr(Xb, Y, C, W, tol, max_iter, system)
+            fitted[C] = (W, n_iter, converged)
+    for C, (W, n_iter, converged) in fitted.items():
+        model = FastLinearSVC(C=C, tol=tol, max_iter=max_iter, blas_threads=blas_threads)
         model.n_features_in_ = template.n_features_in_
         fitted[C] = model._set_solution(classes, W, n_iter, converged)
     return [fitted[float(c)] for c in Cs]
