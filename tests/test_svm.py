@@ -78,3 +78,14 @@ def test_works_in_a_pipeline_with_string_labels():
 @parametrize_with_checks([FastLinearSVC()])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_cold_fit_at_large_c_converges_and_matches_the_path():
+    # From w = 0 at C = 1e4·d/N the finite Newton method alone took > 200 steps; the fit
+    # now climbs a tenfold C continuation from d/N.
+    X, y = _problem(300, 40, 9, 1.5)
+    C = 1e4 * 40 / 300
+    cold = FastLinearSVC(C=C, max_iter=60).fit(X, y)
+    [path] = fit_path(X, y, [C])
+    assert cold.converged_
+    assert primal_objective(cold, X, y, C) == pytest.approx(primal_objective(path, X, y, C), rel=1e-6)
