@@ -7,6 +7,11 @@ the test set (mean ± sd, ddof=0). A scaler + SVM refit on the whole training pa
 saved (npz + JSON, no pickle): it is the black box RISE explains. The SVMs are fitted by
 ``vlmprobe.svm`` (solver "fast": same objective, all t of a fold on one warm-started path) or by
 scikit-learn's LinearSVC itself (solver "sklearn", the reference).
+
+Every reported metric carries a bootstrap CI over the test images (``vlmprobe.stats``), models on
+the same split are compared pairwise on the same resamples, and the same protocol runs with
+logistic regression or cosine kNN, over several outer splits, per metadata subgroup, or on
+shuffled labels (the null control).
 """
 from __future__ import annotations
 
