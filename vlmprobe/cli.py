@@ -278,6 +278,10 @@ def probe(
                                     "CIs and paired comparisons."),
     kind: str = typer.Option("svm", "--probe", help="svm (the paper's) | logreg (same C grid) | "
                              "knn (cosine, k in 1,5,10,20,50)."),
+    t_grid: str = typer.Option("1,10,100,1000,10000", "--t-grid", help="Comma list of t in "
+                               "C = t·d/N (the paper's grid by default)."),
+    select: str = typer.Option("mean", "--select", help="mean (the paper's: one t by mean "
+                               "validation F1) | per_fold (each fold-model its own t)."),
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
     from .cache import read_cache
@@ -287,7 +291,7 @@ def probe(
     loaded = [read_cache(p) for p in find_caches(caches, out)]
     cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
                       subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
-                      probe=kind)
+                      probe=kind, select=select, t_grid=_t_grid(t_grid))
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
                            cfg=cfg, log=console.print)
     name = ("probe_results" + ("" if kind == "svm" else f".{kind}")
@@ -296,6 +300,17 @@ def probe(
     table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
     md, csv_path = write_table(results, Path(table_dir), name, paper=compare_paper)
     console.print(f"Table: {md} and {csv_path}")
+
+
+def _t_grid(text: str) -> tuple[float, ...]:
+    try:
+        grid = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise VlmprobeError(f"--t-grid {text!r}: give positive numbers separated by commas, "
+                            "e.g. 1,10,100.") from None
+    if not grid or min(grid) <= 0:
+        raise VlmprobeError(f"--t-grid {text!r}: every t must be > 0.")
+    return grid
 
 
 @app.command()
