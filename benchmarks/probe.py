@@ -2,8 +2,9 @@
 
 Seeded synthetic embeddings, N=5,000, d=1,024, 9 classes: class means in a 16-dimensional
 subspace plus isotropic noise, scaled so test accuracy lies between 0.7 and 0.95 (neither
-separable nor trivial). Runs 5 folds × 5 t + refit per solver (sklearn first: the reference), and
-prints per-t time, convergence, selected t and agreement; the last line is ``ratio: ...``.
+separable nor trivial). Runs 5 folds × 5 t + refit per solver (fast first, then the sklearn
+reference; each fold's timing is printed as it ends), and prints per-t time, convergence,
+selected t and agreement; the last line is ``ratio: ...``.
 
     .venv/bin/python benchmarks/probe.py            # full run (sklearn side ≈ 12–25 min, 2 cores)
     .venv/bin/python benchmarks/probe.py --quick    # N=600, d=128: proves it runs
@@ -31,7 +32,7 @@ def synthetic(n: int, d: int, k: int, seed: int = 0, rank: int = 16, sep: float 
     return X.astype(np.float32), y
 
 
-def timed_fit_svm(times: list):
+def timed_fit_svm(times: list, solver: str):
     """Wrap the probe's single dispatch point to time each call (one call = one fold's t path):
     wall time and this process's CPU time (all threads), since the machine may be shared."""
     inner = probe_mod._fit_grid
@@ -40,6 +41,8 @@ def timed_fit_svm(times: list):
         t0, c0 = time.perf_counter(), time.process_time()
         out = inner(X, y, Cs, cfg)
         times.append((len(Cs), time.perf_counter() - t0, time.process_time() - c0))
+        print(f"  [{solver}] call {len(times)}: {len(Cs)} C, {times[-1][1]:.1f} s wall, "
+              f"{times[-1][2]:.1f} s CPU (load {os.getloadavg()[0]:.1f})", flush=True)
         return out
     return wrapper
 
@@ -47,7 +50,7 @@ def timed_fit_svm(times: list):
 def run(solver: str, X, y, test, fold, names):
     times: list = []
     original = probe_mod._fit_grid
-    probe_mod._fit_grid = timed_fit_svm(times)
+    probe_mod._fit_grid = timed_fit_svm(times, solver)
     try:
         t0 = time.perf_counter()
         fields, probe = fit_probe(X, y, test, fold, names, ProbeConfig(solver=solver, n_bootstrap=200))
@@ -80,8 +83,9 @@ def main():
     names = [f"c{i}" for i in range(k)]
     print(f"data: N={n}, d={d}, {k} classes; train {int((~test).sum())}, test {int(test.sum())}",
           flush=True)
-    ref, ref_probe, t_ref, c_ref = run("sklearn", X, y, test, fold, names)
+    # fast first: on a shared machine its numbers exist even if the long reference run is cut.
     fast, fast_probe, t_fast, c_fast = run("fast", X, y, test, fold, names)
+    ref, ref_probe, t_ref, c_ref = run("sklearn", X, y, test, fold, names)
     agree = (ref_probe.predict(X[test]) == fast_probe.predict(X[test])).mean()
     print(f"test accuracy (sklearn refit): {ref['refit_test']['accuracy']:.3f}; "
           f"selected t: sklearn {ref['selected_t']:g}, fast {fast['selected_t']:g}; "
