@@ -63,6 +63,7 @@ def test_check_reports_planted_faults_by_path(faulty):
     assert [f.paths for f in r.of("unreadable")] == [("COVID/broken.png",)]
     assert "COVID/broken.png" in r.of("unreadable")[0].message
     assert [f.paths for f in r.of("exact_duplicates")] == [("COVID/0.png", "non-COVID/copy_of_0.png")]
+    assert "COVID/0.png (COVID), non-COVID/copy_of_0.png (non-COVID)" in r.of("label_conflict")[0].message
     assert [f.paths for f in r.of("near_duplicates")] == [("COVID/1.png", "COVID/1_small.jpg")]
     assert r.counts == {"COVID": (10, 1252), "non-COVID": (9, 1229)}
     assert [f.level for f in r.of("count")] == ["warning"]

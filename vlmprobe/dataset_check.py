@@ -185,9 +185,13 @@ def check_dataset(name: str, root: str | Path | None = None, split: str | Path |
 
     ok_paths = [r for r, k in zip(relpaths, readable) if k]
     exact = _groups_of([d for d, k in zip(digests, readable) if k], ok_paths)
+    label_of = {s.relpath: ds.class_names[s.label] for s in ds.samples}
     for g in exact:
         add(Finding("warning", "exact_duplicates", f"{len(g)} identical images: {' = '.join(g)}",
                     tuple(g)))
+        if len({label_of[r] for r in g}) > 1:
+            add(Finding("warning", "label_conflict", "identical images with different labels: "
+                        + ", ".join(f"{r} ({label_of[r]})" for r in g), tuple(g)))
     clusters = near_duplicate_clusters(bits, near_threshold, readable)
     pixel = dict(zip(relpaths, digests))
     near = [g for g in _groups_of(clusters, relpaths) if len({pixel[r] for r in g}) > 1]
