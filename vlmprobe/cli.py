@@ -102,11 +102,11 @@ def datasets(ctx: typer.Context):
         return
     from .datasets import load_datasets_file
 
-    table = Table("name", "paper name", "modality", "classes", "expected N", "layout")
+    table = Table("name", "paper name", "modality", "classes", "expected N", "layout", "groups")
     for e in load_datasets_file().values():
         n = sum(e.expected_counts.values()) if e.expected_counts else e.expected_total
         table.add_row(e.name, e.paper_name, e.modality, str(len(e.classes) or "from CSV"),
-                      f"{n:,}" if n else "-", e.layout)
+                      f"{n:,}" if n else "-", e.layout, (e.group_key or "-").split(" (")[0])
     console.print(table)
 
 
