@@ -62,6 +62,27 @@ def registry_facts_transform(cfg):
     return T.Compose([*resize, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
+def marker_positions(encoder, width: int, height: int):
+    """Where a bright 4x4 marker lands after the encoder's official transform (intensity
+    centroid) and where vlmprobe.geometry says it lands, in input pixels."""
+    import numpy as np
+    from PIL import Image
+
+    x0, y0 = int(0.55 * width), int(0.3 * height)  # inside every crop tested
+    plain = np.full((height, width, 3), 40, np.uint8)
+    marked = plain.copy()
+    marked[y0:y0 + 4, x0:x0 + 4] = 255
+    pixels = encoder.transform_(Image.fromarray(marked))[0]
+    geometry = encoder.geometry(width, height)
+    assert tuple(pixels.shape[::-1]) == geometry.input_size
+    # the marker alone: padding and background cancel against the unmarked image
+    weight = (pixels - encoder.transform_(Image.fromarray(plain))[0]).clamp(min=0)
+    ys, xs = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in pixels.shape),
+                            indexing="ij")
+    found = (float((weight * xs).sum() / weight.sum()), float((weight * ys).sum() / weight.sum()))
+    return found, geometry.to_input(x0 + 1.5, y0 + 1.5)
+
+
 def write_snapshot(cache: Path, repo_id: str, files: dict[str, bytes]) -> Path:
     """Write ``files`` as the hub cache does; return the snapshot folder.
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 from hub_fixtures import (BIOMEDBERT_REPO, BIOMEDCLIP_REPO, MEDSIGLIP_REPO,
-                          registry_facts_transform, use_hub_cache, write_biomedclip,
-                          write_medsiglip)
+                          marker_positions, registry_facts_transform, use_hub_cache,
+                          write_biomedclip, write_medsiglip)
 from PIL import Image
 from skimage.data import chelsea
 
@@ -135,16 +135,5 @@ def test_marker_lands_where_geometry_says(name, width, height, encoders):
     """A bright 4x4 marker, pushed through the official transform, appears where
     vlmprobe.geometry puts it. Measured error is < 0.05 input px; 0.25 still catches a
     half-pixel (corner vs centre) convention slip."""
-    enc = encoders[name]
-    x0, y0 = int(0.55 * width), int(0.3 * height)  # inside every crop tested here
-    image = np.full((height, width, 3), 40, np.uint8)
-    image[y0:y0 + 4, x0:x0 + 4] = 255
-    pixels = enc.transform_(Image.fromarray(image))[0]
-    geometry = enc.geometry(width, height)
-    assert tuple(pixels.shape[::-1]) == geometry.input_size
-    weight = (pixels - pixels.median()).clamp(min=0)
-    ys, xs = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in pixels.shape),
-                            indexing="ij")
-    found = ((weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum())
-    expected = geometry.to_input(x0 + 1.5, y0 + 1.5)
+    found, expected = marker_positions(encoders[name], width, height)
     assert np.allclose(found, expected, atol=0.25), (found, expected)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
-from hub_fixtures import (CLIP_L336_REPO, LLAVA_HF_REPO, LLAVA_MED_REPO, LLM, TOWER,
+from hub_fixtures import (CLIP_L336_REPO, LLAVA_MED_REPO, LLM, TOWER, marker_positions,
                           use_hub_cache, write_clip_l336, write_llava_hf, write_llava_med)
 from PIL import Image
 from safetensors import safe_open
@@ -157,3 +158,10 @@ def test_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
     use_hub_cache(monkeypatch, tmp_path / "hub")
     with pytest.raises(VlmprobeError, match=f"huggingface-cli download {LLAVA_MED_REPO}"):
         load_encoder("llavamed", device="cpu")
+
+
+@pytest.mark.parametrize("width, height", [(300, 200), (200, 300)])
+def test_marker_lands_where_geometry_says_after_padding(width, height, encoders):
+    """pad_square geometry (centred pad, then resize + crop) matches LLaVA's transform."""
+    found, expected = marker_positions(encoders["llavamed"], width, height)
+    assert np.allclose(found, expected, atol=0.25), (found, expected)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_fixtures import use_hub_cache, write_snapshot
+from hub_fixtures import marker_positions, use_hub_cache, write_snapshot
 from PIL import Image
 from skimage.data import astronaut, chelsea
 
@@ -73,6 +73,9 @@ def env(tmp_path_factory):
                     "model": CXRClip({}, {}, tokenizer).state_dict()},
                    root / "weights" / "r50_mcc.tar")
         yield root
+    for name in [n for n, m in sys.modules.items()  # leave no stand-in importable afterwards
+                 if str(getattr(m, "__file__", "") or "").startswith(str(STANDINS))]:
+        del sys.modules[name]
 
 
 def _entry(name):
@@ -117,6 +120,9 @@ def test_flair_transform_is_its_preprocess_image_and_geometry_matches(env):
     assert g.input_size == (512, 512) and g.shift == (0.0, 0.0)
     assert np.allclose(g.to_input(450.5, 299.5), (511.5, 339.5), atol=1e-6)
     assert g.unseen_fraction == 0.0
+    for width, height in [(300, 200), (200, 300)]:
+        found, expected = marker_positions(enc, width, height)
+        assert np.allclose(found, expected, atol=0.25), (found, expected)
 
 
 def test_cxrclip_missing_checkpoint_says_where(env, monkeypatch, tmp_path):
