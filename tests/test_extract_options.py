@@ -28,3 +28,30 @@ def test_bad_precision_and_batch_size_are_refused(tiny_busi, tiny_model, tmp_pat
         extract(MODEL, DATASET, precision="half", **kw)
     with pytest.raises(VlmprobeError, match="positive integer or 'auto'"):
         extract(MODEL, DATASET, batch_size=0, **kw)
+
+
+def test_fast_decode_reads_jpegs_at_reduced_scale_and_is_keyed_apart(tiny_model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from vlmprobe.cache_tools import compare_caches
+    from vlmprobe.datasets import get_dataset_entry, read_image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "brainmr"
+    for c in get_dataset_entry("brainmr").classes:
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            smooth = np.kron(rng.integers(0, 255, (12, 16, 3)), np.ones((32, 32, 1)))
+            Image.fromarray(smooth.astype(np.uint8)).save(root / c / f"{i}.jpg", quality=90)
+    one = next(root.rglob("*.jpg"))
+    assert read_image(one).size == (512, 384)
+    assert read_image(one, draft=72).size == (128, 96)  # DCT scale 1/4: sides stay >= 72
+    kw = dict(root=root, batch_size=4, num_workers=0, progress=False)
+    exact = extract(MODEL, "brainmr", out=tmp_path / "exact", **kw)
+    fast = extract(MODEL, "brainmr", out=tmp_path / "fast", fast_decode=True, **kw)
+    a, b = read_cache(exact.path), read_cache(fast.path)
+    assert a.cache_key != b.cache_key and "fast decode" in b.attrs["intensity_pipeline"]
+    assert b.attrs["provenance"]["fast_decode"] is True
+    r = compare_caches(a, b)
+    assert r["n_common"] == 8 and not r["bitwise_identical"] and r["cosine"]["min"] > 0.9
