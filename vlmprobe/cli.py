@@ -288,10 +288,10 @@ def probe(
     from .paths import cache_dir, find_caches
     from .probe import ProbeConfig, probe_caches, write_table
 
-    loaded = [read_cache(p) for p in find_caches(caches, out)]
     cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
                       subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid))
+    loaded = [read_cache(p) for p in find_caches(caches, out)]
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
                            cfg=cfg, log=console.print)
     name = ("probe_results" + ("" if kind == "svm" else f".{kind}")
