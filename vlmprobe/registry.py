@@ -90,7 +90,7 @@ class ModelEntry:
 
 
 _REQUIRED = ("family", "source", "embed_dim", "preprocess", "tap")
-_TYPES = {"str": str, "int": int, "bool": bool, "dict": dict, "float": (int, float)}
+_TYPES = {"str": str, "int": int, "bool": bool, "dict": dict}
 
 
 def check_field_types(cls, path: Path, name: str, raw: dict) -> None:
@@ -101,8 +101,7 @@ def check_field_types(cls, path: Path, name: str, raw: dict) -> None:
         value, kinds = raw[f.name], str(f.type).replace(" ", "").split("|")
         if value is None and "None" in kinds:
             continue
-        wanted = tuple(t for k in kinds if k in _TYPES
-                       for t in (_TYPES[k] if isinstance(_TYPES[k], tuple) else (_TYPES[k],)))
+        wanted = tuple(_TYPES[k] for k in kinds if k in _TYPES)
         if wanted and (not isinstance(value, wanted) or (bool not in wanted
                                                           and isinstance(value, bool))):
             raise VlmprobeError(f"{path}: {cls.__name__} entry {name!r}: field {f.name!r} must "

@@ -41,9 +41,15 @@ def _natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+_ACTS = {"gelu": nn.GELU}
+
+
 def _projector(tensors: dict[str, torch.Tensor], act: str) -> nn.Sequential:
     """LLaVA's projector from its tensors: Linear layers in key order with ``act`` between
     (``mm_projector.{0,2}`` for ``mlp2x_gelu``, ``linear_{1,2}`` in llava-hf, one for ``linear``)."""
+    if act not in _ACTS:
+        raise VlmprobeError(f"LLaVA projector activation {act!r} is not supported; known: "
+                            f"{', '.join(_ACTS)}.")
     names = sorted({k.rsplit(".", 1)[0] for k in tensors}, key=_natural_key)
     layers: list[nn.Module] = []
     for i, name in enumerate(names):
@@ -51,7 +57,7 @@ def _projector(tensors: dict[str, torch.Tensor], act: str) -> nn.Sequential:
         linear = nn.Linear(w.shape[1], w.shape[0], bias=f"{name}.bias" in tensors)
         linear.load_state_dict({k.rsplit(".", 1)[1]: v for k, v in tensors.items()
                                 if k.rsplit(".", 1)[0] == name})
-        layers += [linear] if i == 0 else [{"gelu": nn.GELU()}[act], linear]
+        layers += [linear] if i == 0 else [_ACTS[act](), linear]
     return nn.Sequential(*layers)
 
 
@@ -104,7 +110,7 @@ class LlavaTowerEncoder(Encoder):
             shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
         else:
             shards = ["model.safetensors"]
-        out, self._files = {}, getattr(self, "_files", [])
+        out = {}
         for shard in shards:
             path = hub_file(e, e.source, shard, e.revision)
             self._files.append(path)
@@ -139,6 +145,7 @@ class LlavaTowerEncoder(Encoder):
             raise VlmprobeError(f"llava_tower entry {e.name!r}: tap {e.tap!r} unknown; valid: "
                                 f"{', '.join(TAPS)}.")
         transformers = import_family_package(self, "transformers")
+        self._files = []  # the shards read, for provenance and tests
         config = _read_json(hub_file(e, e.source, "config.json", e.revision))
         tower = transformers.CLIPVisionModel(self._tower_config(config))
         state = self._tensors(self._kw("tower_prefix"))
