@@ -146,9 +146,9 @@ def format_compare(r: dict) -> str:
 
 
 def format_info(info: dict) -> str:
-    skipped = info.pop("skipped")
-    text = json.dumps(info, indent=2, default=str)
-    if skipped:
-        text += "\nskipped (unreadable) files:\n" + "\n".join(
-            f"  {s['relpath']}: {s['error']}" for s in skipped)
-    return text
+    """``key: value`` lines (nested values as compact JSON), then the unreadable files."""
+    lines = [f"{k}: {v if isinstance(v, (str, int, float)) or v is None else json.dumps(v)}"
+             for k, v in info.items() if k not in ("skipped", "provenance")]
+    lines += [f"provenance.{k}: {v}" for k, v in info["provenance"].items()]
+    lines += [f"skipped: {s['relpath']}: {s['error']}" for s in info["skipped"]]
+    return "\n".join(lines)

@@ -282,6 +282,9 @@ def probe(
                                "C = t·d/N (the paper's grid by default)."),
     select: str = typer.Option("mean", "--select", help="mean (the paper's: one t by mean "
                                "validation F1) | per_fold (each fold-model its own t)."),
+    few_shot: int = typer.Option(0, "--few-shot", help="k > 0: fit on k training images per "
+                                 "class (first t of the grid), --draws seeded draws."),
+    draws: int = typer.Option(10, "--draws", help="Few-shot draws."),
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
     from .cache import read_cache
@@ -290,11 +293,13 @@ def probe(
 
     cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
                       subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
-                      probe=kind, select=select, t_grid=_t_grid(t_grid))
+                      probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
+                      draws=draws)
     loaded = [read_cache(p) for p in find_caches(caches, out)]
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
                            cfg=cfg, log=console.print)
     name = ("probe_results" + ("" if kind == "svm" else f".{kind}")
+            + (f".{few_shot}-shot" if few_shot else "")
             + ("" if label is None else f".label-{label}")
             + (".shuffled-labels" if shuffle_labels else ""))
     table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
@@ -398,8 +403,7 @@ def cache_info_cmd(cache: Path = typer.Argument(..., help="A cache (or shard) fi
     from .cache_tools import cache_info, format_info
 
     info = cache_info(cache)
-    print(json.dumps(info, indent=2, default=str)) if as_json else console.print(
-        format_info(info), markup=False, highlight=False)
+    print(json.dumps(info, indent=2, default=str) if as_json else format_info(info))
 
 
 @cache_app.command("ls")
@@ -426,57 +430,7 @@ def cache_compare_cmd(a: Path = typer.Argument(..., help="Cache A (its saved pro
     from .cache_tools import compare_caches, format_compare
 
     r = compare_caches(a, b)
-    print(json.dumps(r, indent=2)) if as_json else console.print(format_compare(r), markup=False,
-                                                                 highlight=False)
-
-
-@cache_app.command("merge")
-def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
-                                                        "<model>.h5.shard-i-of-n, all n."),
-                    keep: bool = typer.Option(False, "--keep", help="Keep the shard files.")):
-    """Join the shard caches of one `extract --shard` run into one cache (checks keys, coverage)."""
-    from .extract import merge_shards
-
-    console.print(f"Merged into {merge_shards(shards, remove=not keep)}")
-
-
-@cache_app.command("info")
-def cache_info_cmd(cache: Path = typer.Argument(..., help="A cache (or shard) file."),
-                   as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Provenance, counts, unreadable files and key of one cache."""
-    from .cache_tools import cache_info, format_info
-
-    info = cache_info(cache)
-    print(json.dumps(info, indent=2, default=str)) if as_json else console.print(
-        format_info(info), markup=False, highlight=False)
-
-
-@cache_app.command("ls")
-def cache_ls_cmd(directory: Optional[Path] = typer.Argument(None, help="Default: --out / "
-                                                            "$VLMPROBE_CACHE."),
-                 out: Optional[Path] = typer.Option(None, "--out", help="The cache directory.")):
-    """Every cache, shard and interrupted extraction under a directory."""
-    from .cache_tools import list_caches
-    from .paths import cache_dir
-
-    rows = list_caches(directory or cache_dir(out))
-    table = Table("path", "model", "dataset", "n", "skipped", "dim", "precision", "status")
-    for r in rows:
-        table.add_row(*(str(r.get(k, "")) for k in ("path", "model", "dataset", "n", "skipped",
-                                                    "dim", "precision", "status")))
-    console.print(table)
-
-
-@cache_app.command("compare")
-def cache_compare_cmd(a: Path = typer.Argument(..., help="Cache A (its saved probe is used)."),
-                      b: Path = typer.Argument(..., help="Cache B, of the same images."),
-                      as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Per-image cosine similarity of two caches, and how many probe predictions change."""
-    from .cache_tools import compare_caches, format_compare
-
-    r = compare_caches(a, b)
-    print(json.dumps(r, indent=2)) if as_json else console.print(format_compare(r), markup=False,
-                                                                 highlight=False)
+    print(json.dumps(r, indent=2) if as_json else format_compare(r))
 
 
 @cache_app.command("merge")

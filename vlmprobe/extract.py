@@ -221,7 +221,7 @@ def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cach
         metadata={col: [data.samples[i].metadata.get(col, "") for i in order]
                   for col in data.metadata_columns},
         skipped={"relpath": [relpaths[i] for i, _ in skipped], "error": [e for _, e in skipped]},
-        **{k: v for k, v in base.items()},
+        **base,
     )
     return cache, len(skipped)
 
