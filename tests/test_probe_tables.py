@@ -154,3 +154,16 @@ def test_other_probes_run_the_same_protocol(tmp_path, kind):
         assert r.probe_file.endswith("m.logreg.npz")
     else:
         assert r.probe_file == "" and r.t_grid == [1, 5, 10, 20, 50]
+
+
+def test_few_shot_draws_are_the_models(tmp_path):
+    X, y = _data(n=240, signal=0.6)
+    test, fold = _split(y)
+    f, probe = fit_probe(X, y, test, fold, ["a", "b", "c"],
+                         ProbeConfig(few_shot=4, draws=6, **FAST))
+    assert f["test_samples"]["fold_pred"].shape == (6, test.sum())
+    assert f["few_shot"] == 4 and not f["saturated"] and f["t_grid"] == [1.0]
+    assert f["test"]["accuracy"] > 0.45 and f["test_sd"]["accuracy"] > 0  # draws differ
+    assert probe.info["n_fit"] == 12 and f["n_train"] == (~test).sum()  # the draw: 4 per class
+    with pytest.raises(VlmprobeError, match="1000-shot needs 1000 training images per class"):
+        fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(few_shot=1000, **FAST))

@@ -64,6 +64,8 @@ class ProbeConfig:
     probe: str = "svm"     # the paper's; "logreg" (same C grid) and "knn" (cosine, k_grid) besides
     k_grid: tuple[int, ...] = K_GRID
     select: str = "mean"   # the paper's: one t by mean validation F1; "per_fold": each fold its own
+    few_shot: int = 0      # k > 0: k training images per class, `draws` seeded draws, first t or k
+    draws: int = 10
 
 
 def _grid(cfg: ProbeConfig, d: int, n_fit: int) -> list[float]:
@@ -233,6 +235,7 @@ class ProbeResult:
     n_test: int
     embed_dim: int
     probe: str                         # svm (the paper's), logreg or knn
+    few_shot: int                      # k > 0: models are few-shot draws, not fold-models
     t_grid: list[float]                # C = t·d/N; for kNN the k grid
     val_macro_f1: list[float]          # mean over folds, per t
     val_macro_f1_sd: list[float]
@@ -260,6 +263,7 @@ class ProbeResult:
     def name(self) -> str:
         return (self.model + (" (baseline)" if self.baseline else "")
                 + ("" if self.probe == "svm" else f" [{self.probe}]")
+                + (f" [{self.few_shot}-shot]" if self.few_shot else "")
                 + (" (shuffled labels)" if self.shuffled_labels else ""))
 
     @property
@@ -293,6 +297,23 @@ class ProbeResult:
                 "converged": "yes" if self.all_converged else f"no ({self.n_unconverged} fits)"}
 
 
+def _few_shot_sets(y, test, n_classes: int, cfg: ProbeConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``cfg.draws`` seeded draws of ``cfg.few_shot`` training images per class (no validation)."""
+    rng = np.random.default_rng(cfg.seed)
+    train = np.flatnonzero(~test)
+    by_class = [train[y[train] == c] for c in range(n_classes)]
+    short = [c for c, idx in enumerate(by_class) if len(idx) < cfg.few_shot]
+    if short:
+        raise VlmprobeError(f"{cfg.few_shot}-shot needs {cfg.few_shot} training images per class; "
+                            f"class index(es) {short} have fewer. Lower --few-shot.")
+    sets = []
+    for _ in range(cfg.draws):
+        fit = np.zeros(len(y), bool)
+        fit[np.concatenate([rng.choice(idx, cfg.few_shot, replace=False) for idx in by_class])] = True
+        sets.append((fit, np.zeros(len(y), bool)))
+    return sets
+
+
 def _first_max(values: np.ndarray) -> int:
     """Index of the maximum; ties (within 1e-12) go to the first, i.e. the smallest t."""
     return int(np.flatnonzero(values >= values.max() - 1e-12)[0])
@@ -319,44 +340,52 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     if cfg.shuffle_labels:  # the null control: training labels permuted, test labels true
         y = y.copy()
         y[~test] = np.random.default_rng(cfg.seed).permutation(y[~test])
-    folds = sorted(set(fold[~test].tolist()))
     points = list(cfg.k_grid if cfg.probe == "knn" else cfg.t_grid)  # t, or k for kNN
-    val_f1 = np.zeros((len(points), len(folds)))
-    val_preds = [[None] * len(folds) for _ in points]
-    test_scores = [[None] * len(folds) for _ in points]
+    if cfg.few_shot:  # the "fold-models" are models fitted on few-shot draws at the first point
+        points, sets = points[:1], _few_shot_sets(y, test, n_classes, cfg)
+    else:
+        sets = [((~test) & (fold != k), fold == k) for k in sorted(set(fold[~test].tolist()))]
+    val_f1 = np.zeros((len(points), len(sets)))
+    val_preds = [[None] * len(sets) for _ in points]
+    test_scores = [[None] * len(sets) for _ in points]
     unconverged = 0
-    for j, k in enumerate(folds):
-        fit, val = (~test) & (fold != k), fold == k
+    for j, (fit, val) in enumerate(sets):
         scaler = StandardScaler().fit(X[fit])
-        Xf, Xv, Xt = scaler.transform(X[fit]), scaler.transform(X[val]), scaler.transform(X[test])
-        fits = _fit_grid(Xf, y[fit], _grid(cfg, d, int(fit.sum())), cfg)
+        Xf, Xt = scaler.transform(X[fit]), scaler.transform(X[test])
+        Xv = scaler.transform(X[val]) if val.any() else None
+        values = _grid(cfg, d, int(fit.sum()))[:len(points)]
+        fits = _fit_grid(Xf, y[fit], values, cfg)
         for i, (svm, ok) in enumerate(fits):
             unconverged += not ok
-            val_preds[i][j] = svm.predict(Xv)
+            val_preds[i][j] = svm.predict(Xv) if val.any() else np.zeros(0, int)
             val_f1[i, j] = f1_score(y[val], val_preds[i][j], average="macro",
-                                    labels=np.arange(n_classes), zero_division=0)
+                                    labels=np.arange(n_classes), zero_division=0) if val.any() else 0
             test_scores[i][j] = _scores_of(svm, Xt)
+        if cfg.few_shot and j == 0:
+            draw0 = (svm, ok, values[0], scaler)
     mean_val = val_f1.mean(1)
     if cfg.select not in ("mean", "per_fold"):
         raise VlmprobeError(f"Unknown t selection {cfg.select!r}; choose mean or per_fold.")
     best = _first_max(mean_val)
-    saturated = all(np.array_equal(val_preds[i][j], val_preds[0][j])
-                    for i in range(len(points)) for j in range(len(folds)))
-    # Refit on the whole training part with the selected t: the probe RISE explains.
-    train = ~test
-    scaler = StandardScaler().fit(X[train])
-    C = _grid(cfg, d, int(train.sum()))[best]
-    # The fast solver reaches a large C cold only slowly; warm-started along the grid it is quick.
-    path = ([v for v in _grid(cfg, d, int(train.sum())) if v <= C]
-            if (cfg.probe, cfg.solver) == ("svm", "fast") else [C])
-    svm, ok = _fit_grid(scaler.transform(X[train]), y[train], path, cfg)[path.index(C)]
-    unconverged += not ok
+    saturated = not cfg.few_shot and all(np.array_equal(val_preds[i][j], val_preds[0][j])
+                                         for i in range(len(points)) for j in range(len(sets)))
+    train = sets[0][0] if cfg.few_shot else ~test
+    if cfg.few_shot:  # no refit on all data: the saved probe is the first draw's
+        svm, ok, C, scaler = draw0
+    else:  # refit on the whole training part with the selected t: the probe RISE explains
+        scaler = StandardScaler().fit(X[train])
+        C = _grid(cfg, d, int(train.sum()))[best]
+        # The fast solver reaches a large C cold only slowly; warm-started along the grid it is quick.
+        path = ([v for v in _grid(cfg, d, int(train.sum())) if v <= C]
+                if (cfg.probe, cfg.solver) == ("svm", "fast") else [C])
+        svm, ok = _fit_grid(scaler.transform(X[train]), y[train], path, cfg)[path.index(C)]
+        unconverged += not ok
     refit_scores = _scores_of(svm, scaler.transform(X[test]))
 
     # The paper's choice: one t for every fold (best mean). Variant: each fold-model at its own
     # best t (the refit then uses the mean's t).
     per_fold = [_first_max(val_f1[:, j]) if cfg.select == "per_fold" else best
-                for j in range(len(folds))]
+                for j in range(len(sets))]
     y_test, scores = y[test], [test_scores[i][j] for j, i in enumerate(per_fold)]
     preds = [s.argmax(1) for s in scores]
     ids = list(test_ids) if test_ids is not None else [f"{i:09d}" for i in np.flatnonzero(test)]
@@ -376,8 +405,8 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     refit_mean, _, refit_ci, _ = _summarize(w, y_test, [refit_scores.argmax(1)], [refit_scores],
                                             n_classes, positive)
     fields = dict(
-        class_names=class_names, n_train=int(train.sum()), n_test=int(test.sum()), embed_dim=d,
-        probe=cfg.probe, t_grid=points, val_macro_f1=mean_val.tolist(),
+        class_names=class_names, n_train=int((~test).sum()), n_test=int(test.sum()), embed_dim=d,
+        probe=cfg.probe, few_shot=cfg.few_shot, t_grid=points, val_macro_f1=mean_val.tolist(),
         val_macro_f1_sd=val_f1.std(1).tolist(), selected_t=points[best], saturated=saturated,
         selected_per_fold=[points[i] for i in per_fold],
         test=test_mean, test_sd=test_sd, test_ci95=test_ci, per_class=extra["per_class"],
@@ -639,6 +668,7 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         split, fields, probe = runs[0]
         path = probe_path(cache, view, out)
         path = path.with_name(path.name + ("" if cfg.probe == "svm" else f".{cfg.probe}")
+                              + (f".{cfg.few_shot}-shot" if cfg.few_shot else "")
                               + (".shuffled-labels" if cfg.shuffle_labels else ""))
         result = ProbeResult(model=cache.model, dataset=cache.dataset, label_view=view,
                              baseline=cache.baseline, **fields)
