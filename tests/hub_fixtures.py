@@ -62,6 +62,19 @@ def registry_facts_transform(cfg):
     return T.Compose([*resize, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
 
 
+def sample_images() -> dict:
+    """Real 8-bit inputs for transform equality: a scikit-image photo (451 x 300, RGB) and a CT
+    slice decoded by vlmprobe's fixed default DICOM intensity pipeline (window from the tags)."""
+    import pydicom.data
+    from PIL import Image
+    from skimage.data import chelsea
+
+    from vlmprobe.datasets import read_dicom
+
+    return {"chelsea": Image.fromarray(chelsea()),
+            "ct_dicom": read_dicom(pydicom.data.get_testdata_file("CT_small.dcm"), "tags")}
+
+
 def marker_positions(encoder, width: int, height: int):
     """Where a bright 4x4 marker lands after the encoder's official transform (intensity
     centroid) and where vlmprobe.geometry says it lands, in input pixels."""

@@ -13,26 +13,19 @@ import dataclasses
 
 import pytest
 import torch
-from hub_fixtures import (CLIP_L336_REPO, registry_facts_transform, use_hub_cache,
+from hub_fixtures import (CLIP_L336_REPO, registry_facts_transform, sample_images,
+                          use_hub_cache,
                           write_clip_l336, write_clip_repo, write_dinov2_repo, write_medgemma,
                           write_remote_code_repo)
 from PIL import Image
-from skimage.data import astronaut, chelsea
+from skimage.data import astronaut
 
 from vlmprobe.encoders import load_encoder
 from vlmprobe.provenance import sha256_file
 from vlmprobe.registry import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, get_model_entry
 
 
-def _dicom_image():
-    import pydicom.data
-
-    from vlmprobe.datasets import read_dicom
-
-    return read_dicom(pydicom.data.get_testdata_file("CT_small.dcm"), "tags")
-
-
-IMAGES = {"chelsea": Image.fromarray(chelsea()), "ct_dicom": _dicom_image()}
+IMAGES = sample_images()
 WRITERS = {
     "plip": lambda c: write_clip_repo(c, "vinid/plip", CLIP_MEAN, CLIP_STD),
     "pubmedclip": lambda c: write_clip_repo(c, "flaviagiammarino/pubmed-clip-vit-base-patch32",

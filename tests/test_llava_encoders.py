@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from hub_fixtures import (CLIP_L336_REPO, LLAVA_MED_REPO, LLM, TOWER, marker_positions,
+                          sample_images,
                           use_hub_cache, write_clip_l336, write_llava_hf, write_llava_med)
 from PIL import Image
 from safetensors import safe_open
@@ -120,12 +121,13 @@ def test_transform_is_llavas_pad_then_clip_processor(name, encoders):
     from transformers import LlavaImageProcessor
 
     enc = encoders[name]
-    ours = enc.transform_(CHELSEA)
-    assert ours.shape == (3, 336, 336)
-    torch.testing.assert_close(ours, _llava_transform(CHELSEA), atol=1e-6, rtol=0)
     hf = LlavaImageProcessor.from_pretrained(CLIP_L336_REPO, do_pad=True)
-    torch.testing.assert_close(ours, hf(images=CHELSEA, return_tensors="pt").pixel_values[0],
-                               atol=1e-6, rtol=0)
+    for image in sample_images().values():
+        ours = enc.transform_(image)
+        assert ours.shape == (3, 336, 336)
+        torch.testing.assert_close(ours, _llava_transform(image), atol=1e-6, rtol=0)
+        torch.testing.assert_close(ours, hf(images=image, return_tensors="pt").pixel_values[0],
+                                   atol=1e-6, rtol=0)
 
 
 def test_llava_mistral_config_is_never_parsed_by_transformers(hub):

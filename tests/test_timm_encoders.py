@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 import torch
-from hub_fixtures import UNI_REPO, VIRCHOW_REPO, use_hub_cache, write_timm_hub
+from hub_fixtures import UNI_REPO, VIRCHOW_REPO, sample_images, use_hub_cache, write_timm_hub
 from PIL import Image
 from skimage.data import astronaut, chelsea
 
@@ -54,7 +54,8 @@ def test_hub_model_tap_transform_checksum(name, width, hub):
                                            "act_layer": torch.nn.SiLU}
     ref = timm.create_model(f"hf-hub:{REPOS[name]}", pretrained=True, **kwargs).eval()
     official = create_transform(**resolve_data_config({}, model=ref), is_training=False)
-    assert torch.equal(enc.transform_(CHELSEA), official(CHELSEA))
+    for image in sample_images().values():
+        assert torch.equal(enc.transform_(image), official(image))
     x = torch.stack([official(CHELSEA), official(Image.fromarray(astronaut()))])
     out = enc.encode_images(x)
     assert out.shape == (2, width) and torch.equal(out, enc.encode_images(x))
