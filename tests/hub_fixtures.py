@@ -391,10 +391,12 @@ class TinyRemoteModel(PreTrainedModel):
 '''
 
 
-def write_remote_code_repo(cache: Path, repo_id: str) -> HubFixture:
-    """A trust_remote_code repo (LLM2CLIP's layout): ``config.json`` with ``auto_map`` pointing
-    at ``modeling_tiny.py`` in the repo, and ``model.safetensors``; no preprocessor config (the
-    entry's processor_source supplies one)."""
+def write_remote_code_repo(cache: Path, repo_id: str, processor=None) -> HubFixture:
+    """A trust_remote_code repo: ``config.json`` with ``auto_map`` pointing at
+    ``modeling_tiny.py`` in the repo, ``model.safetensors``, and ``processor``'s config if given
+    (ConceptCLIP ships its own; LLM2CLIP has none, its entry's processor_source supplies it).
+    The modeling code is the fixture's own: this proves the adapter's remote-code path and
+    opt-in, not the real repos' code."""
     import importlib.util
     import sys
 
@@ -412,6 +414,8 @@ def write_remote_code_repo(cache: Path, repo_id: str) -> HubFixture:
         config["auto_map"] = {"AutoConfig": "modeling_tiny.TinyRemoteConfig",
                               "AutoModel": "modeling_tiny.TinyRemoteModel"}
         (Path(tmp) / "config.json").write_text(json.dumps(config))
+        if processor is not None:
+            processor.save_pretrained(tmp)
         files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
     snapshot = write_snapshot(cache, repo_id, files)
     return HubFixture(repo_id, snapshot, snapshot / "model.safetensors", 18)

@@ -26,6 +26,12 @@ from vlmprobe.registry import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, 
 
 
 IMAGES = sample_images()
+
+
+def _siglip_384():
+    from transformers import SiglipImageProcessor
+
+    return SiglipImageProcessor(size={"height": 384, "width": 384})
 WRITERS = {
     "plip": lambda c: write_clip_repo(c, "vinid/plip", CLIP_MEAN, CLIP_STD),
     "pubmedclip": lambda c: write_clip_repo(c, "flaviagiammarino/pubmed-clip-vit-base-patch32",
@@ -37,6 +43,7 @@ WRITERS = {
     "rad_dino": lambda c: write_dinov2_repo(c, "microsoft/rad-dino", 518, 518),
     # its processor_source is the clip_l14_336 fixture, written above
     "llm2clip": lambda c: write_remote_code_repo(c, "microsoft/LLM2CLIP-Openai-L-14-336"),
+    "conceptclip": lambda c: write_remote_code_repo(c, "JerrryNie/ConceptCLIP", _siglip_384()),
 }
 
 

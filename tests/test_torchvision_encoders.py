@@ -109,3 +109,15 @@ def test_checkpoint_of_another_architecture_is_refused(torch_home):
     torch.save(tvm.resnet18().state_dict(), path)
     with pytest.raises(VlmprobeError, match="does not fit architecture 'resnet50'"):
         load_encoder("resnet50", device="cpu")
+
+
+class _Payload:
+    """Not a tensor: a checkpoint holding it could run code when unpickled without weights_only."""
+
+
+def test_checkpoint_with_objects_is_refused_by_weights_only(torch_home):
+    path = checkpoint_path(weights_enum(get_model_entry("resnet50")))
+    path.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(1), "payload": _Payload()}, path)
+    with pytest.raises(VlmprobeError, match="weights_only loading refused it"):
+        load_encoder("resnet50", device="cpu")

@@ -9,6 +9,7 @@ offline, downloaded with its hash checked otherwise, always ``weights_only``) an
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -85,6 +86,10 @@ class TorchvisionEncoder(Encoder):
         try:
             state = torch.hub.load_state_dict_from_url(self._weights.url, map_location="cpu",
                                                        check_hash=True, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise VlmprobeError(f"Model {e.name!r}: {self._path} holds more than tensors, so "
+                                f"weights_only loading refused it ({str(err)[:200]}); delete it "
+                                "and download the official file again.") from None
         except (OSError, RuntimeError) as err:
             raise VlmprobeError(f"Model {e.name!r}: cannot get {self._weights.url} into "
                                 f"{self._path.parent}: {err}") from None
