@@ -151,3 +151,10 @@ def test_models_check_says_not_verified_against_upstream(env):
     for name in WIDTH:
         assert "load path not verified against upstream code" in " ".join(
             check_entry(_entry(name)).reasons)
+
+
+def test_check_tells_pypi_open_clip_from_the_unimed_fork(env):
+    from vlmprobe.encoders.check import check_entry
+
+    assert "not UniMed-CLIP's fork" in " ".join(check_entry(get_model_entry("unimedclip")).reasons)
+    assert "fork" not in " ".join(check_entry(_entry("unimedclip")).reasons)

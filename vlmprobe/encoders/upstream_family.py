@@ -101,13 +101,20 @@ def _load_cxrclip(enc, cxrclip_model):
     return model, transform
 
 
+def _is_unimed_fork(module) -> bool:
+    """UniMed-CLIP's fork and PyPI's open_clip share the import name; only the fork's
+    create_model_and_transforms takes a text_encoder_name."""
+    import inspect
+
+    create = getattr(module, "create_model_and_transforms", None)
+    return create is not None and "text_encoder_name" in inspect.signature(create).parameters
+
+
 def _load_unimedclip(enc, open_clip_fork):
     """mbzuai-oryx/UniMed-CLIP's open_clip fork: ``create_model_and_transforms(arch, <.pt>,
     force_quick_gelu=True, mean=..., std=..., inmem=True, text_encoder_name=...)``."""
-    import inspect
-
     create = open_clip_fork.create_model_and_transforms
-    if "text_encoder_name" not in inspect.signature(create).parameters:
+    if not _is_unimed_fork(open_clip_fork):
         raise VlmprobeError(f"Model {enc.entry.name!r}: the imported {open_clip_fork.__name__!r} "
                             "is PyPI's open_clip, not UniMed-CLIP's fork; install the fork: "
                             f"{enc.entry.install}")
@@ -161,6 +168,11 @@ class UpstreamEncoder(Encoder):
         try:
             if importlib.util.find_spec(_module_name(entry).split(".")[0]) is None:
                 return f"upstream package missing: {entry.install}"
+            if entry.model_kwargs.get("api") == "unimedclip" and not entry.weights_file:
+                return "the entry records no weights_file (the .pt in its hub repo)"
+            if entry.model_kwargs.get("api") == "unimedclip" and not _is_unimed_fork(
+                    importlib.import_module(_module_name(entry))):
+                return f"PyPI's open_clip is installed, not UniMed-CLIP's fork: {entry.install}"
         except VlmprobeError as err:
             return str(err)
         return None
