@@ -103,3 +103,18 @@ def test_processor_source_is_used_for_preprocessing(hub):
     enc = load_encoder(dataclasses.replace(get_model_entry("llm2clip"), embed_dim=18), "cpu")
     assert enc.transform_(IMAGES["chelsea"]).shape == (3, 336, 336)
     assert get_model_entry("llm2clip").processor_source == CLIP_L336_REPO
+
+
+def test_unknown_model_type_is_an_error_naming_the_version(tmp_path, monkeypatch):
+    """What a too-old transformers says for MedGemma (gemma3 needs >= 4.50)."""
+    import json
+
+    from hub_fixtures import write_snapshot
+
+    from vlmprobe.validation import VlmprobeError
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")
+    write_snapshot(tmp_path / "hub", "google/medgemma-4b-it",
+                   {"config.json": json.dumps({"model_type": "gemma99"}).encode()})
+    with pytest.raises(VlmprobeError, match=r"transformers 4\.\d+\.\d+ could not build"):
+        load_encoder("medgemma", device="cpu")

@@ -57,6 +57,12 @@ class TransformersEncoder(Encoder):
         except OSError as err:
             raise VlmprobeError(f"transformers could not load {cls.__name__} from {source!r}: "
                                 f"{err}\n{hub_fix_hint(e, source)}") from None
+        except ValueError as err:  # e.g. a model type this transformers does not know yet
+            import transformers
+
+            raise VlmprobeError(f"transformers {transformers.__version__} could not build "
+                                f"{cls.__name__} from {source!r}: {str(err)[:300]}. Check the "
+                                "entry's description for the transformers version it needs.") from None
 
     def _load_model(self):
         e = self.entry
