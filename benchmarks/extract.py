@@ -76,15 +76,28 @@ def make_corpus(root: Path, n: int, seed: int = 0) -> Path:
     return root
 
 
+class one_thread:
+    """Torch at one intra-op thread, as in a DataLoader worker (several threads spinning on a
+    busy 2-core machine make the transform's small tensor ops many times slower)."""
+
+    def __enter__(self):
+        self.n = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.n)
+
+
 def decode_ms(paths: list[Path], transform, draft: int | None) -> tuple[float, float]:
-    """Mean ms/img of decoding, and of the transform after it, in this process."""
+    """Mean ms/img of decoding, and of the transform after it, as one DataLoader worker does it."""
     t_dec = t_tf = 0.0
-    for p in paths:
-        t0 = time.perf_counter()
-        im = read_image(p, draft=draft)
-        t1 = time.perf_counter()
-        transform(im)
-        t_dec, t_tf = t_dec + t1 - t0, t_tf + time.perf_counter() - t1
+    with one_thread():
+        for p in paths:
+            t0 = time.perf_counter()
+            im = read_image(p, draft=draft)
+            t1 = time.perf_counter()
+            transform(im)
+            t_dec, t_tf = t_dec + t1 - t0, t_tf + time.perf_counter() - t1
     return 1000 * t_dec / len(paths), 1000 * t_tf / len(paths)
 
 
@@ -132,11 +145,12 @@ def main() -> None:
     for name, d in (("exact", None), ("fast-decode", draft)):
         dec, tf = decode_ms(sample, encoder.transform_, d)
         print(f"decode ms/img ({name}): {dec:.2f}  transform ms/img: {tf:.2f}  "
-              f"(sum {dec + tf:.2f}, {len(sample)} images, 1 process)")
+              f"(sum {dec + tf:.2f}, {len(sample)} images, 1 process, 1 thread)")
 
     data = load_dataset(DATASET, root)
     t0 = time.perf_counter()
-    pixels = torch.stack([encoder.transform_(data.load_image(i)) for i in range(len(data))])
+    with one_thread():
+        pixels = torch.stack([encoder.transform_(data.load_image(i)) for i in range(len(data))])
     print(f"pre-decoded {len(pixels)} images into memory in {time.perf_counter() - t0:.1f} s")
     pure = pure_forward(encoder, pixels, args.batch_size, args.precision)
     del pixels

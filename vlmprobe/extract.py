@@ -277,6 +277,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     images = _DecodedImages(data, encoder.transform_, draft)
     channels_last = _channels_last(encoder)
     with WriterLock(target):
+        for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a writer killed mid-rename
+            stale.unlink()
         work = WorkDir(target)
         want = {"cache_key": key, "n": len(data), "shard": list(part or (0, 1))}
         resumed = work.resumable(want)
