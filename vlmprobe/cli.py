@@ -66,7 +66,8 @@ def models(
                     trust_remote_code=trust_remote_code or None)
         print(json.dumps(r.to_dict(), indent=2)) if as_json else console.print(
             f"{r.a} ({r.n_a} vision tensors) vs {r.b} ({r.n_b}): {r.shared} identical at "
-            f"float16 precision -> {r.verdict}")
+            f"float16 precision; max |a-b| over {r.n_same_name} same-name tensors: "
+            f"{r.max_abs_diff} -> {r.verdict}")
         return
     if check:
         from .encoders.check import check_entry

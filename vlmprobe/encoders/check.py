@@ -121,6 +121,8 @@ class WeightComparison:
     n_a: int
     n_b: int
     shared: int  # non-constant tensors with equal name, shape and float16 values in both
+    n_same_name: int  # tensors with the same name and shape in both
+    max_abs_diff: float | None  # largest |a - b| over those (float32), None if there are none
 
     @property
     def verdict(self) -> str:
@@ -142,11 +144,13 @@ def compare_weights(a: str | ModelEntry, b: str | ModelEntry,
     float32 weights counts as the same tensor)."""
     from . import load_encoder
 
-    hashes = []
-    for model in (a, b):
-        enc = load_encoder(model, device="cpu", trust_remote_code=trust_remote_code)
-        hashes.append(_fingerprints(vision_tensors(enc)))
-    shared = sum((hashes[0] & hashes[1]).values())
+    tensors = [vision_tensors(load_encoder(m, device="cpu", trust_remote_code=trust_remote_code))
+               for m in (a, b)]
+    hashes = [_fingerprints(t) for t in tensors]
+    pairs = [(t, tensors[1][k]) for k, t in tensors[0].items()
+             if k in tensors[1] and tensors[1][k].shape == t.shape]
+    diff = max((float((x.float() - y.float()).abs().max()) for x, y in pairs if x.numel()),
+               default=None)
     name = lambda m: m if isinstance(m, str) else m.name  # noqa: E731
     return WeightComparison(name(a), name(b), sum(hashes[0].values()), sum(hashes[1].values()),
-                            shared)
+                            sum((hashes[0] & hashes[1]).values()), len(pairs), diff)
