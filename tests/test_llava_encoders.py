@@ -151,6 +151,10 @@ def test_wrong_prefix_and_wrong_dim_are_errors(hub):
     bad = dataclasses.replace(entry, model_kwargs={**entry.model_kwargs, "tower_prefix": "nope."})
     with pytest.raises(VlmprobeError, match="no tensors under 'nope.'"):
         load_encoder(bad, device="cpu")
+    off = dataclasses.replace(entry, preprocess=dataclasses.replace(entry.preprocess,
+                                                                    pad_color=(0, 0, 0)))
+    with pytest.raises(VlmprobeError, match=r"pad_color \[0, 0, 0\] differs.*\[122, 116, 104\]"):
+        load_encoder(off, device="cpu")
     enc = load_encoder(entry, device="cpu")  # embed_dim 1024 as in the real model
     with pytest.raises(VlmprobeError, match="embed_dim=1024"):
         enc.encode_images(torch.zeros(1, 3, 336, 336))

@@ -150,7 +150,11 @@ class LlavaTowerEncoder(Encoder):
         tower = transformers.CLIPVisionModel(self._tower_config(config))
         state = self._tensors(self._kw("tower_prefix"))
         state.pop("embeddings.position_ids", None)  # a buffer old transformers saved
-        missing, unexpected = tower.vision_model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = tower.vision_model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatch: the config is not this tower's
+            raise VlmprobeError(f"llava_tower entry {e.name!r}: the checkpoint's tower does not "
+                                f"fit its CLIP config: {str(err)[:300]}") from None
         if missing or unexpected:
             raise VlmprobeError(
                 f"llava_tower entry {e.name!r}: the tensors under {self._kw('tower_prefix')!r} do "
@@ -180,6 +184,11 @@ class LlavaTowerEncoder(Encoder):
         path = hub_file(e, repo, "preprocessor_config.json")
         processor = LlavaImageProcessor.from_pretrained(
             str(Path(path).parent), do_pad=e.preprocess.resize == "pad_square")
+        fill = tuple(int(x * 255) for x in processor.image_mean)  # LLaVA's expand2square colour
+        if processor.do_pad and fill != tuple(e.preprocess.pad_color):
+            raise VlmprobeError(f"llava_tower entry {e.name!r}: preprocess.pad_color "
+                                f"{list(e.preprocess.pad_color)} differs from the colour LLaVA "
+                                f"pads with, {list(fill)} (the processor's mean); fix the entry.")
         return ProcessorTransform(processor)
 
     def _forward(self, pixels):
