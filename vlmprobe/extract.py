@@ -133,14 +133,19 @@ def _channels_last(encoder: Encoder) -> bool:
     return False
 
 
+def _forward(encoder: Encoder, pixels: torch.Tensor, precision: str,
+             channels_last: bool) -> np.ndarray:
+    if channels_last:
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+    with _autocast(encoder.device, precision):
+        return encoder.encode_images(pixels).float().cpu().numpy()
+
+
 def encode(encoder: Encoder, pixels: torch.Tensor, precision: str = "fp32",
            channels_last: bool = False) -> np.ndarray:
     """One batch at ``precision``; a GPU out-of-memory splits the batch instead of crashing."""
-    if channels_last:
-        pixels = pixels.contiguous(memory_format=torch.channels_last)
     try:
-        with _autocast(encoder.device, precision):
-            return encoder.encode_images(pixels).float().cpu().numpy()
+        return _forward(encoder, pixels, precision, channels_last)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         if len(pixels) == 1:
@@ -158,13 +163,17 @@ def auto_batch_size(encoder: Encoder, sample: torch.Tensor, precision: str = "fp
     if encoder.device.type == "cuda":
         b = gpu_max
         while b > 1:
-            try:
-                encode(encoder, sample.expand(b, *sample.shape).clone(), precision, channels_last)
+            x = None
+            try:  # no splitting here: the point is to find what fits whole
+                x = sample.to(encoder.device).expand(b, *sample.shape).clone()
+                _forward(encoder, x, precision, channels_last)
                 torch.cuda.synchronize()
                 return b
-            except (torch.cuda.OutOfMemoryError, VlmprobeError):
-                torch.cuda.empty_cache()
+            except torch.cuda.OutOfMemoryError:
                 b //= 2
+            finally:
+                del x  # free the probe batch before the next, smaller try
+                torch.cuda.empty_cache()
         return 1
     best, best_rate = cpu_candidates[0], 0.0
     for b in cpu_candidates:
