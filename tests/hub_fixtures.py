@@ -249,24 +249,29 @@ def _sharded(tensors: dict, n: int = 2) -> dict[str, bytes]:
     return files
 
 
-def write_llava_med(cache: Path, tower_seed: int = 1) -> HubFixture:
+def write_llava_med(cache: Path, tower_seed: int = 1, repo_id: str = LLAVA_MED_REPO,
+                    s2: bool = False) -> HubFixture:
     """LLaVA-Med v1.5's layout: ``model_type: llava_mistral`` config (which stock transformers
     cannot parse), sharded safetensors with ``model.vision_tower.vision_tower.*`` and
     ``model.mm_projector.{0,2}`` keys, no preprocessor config (LLaVA-Med uses the tower repo's).
     ``tower_seed`` != 0 gives a tower that differs from the openai fixture's."""
     tower = _clip_model(tower_seed).vision_model.state_dict()
+    width = 3 * TOWER if s2 else TOWER  # LLaVA-S2 concatenates three scales
+    projector = _llm_and_projector("model.mm_projector.", ("0", "2"), seed=2)
+    if s2:
+        projector["model.mm_projector.0.weight"] = torch.randn(LLM, width) * 0.1
     tensors = {"model.embed_tokens.weight": torch.zeros(100, LLM),
                **{f"model.vision_tower.vision_tower.vision_model.{k}": v.half()
-                  for k, v in tower.items()},
-               **_llm_and_projector("model.mm_projector.", ("0", "2"), seed=2)}
+                  for k, v in tower.items()}, **projector}
     config = {"architectures": ["LlavaMistralForCausalLM"], "model_type": "llava_mistral",
-              "hidden_size": LLM, "mm_hidden_size": TOWER, "mm_projector_type": "mlp2x_gelu",
+              "hidden_size": LLM, "mm_hidden_size": width, "mm_projector_type": "mlp2x_gelu",
               "mm_vision_tower": CLIP_L336_REPO, "mm_vision_select_layer": -2,
               "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad",
               "torch_dtype": "float16", "transformers_version": "4.36.2"}
-    snapshot = write_snapshot(cache, LLAVA_MED_REPO, {"config.json": _json(config),
-                                                      **_sharded(tensors)})
-    return HubFixture(LLAVA_MED_REPO, snapshot, snapshot / "model.safetensors.index.json", TOWER)
+    if s2:
+        config["s2_scales"] = "336,672,1008"
+    snapshot = write_snapshot(cache, repo_id, {"config.json": _json(config), **_sharded(tensors)})
+    return HubFixture(repo_id, snapshot, snapshot / "model.safetensors.index.json", width)
 
 
 def write_llava_hf(cache: Path) -> HubFixture:

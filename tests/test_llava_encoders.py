@@ -171,3 +171,53 @@ def test_marker_lands_where_geometry_says_after_padding(width, height, encoders)
     """pad_square geometry (centred pad, then resize + crop) matches LLaVA's transform."""
     found, expected = marker_positions(encoders["llavamed"], width, height)
     assert np.allclose(found, expected, atol=0.25), (found, expected)
+
+
+@pytest.fixture
+def s2_hub(tmp_path, monkeypatch):
+    """A LLaVA-Med++-shaped checkpoint (mm_hidden_size 3 x tower) and the s2wrapper STAND-IN."""
+    import sys
+    from pathlib import Path
+
+    cache = tmp_path / "hub"
+    use_hub_cache(monkeypatch, cache)
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "upstream_standins"))
+    write_clip_l336(cache)
+    yield write_llava_med(cache, repo_id="yunfeixie/vqa_rad_release", s2=True)
+    sys.modules.pop("s2wrapper", None)
+
+
+def test_s2_tower_concatenates_scales_and_its_first_scale_is_the_plain_tower(s2_hub):
+    import torch.nn.functional as F
+    from transformers import LlavaImageProcessor
+
+    entry = get_model_entry("llavamedpp")
+    enc = load_encoder(dataclasses.replace(entry, embed_dim=3 * TOWER), device="cpu")
+    x = enc.transform_(CHELSEA)[None]
+    official = LlavaImageProcessor.from_pretrained(
+        CLIP_L336_REPO, do_pad=True, size={"shortest_edge": 1008},
+        crop_size={"height": 1008, "width": 1008})
+    torch.testing.assert_close(x[0], official(images=CHELSEA, return_tensors="pt").pixel_values[0],
+                               atol=1e-6, rtol=0)
+    out = enc.encode_images(x)
+    assert out.shape == (1, 3 * TOWER) and torch.equal(out, enc.encode_images(x))
+    plain = _reference(s2_hub, "model.vision_tower.vision_tower.vision_model.")
+    with torch.no_grad():  # scale 336 is one tile: its channels are the tower on the resized image
+        torch.testing.assert_close(out[:, :TOWER], plain(F.interpolate(x, size=336, mode="bicubic")))
+    projected = load_encoder(dataclasses.replace(entry, tap="projector", embed_dim=LLM), "cpu")
+    assert projected.encode_images(x).shape == (1, LLM)
+
+
+def test_s2_without_s2wrapper_names_the_install(tmp_path, monkeypatch):
+    import sys
+
+    from vlmprobe.encoders.check import check_entry
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")
+    write_clip_l336(tmp_path / "hub")
+    write_llava_med(tmp_path / "hub", repo_id="yunfeixie/vqa_rad_release", s2=True)
+    monkeypatch.setitem(sys.modules, "s2wrapper", None)
+    with pytest.raises(VlmprobeError, match="scaling_on_scales"):
+        load_encoder(dataclasses.replace(get_model_entry("llavamedpp"), embed_dim=120), "cpu")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert "s2wrapper" in " ".join(check_entry(get_model_entry("llavamedpp")).reasons)

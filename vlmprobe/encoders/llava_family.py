@@ -13,10 +13,14 @@ upgrades do not break it, and the 7B language model is never read.
 
 Taps (LLaVA's own feature selection: ``hidden_states[select_layer]``, patch tokens without CLS):
 ``tower`` = mean over those tokens (the CLIP tower's width), ``projector`` = the trained
-``mm_projector`` applied to them, then the mean (the LLM's width).
+``mm_projector`` applied to them, then the mean (the LLM's width). With
+``model_kwargs.s2_scales`` (LLaVA-Med++), the tokens are LLaVA-S2's: ``s2wrapper.forward`` runs the
+tower on 336-px tiles of the image at each scale and concatenates the channels (3 x 1024).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -30,6 +34,7 @@ from .hf_family import ProcessorTransform
 from .hub import hub_file, import_family_package
 
 TAPS = ("tower", "projector")
+S2_INSTALL = "pip install git+https://github.com/bfshi/scaling_on_scales.git"
 _DEFAULT_LAYER_KEYS = ("mm_vision_select_layer", "vision_feature_layer")
 
 
@@ -79,7 +84,8 @@ class LlavaTower(nn.Module):
 @register_family
 class LlavaTowerEncoder(Encoder):
     """Vision tower of a LLaVA / LLaVA-Med checkpoint (``model_kwargs``: ``tower_prefix``,
-    ``projector_prefix``, optional ``select_layer``, ``select_feature``: patch | cls_patch)."""
+    ``projector_prefix``, optional ``select_layer``, ``select_feature``: patch | cls_patch,
+    ``s2_scales``)."""
 
     family = "llava_tower"
     requires = ("transformers", "safetensors")
@@ -90,6 +96,12 @@ class LlavaTowerEncoder(Encoder):
         return [(entry.source, ("config.json",)),
                 (entry.source, ("model.safetensors.index.json", "model.safetensors")),
                 (tower_repo, ("preprocessor_config.json",))]
+
+    @classmethod
+    def missing_requirement(cls, entry) -> str | None:
+        if entry.model_kwargs.get("s2_scales") and importlib.util.find_spec("s2wrapper") is None:
+            return f"S2 features need s2wrapper (not on PyPI): {S2_INSTALL}"
+        return None
 
     def _kw(self, key, default=None):
         value = self.entry.model_kwargs.get(key, default)
@@ -172,6 +184,12 @@ class LlavaTowerEncoder(Encoder):
         if feature not in ("patch", "cls_patch"):
             raise VlmprobeError(f"llava_tower entry {e.name!r}: select_feature {feature!r} "
                                 "unknown; valid: patch, cls_patch.")
+        if e.model_kwargs.get("s2_scales"):
+            try:
+                self._s2 = importlib.import_module("s2wrapper")
+            except ImportError:
+                raise VlmprobeError(f"Model {e.name!r} uses S2 multi-scale features, which need "
+                                    f"s2wrapper (not on PyPI): {S2_INSTALL}") from None
         return LlavaTower(tower, projector, int(layer), feature == "cls_patch")
 
     def _build_transform(self):
@@ -182,8 +200,12 @@ class LlavaTowerEncoder(Encoder):
         e = self.entry
         repo = e.processor_source or e.source
         path = hub_file(e, repo, "preprocessor_config.json")
+        # LLaVA-S2 resizes and crops to its largest scale, as its CLIPVisionTowerS2 sets
+        size = max(e.model_kwargs.get("s2_scales") or [0]) or None
+        overrides = ({"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
+                     if size else {})
         processor = LlavaImageProcessor.from_pretrained(
-            str(Path(path).parent), do_pad=e.preprocess.resize == "pad_square")
+            str(Path(path).parent), do_pad=e.preprocess.resize == "pad_square", **overrides)
         fill = tuple(int(x * 255) for x in processor.image_mean)  # LLaVA's expand2square colour
         if processor.do_pad and fill != tuple(e.preprocess.pad_color):
             raise VlmprobeError(f"llava_tower entry {e.name!r}: preprocess.pad_color "
@@ -192,7 +214,12 @@ class LlavaTowerEncoder(Encoder):
         return ProcessorTransform(processor)
 
     def _forward(self, pixels):
-        feats = self.model_(pixels)
+        scales = self.entry.model_kwargs.get("s2_scales")
+        if scales:  # LLaVA-S2: the tower on 336-px tiles at every scale, channels concatenated
+            feats = self._s2.forward(self.model_, pixels, img_sizes=list(scales),
+                                     max_split_size=min(scales))
+        else:
+            feats = self.model_(pixels)
         if self.model_.projector is not None:
             feats = self.model_.projector(feats)
         return feats.mean(dim=1)
