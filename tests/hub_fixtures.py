@@ -305,18 +305,21 @@ UNI_REPO = "MahmoodLab/UNI"
 VIRCHOW_REPO = "paige-ai/Virchow"
 
 
-def write_timm_hub(cache: Path, repo_id: str, kwargs: dict, data_config: dict) -> HubFixture:
+def write_timm_hub(cache: Path, repo_id: str, kwargs: dict, data_config: dict,
+                   arch: str = "vit_tiny_patch16_224") -> HubFixture:
     """A timm hub repo as timm's own ``push_to_hub`` writes it (``save_for_hf``: ``config.json``
-    with architecture + pretrained_cfg, ``model.safetensors``); vit_tiny (width 192) stands in
-    for the real ViT, built with the entry's kwargs so its tensors fit them."""
+    with architecture + pretrained_cfg, ``model.safetensors``); by default vit_tiny (width 192)
+    stands in for the real ViT, built with the entry's kwargs so its tensors fit them."""
     import timm
     from timm.models import save_for_hf
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, **kwargs)
+    model = timm.create_model(arch, **{"num_classes": 0, **kwargs})
     model.pretrained_cfg = {**model.pretrained_cfg, **data_config}
+    classes = {k: None for k, v in kwargs.items()  # layer classes are not JSON: dropped
+               if not isinstance(v, (bool, int, float, str))}
     with tempfile.TemporaryDirectory() as tmp:
-        save_for_hf(model, tmp, safe_serialization=True, model_args={k: None for k in kwargs})
+        save_for_hf(model, tmp, safe_serialization=True, model_args=classes)
         files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
     # As UNI's and Virchow's repos: no model_args, the card's kwargs go to create_model.
     config = json.loads(files["config.json"])

@@ -86,3 +86,27 @@ def test_gated_hub_model_offline_says_login(tmp_path, monkeypatch):
     use_hub_cache(monkeypatch, tmp_path / "hub")
     with pytest.raises(VlmprobeError, match=f"huggingface-cli download {UNI_REPO}.*login"):
         load_encoder("uni", device="cpu")
+
+
+def test_uni2h_structure_with_registers_pools_the_cls_token(tmp_path, monkeypatch):
+    """UNI2-h's entry kwargs (SwiGLUPacked, SiLU, 8 register tokens, no_embed_class, ...) with
+    only the widths shrunk (embed_dim 1536 -> 48, depth 24 -> 2, heads 24 -> 4): 'pooled' is the
+    CLS token, not a register token."""
+    import timm
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")
+    entry = get_model_entry("uni2h")
+    tiny = {**entry.model_kwargs, "embed_dim": 48, "depth": 2, "num_heads": 4}
+    layers = {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": torch.nn.SiLU}
+    write_timm_hub(tmp_path / "hub", "MahmoodLab/UNI2-h", {**tiny, **layers}, DATA["uni"],
+                   arch="vit_giant_patch14_224")
+    model = timm.create_model("hf-hub:MahmoodLab/UNI2-h", pretrained=True,
+                              **{**tiny, **layers}).eval()
+    enc = load_encoder(dataclasses.replace(entry, model_kwargs=tiny, embed_dim=48), device="cpu")
+    x = enc.transform_(CHELSEA)[None]
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+    assert model.num_prefix_tokens == 9  # CLS + 8 registers
+    out = enc.encode_images(x)
+    torch.testing.assert_close(out, tokens[:, 0])
+    assert not torch.allclose(out, tokens[:, 1], atol=1e-3)
