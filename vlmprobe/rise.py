@@ -117,8 +117,9 @@ class RiseResult:
         return (self.saliency - self.mean_score[:, None, None] * self.coverage).astype(np.float32)
 
 
-def iter_masks(cfg: RiseConfig, size: tuple[int, int]) -> Iterator[torch.Tensor]:
-    """Yield float masks [b, 1, H, W] in [0, 1], b <= batch_size, n_masks in all (CPU).
+def iter_masks(cfg: RiseConfig, size: tuple[int, int],
+               device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Yield float masks [b, 1, H, W] in [0, 1], b <= batch_size, n_masks in all, on ``device``.
 
     Petsiuk et al.: a binary s x s grid with keep probability p, bilinearly upsampled to
     (s + 1) * ceil(H / s) per axis and cropped to H x W at a random shift within one cell, so the
@@ -126,9 +127,11 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, int]) -> Iterator[torch.Tensor]
     any chunk is built: mask i is the same whatever the batch size. Bilinear upsampling is
     separable, so upsample-then-crop is ``Ry @ grid @ Rx.T`` with the cropped rows of 1-D
     interpolation matrices: two batched matmuls per chunk instead of b full-size upsamples and
-    crops (many small ops are slow on a shared CPU).
+    crops (many small ops are slow on a shared CPU). The draws are made on the CPU (the same
+    masks on every device); the chunks are built on ``device``, one at a time.
     """
-    cfg = cfg.check().resolved(torch.device("cpu"), size)
+    device = torch.device(device)
+    cfg = cfg.check().resolved(device, size)
     h, w = size
     cell = (math.ceil(h / cfg.s), math.ceil(w / cfg.s))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -138,6 +141,7 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, int]) -> Iterator[torch.Tensor]
     # [(s + 1) * cell, s]: the weights F.interpolate(..., "bilinear", align_corners=False) uses
     ry, rx = (F.interpolate(torch.eye(cfg.s)[None], size=(cfg.s + 1) * c, mode="linear",
                             align_corners=False)[0].T for c in cell)
+    grids, dy, dx, ry, rx = (t.to(device) for t in (grids, dy, dx, ry, rx))
     for start in range(0, cfg.n_masks, cfg.batch_size):
         b = slice(start, start + cfg.batch_size)
         masks = ry[dy[b]] @ grids[b] @ rx[dx[b]].transpose(1, 2)
@@ -163,7 +167,7 @@ def _fill(cfg: RiseConfig, fill_value, pixels: torch.Tensor) -> torch.Tensor:
 
 def _scorer(score_fn: ScoreFn, cfg: RiseConfig,
             groups: Sequence[int] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """score_fn in the config's score mode, as float64 [b, C] on the CPU.
+    """score_fn in the config's score mode, as float64 [b, C] on score_fn's device.
 
     ``groups``: sizes of consecutive column blocks that are separate classifiers (several probes
     scored on the same embeddings); softmax is taken within each block. Default: one block.
@@ -174,7 +178,7 @@ def _scorer(score_fn: ScoreFn, cfg: RiseConfig,
         if out.ndim != 2 or out.shape[0] != batch.shape[0]:
             raise VlmprobeError(f"score_fn must return [batch, n_classes]; for a batch of "
                                 f"{batch.shape[0]} it returned shape {tuple(out.shape)}.")
-        out = out.detach().to("cpu", torch.float64)
+        out = out.detach().to(torch.float64)
         if cfg.score != "softmax":
             return out
         sizes = list(groups) if groups is not None else [out.shape[1]]
@@ -215,15 +219,15 @@ def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = Ris
     fill = _fill(cfg, fill_value, pixels)
     scores = _scorer(score_fn, cfg, groups)
     _, h, w = pixels.shape
-    base = scores(pixels[None])[0]
-    # per half k of the masks: sum_i s_i mask_i, sum_i s_i, sum_i mask_i
-    sm = torch.zeros(2, base.numel(), h * w, dtype=torch.float64)
-    s_sum = torch.zeros(2, base.numel(), dtype=torch.float64)
-    m_sum = torch.zeros(2, h * w, dtype=torch.float64)
+    dev = pixels.device
+    base = scores(pixels[None])[0].cpu()
+    # per half k of the masks: sum_i s_i mask_i, sum_i s_i, sum_i mask_i (float64, on the device)
+    sm = torch.zeros(2, base.numel(), h * w, dtype=torch.float64, device=dev)
+    s_sum = torch.zeros(2, base.numel(), dtype=torch.float64, device=dev)
+    m_sum = torch.zeros(2, h * w, dtype=torch.float64, device=dev)
     done = 0
-    for masks in iter_masks(cfg, (h, w)):
-        m = masks.to(pixels.device, pixels.dtype)
-        s = scores(((pixels - fill) * m).add_(fill))                # [b, C]
+    for masks in iter_masks(cfg, (h, w), dev):
+        s = scores(((pixels - fill) * masks.to(pixels.dtype)).add_(fill)).to(dev)  # [b, C]
         flat = masks.reshape(len(masks), -1).double()              # [b, H*W]
         cut = min(max(cfg.n_masks // 2 - done, 0), len(masks))     # first index of half 2
         for k, sel in enumerate((slice(0, cut), slice(cut, None))):
@@ -233,6 +237,7 @@ def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = Ris
         done += len(masks)
         if progress is not None:
             progress(len(masks))
+    sm, s_sum, m_sum = sm.cpu(), s_sum.cpu(), m_sum.cpu()
     n_half = torch.tensor([cfg.n_masks // 2, cfg.n_masks - cfg.n_masks // 2], dtype=torch.float64)
     centred_halves = sm - (s_sum / n_half[:, None])[:, :, None] * m_sum[:, None, :]
     r = np.array([_pearson(centred_halves[0, c].numpy(), centred_halves[1, c].numpy())
@@ -277,7 +282,7 @@ def deletion_insertion_auc(score_fn: ScoreFn, pixels: torch.Tensor, saliency_map
         for start in range(0, len(counts), cfg.batch_size):
             top = torch.stack([rank < int(n) for n in counts[start:start + cfg.batch_size]])
             keep = (top if keep_top else ~top)[:, None].to(pixels.dtype)
-            curve.append(scores(((pixels - fill) * keep).add_(fill))[:, target])
+            curve.append(scores(((pixels - fill) * keep).add_(fill))[:, target].cpu())
         out[name] = float(np.trapezoid(torch.cat(curve).numpy(), dx=1.0 / steps))
     return out
 
