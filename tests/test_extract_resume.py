@@ -1,4 +1,4 @@
-"""Crash safety of extraction: real subprocesses killed with SIGKILL, then the same command again."""
+"""Crash safety of extraction: real subprocesses killed with SIGKILL, then the same command."""
 from __future__ import annotations
 
 import os
@@ -142,7 +142,7 @@ def test_write_failure_is_a_clear_error_and_keeps_the_chunks(busi, reference, tm
 
 
 def _deny_writes(path: Path) -> bool:
-    """Make ``path`` unwritable for this process (chmod, or chattr +i for root); False if impossible."""
+    """Make ``path`` unwritable here (chmod, or chattr +i as root); False if impossible."""
     if os.geteuid() != 0:
         path.chmod(0o500)
         return True

@@ -66,7 +66,8 @@ def list_caches(directory: str | Path) -> list[dict]:
             rows.append({"path": str(p.relative_to(root)), "status": f"unreadable: {e}"})
     for w in sorted(root.rglob(".*.work")):
         target = w.with_name(w.name[1:-len(".work")])
-        rows.append({"path": str(target.relative_to(root)), "status": _work_status(WorkDir(target))})
+        rows.append({"path": str(target.relative_to(root)),
+                     "status": _work_status(WorkDir(target))})
     return rows
 
 
@@ -131,10 +132,12 @@ def compare_caches(a: str | Path | Cache, b: str | Path | Cache) -> dict:
 def format_compare(r: dict) -> str:
     c = r["cosine"]
     lines = [f"A: {r['a']} ({r['precision'][0]})", f"B: {r['b']} ({r['precision'][1]})",
-             f"{r['n_common']} images in both ({r['only_in_a']} only in A, {r['only_in_b']} only in B)",
+             f"{r['n_common']} images in both ({r['only_in_a']} only in A, "
+             f"{r['only_in_b']} only in B)",
              f"cosine similarity per image: min {c['min']:.6f}  p1 {c['p01']:.6f}  "
              f"median {c['median']:.6f}  mean {c['mean']:.6f}",
-             f"images with cosine < 0.999: {r['n_below_0.999']};  max |a-b| {r['max_abs_diff']:.3g};"
+             f"images with cosine < 0.999: {r['n_below_0.999']};  "
+             f"max |a-b| {r['max_abs_diff']:.3g};"
              f"  bitwise identical: {'yes' if r['bitwise_identical'] else 'no'}"]
     if r["probe"] is None:
         lines.append(r["probe_note"])

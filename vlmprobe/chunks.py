@@ -109,7 +109,8 @@ def decode_chunk(path: Path) -> Chunk:
         raise VlmprobeError(f"Chunk {path} is corrupt (checksum mismatch). Delete it and re-run "
                             "the same command to recompute that chunk.")
     with np.load(io.BytesIO(payload)) as z:
-        return Chunk(z["idx"], z["embeddings"], z["failed_idx"], [str(s) for s in z["failed_error"]])
+        return Chunk(z["idx"], z["embeddings"], z["failed_idx"],
+                     [str(s) for s in z["failed_error"]])
 
 
 class WorkDir:

@@ -103,7 +103,7 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def shard_path(target: Path, i: int, n: int) -> Path:
-    """Shard files do not end in .h5, so stages that scan a directory never mistake one for a cache."""
+    """Shard files do not end in .h5: stages that scan a directory never take one for a cache."""
     return target.with_name(f"{target.name}.shard-{i}-of-{n}")
 
 
@@ -224,7 +224,8 @@ def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cach
     dim = base["attrs"]["encoder"]["entry"]["embed_dim"]
     emb = [c.embeddings for c in chunks if len(c.idx)]
     cache = Cache(
-        embeddings=np.concatenate(emb).astype(np.float32) if emb else np.zeros((0, dim), np.float32),
+        embeddings=(np.concatenate(emb).astype(np.float32) if emb
+                    else np.zeros((0, dim), np.float32)),
         labels=np.array([data.samples[i].label for i in order], dtype=np.int64),
         relpaths=[relpaths[i] for i in order],
         metadata={col: [data.samples[i].metadata.get(col, "") for i in order]
@@ -264,7 +265,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     encoder = load_encoder(entry, device)
     check_precision(precision, encoder.device)
     desc = encoder.describe()
-    draft = max(entry.preprocess.image_size, entry.preprocess.resize_size or 0) if fast_decode else None
+    pre = entry.preprocess
+    draft = max(pre.image_size, pre.resize_size or 0) if fast_decode else None
     pipeline = data.intensity_pipeline  # derived from every sample: compute once
     if draft:
         pipeline += f" + fast decode (JPEG DCT-scaled to >= {draft}px)"
@@ -380,7 +382,7 @@ def merge_shards(shard_files: list[str | Path], target: str | Path | None = None
     shards = [read_cache(p) for p in files]
     for p, c in zip(files, shards):
         if not c.shard:
-            raise VlmprobeError(f"{p} is a whole cache, not a shard (its shard attribute is empty).")
+            raise VlmprobeError(f"{p} is a whole cache, not a shard (empty shard attribute).")
     first = shards[0]
     n = int(first.shard.split("/")[1])
     for p, c in zip(files, shards):
@@ -388,7 +390,8 @@ def merge_shards(shard_files: list[str | Path], target: str | Path | None = None
             raise VlmprobeError(f"{p} was made from other inputs than {files[0]} (cache keys "
                                 f"{c.cache_key[:12]} vs {first.cache_key[:12]}); shards of one "
                                 "merge must come from the same extract command.")
-        if c.attrs.get("batch_size") != first.attrs.get("batch_size") or not c.shard.endswith(f"/{n}"):
+        same_bs = c.attrs.get("batch_size") == first.attrs.get("batch_size")
+        if not same_bs or not c.shard.endswith(f"/{n}"):
             raise VlmprobeError(f"{p} (shard {c.shard}, batch size {c.attrs.get('batch_size')}) "
                                 f"does not belong with {files[0]} (shard {first.shard}, batch size "
                                 f"{first.attrs.get('batch_size')}).")
@@ -400,13 +403,14 @@ def merge_shards(shard_files: list[str | Path], target: str | Path | None = None
                             f"{f', duplicated {dup}' if dup else ''}. Run `vlmprobe extract "
                             f"--shard i/{n}` for the missing ones.")
     position = {r: j for j, r in enumerate(first.files["relpath"])}
-    rows = sorted((position[r], s, j) for s, c in enumerate(shards) for j, r in enumerate(c.relpaths))
+    rows = sorted((position[r], s, j) for s, c in enumerate(shards)
+                  for j, r in enumerate(c.relpaths))
     skipped = sorted((position[r], e) for c in shards
                      for r, e in zip(c.skipped["relpath"], c.skipped["error"]))
     covered = [p for p, _, _ in rows] + [p for p, _ in skipped]
     if sorted(covered) != list(range(len(position))):
-        raise VlmprobeError(f"Shards {', '.join(map(str, files))} do not cover every sample exactly "
-                            f"once ({len(covered)} rows for {len(position)} samples); re-run the "
+        raise VlmprobeError(f"Shards {', '.join(map(str, files))} do not cover every sample "
+                            f"exactly once ({len(covered)} rows for {len(position)} samples); re-run the "
                             "shards' extract commands.")
     merged = Cache(
         embeddings=np.stack([shards[s].embeddings[j] for _, s, j in rows]).astype(np.float32),
