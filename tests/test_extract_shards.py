@@ -56,3 +56,20 @@ def test_merge_checks_completeness_and_keys(busi, tmp_path):
     assert len(read_cache(r2.merged).relpaths) == 30
     with pytest.raises(VlmprobeError, match="expected i/n"):
         extract(MODEL, DATASET, out=tmp_path / "c", shard="1of3", **kw)
+
+
+def test_cli_shard_option_and_merge_command(busi, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmprobe.cli import app
+
+    base = ["extract", "--model", MODEL, "--dataset", DATASET, "--root", str(busi), "--out",
+            str(tmp_path), "--workers", "0"]
+    r = CliRunner().invoke(app, base + ["--batch-size", "4", "--shard", "1/2"])
+    assert r.exit_code == 0, r.output
+    one = shard_path(target(tmp_path), 1, 2)
+    assert read_cache(one).shard == "1/2"
+    r = CliRunner().invoke(app, ["cache", "merge", str(one)])
+    assert isinstance(r.exception, VlmprobeError) and "missing [0]" in str(r.exception)
+    r = CliRunner().invoke(app, base + ["--batch-size", "many"])
+    assert isinstance(r.exception, VlmprobeError) and "positive integer or 'auto'" in str(r.exception)
