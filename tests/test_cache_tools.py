@@ -74,3 +74,20 @@ def test_ls_lists_caches_and_interrupted_extractions(caches, tmp_path):
     assert rows[f"{DATASET}/other.h5"]["status"].startswith("interrupted: 0 of 4 chunks")
     r = CliRunner().invoke(app, ["cache", "ls", str(tmp_path / "bf16")])
     assert r.exit_code == 0 and "bf16" in r.output
+
+
+def test_schema_1_caches_are_read_and_their_rerun_asks_for_force(caches, tiny_busi):
+    import h5py
+
+    from vlmprobe.validation import VlmprobeError
+
+    with h5py.File(caches[0], "r+") as f:  # make it what vlmprobe wrote before schema 2
+        f.attrs["schema_version"] = 1
+        f.attrs["cache_key"] = "1" * 64  # schema 1 keys hashed neither schema 2 nor precision
+        for k in ("embeddings_sha256", "precision", "batch_size", "shard"):
+            del f.attrs[k]
+    old = read_cache(caches[0])
+    assert len(old.relpaths) == 30 and cache_info(caches[0])["precision"] == "fp32 (schema 1)"
+    with pytest.raises(VlmprobeError, match="cache schema 1.*--force"):
+        extract(MODEL, DATASET, root=tiny_busi, out=caches[0].parent.parent, batch_size=8,
+                num_workers=0, progress=False)
