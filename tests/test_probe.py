@@ -22,7 +22,8 @@ def _problem(n=300, d=20, noise=1.5, seed=0, n_classes=3):
 
 def test_protocol_on_a_learnable_problem():
     X, y, test, fold = _problem()
-    fields, probe = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=200))
+    fields, probe = fit_probe(X, y, test, fold, ["a", "b", "c"],
+                              ProbeConfig(solver="sklearn", n_bootstrap=200))
     assert fields["n_train"] == (~test).sum() and fields["n_test"] == test.sum()
     assert 0.6 < fields["test"]["macro_f1"] <= 1.0
     assert fields["selected_t"] in ProbeConfig().t_grid
@@ -78,7 +79,7 @@ def test_binary_probe_decision_has_one_column_per_class():
 
 def test_fast_solver_gives_the_reference_protocol_result():
     X, y, test, fold = _problem()
-    ref, _ = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=20))
+    ref, _ = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(solver="sklearn", n_bootstrap=20))
     fast, probe = fit_probe(X, y, test, fold, ["a", "b", "c"],
                             ProbeConfig(solver="fast", n_bootstrap=20))
     assert fast["selected_t"] == ref["selected_t"] and fast["all_converged"]
@@ -107,7 +108,8 @@ def test_fast_protocol_selects_the_reference_t(n, d, k, noise):
     X, y, test, fold = _problem(n=n, d=d, noise=noise, n_classes=k)
     names = [f"c{i}" for i in range(k)]
     ref, ref_probe = fit_probe(X, y, test, fold, names,
-                               ProbeConfig(tol=1e-8, max_iter=100000, n_bootstrap=10))
+                               ProbeConfig(solver="sklearn", tol=1e-8, max_iter=100000,
+                                           n_bootstrap=10))
     fast, fast_probe = fit_probe(X, y, test, fold, names, ProbeConfig(solver="fast", n_bootstrap=10))
     assert fast["all_converged"]
     assert fast["saturated"] == ref["saturated"]
