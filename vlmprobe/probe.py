@@ -512,8 +512,8 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
     rows = [r.row() for r in results]
     cols = list(rows[0])
     notes = ("Test metrics: mean ± sd (ddof=0) of the 5 fold-models at the selected t on the "
-             "held-out 20% test set, [95% percentile bootstrap CI of that mean, 2,000 seeded "
-             "resamples of the test images]; with several outer splits: mean ± sd over splits. "
+             "held-out 20% test set, [95% percentile bootstrap CI of that mean over seeded "
+             "resamples of the test images (2,000 unless --bootstrap says otherwise)]; with several outer splits: mean ± sd over splits. "
              "t: C = t·d/N chosen by mean validation macro-F1 (ties → smallest t); 'saturated' = "
              "every t gave identical validation predictions. refit: scaler + SVM refit on the "
              "whole training part (the probe RISE explains).")
@@ -543,8 +543,9 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
                 [[c["dataset"], c["label"], c["metric"], c["model_a"], c["model_b"],
                   f"{100 * c['difference']:+.1f}", f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]",
                   f"{c['p']:.4f}", f"{c['p_holm']:.4f}"] for c in comparisons],
-                "Paired bootstrap over the same 2,000 resamples of the test images (joined by "
-                "relative path) of the 5-fold-model mean; two-sided p; Holm per dataset/label.")
+                "Paired bootstrap over the same resamples of the test images (joined by relative "
+                "path) of the 5-fold-model mean; two-sided p (its floor is 2/(resamples + 1)); "
+                "Holm per dataset/label.")
     if paper:
         _write_grid(out_dir / f"{name}.paper",
                     ["model", "dataset", "paper table", "paper metric", "our metric", "ours % [95% CI]",
