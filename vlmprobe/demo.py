@@ -87,13 +87,14 @@ def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> st
             f"{cls['mean_lesion_enrichment']:.2f}, burnt-in word box "
             f"{cls['mean_text_enrichment']:.2f}; word probe: word box "
             f"{word['mean_text_enrichment']:.2f}. Deletion / insertion AUC of the class maps "
-            f"{cls['mean_deletion_auc']:.2f} / {cls['mean_insertion_auc']:.2f} (lower / higher "
-            f"is better). Sanity checks: split-half reliability r = "
+            f"{cls['mean_deletion_auc']:.2f} / {cls['mean_insertion_auc']:.2f} (class "
+            f"probability; lower / higher is better). Sanity checks: split-half reliability r = "
             f"{cls['mean_split_half_r']:.2f}" + ("" if reliable else
             " (low: at this number of masks the maps are noisy; use `vlmprobe rise --n-masks "
             "4096`, the paper's N, before reading them)") + "; rank correlation with the map of "
-            f"a random-weight probe {cls['mean_random_probe_rank_r']:.2f} (near 0: the map "
-            "depends on what the probe learned).")
+            f"a random-weight probe {cls['mean_random_probe_rank_r']:.2f} (near 0 is what a map "
+            "of what the probe learned should give; near ±1, the map would look the same for any "
+            "probe).")
     lines += ["", "## Where everything is", ""]
     for md, csv in tables:
         lines.append(f"- probe table: `{md}` (CSV `{csv}`, full results + provenance "

@@ -576,7 +576,9 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     the first is drawn in the overview. A random-direction twin of the first probe
     (:func:`random_probe`) is scored on the same masks too: the rank correlation of its map with
     the trained one is the sanity check. ``target``: the first probe's class to explain
-    (default: the predicted one). ``causal_steps``: deletion/insertion curve steps (0: skip).
+    (default: the predicted one). ``causal_steps``: deletion/insertion curve steps (0: skip);
+    the curves are of the class probability (softmax over the probe's classes), as in the RISE
+    paper, so the AUCs lie in [0, 1] whatever the scale of the decision values.
     """
     from scipy.stats import spearmanr
 
@@ -643,8 +645,8 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
             rank_r = float(spearmanr(maps_in[0].ravel(), random_in.ravel()).statistic)
             maps_orig = [geometry.to_original(m) for m in maps_in]
             causal = ({f"{name}_auc": v for name, v in deletion_insertion_auc(
-                primary_scores, pixels, maps_in[0], targets[0], cfg, fill_value,
-                steps=causal_steps).items()} if causal_steps else {})
+                primary_scores, pixels, maps_in[0], targets[0], replace(cfg, score="softmax"),
+                fill_value, steps=causal_steps).items()} if causal_steps else {})
             split_name = "test" if in_test.get(rel) else "train"
             for j, (label, probe) in enumerate(zip(labels, probes)):
                 y, names, _ = truth[j]
@@ -687,6 +689,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
                       cache_key=cache.cache_key, rise=cfg.to_dict(), target=target,
                       probes={label: p.info["path"] for label, p in zip(labels, probes)},
                       map="centred RISE map of the explained class", causal_steps=causal_steps,
+                      causal_score="softmax probability of the explained class",
                       text_boxes=str(text_box_file) if text_box_file else
                       ("detector" if detect_text else "dataset"))
     base = " (null baseline)" if cache.baseline else ""
