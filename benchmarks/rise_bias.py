@@ -8,7 +8,7 @@ each image's share of positive saliency inside the text box for both probes, how
 probe's share is larger, and a one-sided paired Wilcoxon p. The issue's target: >= 9 of 10 and
 p < 0.01. Results: benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/rise_bias.py [--r 0.8] [--n 300] [--n-masks 500] [--score decision]
+    .venv/bin/python benchmarks/rise_bias.py [--r 0.8] [--n 300] [--n-masks 500] [--score decision] [--fill mean]
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--n-masks", type=int, default=500)
     ap.add_argument("--score", default="decision")
     ap.add_argument("--p", type=float, default=0.5)
+    ap.add_argument("--fill", default="mean")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rise_bias-"))
     data = make_phantom("breastus", tmp / "data", n=args.n, seed=args.seed,
@@ -47,7 +48,8 @@ def main() -> None:
     split = read_split(LinearProbe.load(probe_path(cache, "class")).info["split_file"])
     test = {r for r, t in zip(split.relpaths, split.test) if t}
     ids = tuple(r for r, w in zip(cache.relpaths, cache.metadata["word"]) if w and r in test)[:10]
-    res = explain_cache(cache, RiseConfig(n_masks=args.n_masks, score=args.score, p=args.p),
+    res = explain_cache(cache, RiseConfig(n_masks=args.n_masks, score=args.score, p=args.p,
+                                   fill=args.fill),
                         ImageChoice(ids=ids), labels=["class", "word"], root=data, device="cpu",
                         causal_steps=0, log=print)
     mass = {p: np.array([r["text_mass"] for r in res["records"] if r["probe"] == p])
