@@ -454,8 +454,16 @@ class ImageChoice:
     misclassified: bool = False
 
 
-def choose_images(cache: Cache, probe: LinearProbe, choice: ImageChoice, seed: int) -> list[int]:
-    """Indices into ``cache`` of the images to explain (see :class:`ImageChoice`)."""
+def _test_relpaths(probe: LinearProbe) -> set[str]:
+    """The held-out test images of the split the probe was fitted on."""
+    split = read_split(Path(probe.info["split_file"]))
+    return {r for r, t in zip(split.relpaths, split.test) if t}
+
+
+def choose_images(cache: Cache, probe: LinearProbe, choice: ImageChoice, seed: int,
+                  test: set[str] | None = None) -> list[int]:
+    """Indices into ``cache`` of the images to explain (see :class:`ImageChoice`); ``test``: the
+    probe's test relpaths, when the caller has already read them."""
     if choice.ids:
         if choice.k is not None or choice.misclassified:
             raise VlmprobeError("Name images either by --ids or by --images/--misclassified, "
@@ -468,8 +476,7 @@ def choose_images(cache: Cache, probe: LinearProbe, choice: ImageChoice, seed: i
         return [index[r] for r in choice.ids]
     if choice.k is not None and choice.k < 1:
         raise VlmprobeError(f"--images must be >= 1; got {choice.k}.")
-    split = read_split(Path(probe.info["split_file"]))
-    test = {r for r, t in zip(split.relpaths, split.test) if t}
+    test = _test_relpaths(probe) if test is None else test
     pool = np.array([r in test for r in cache.relpaths])
     y, _, _ = cache.label_view(_column(probe.info.get("label_view", "class")))
     if choice.misclassified:
@@ -524,7 +531,8 @@ def _load_probe(cache: Cache, label: str, out: Path | None) -> LinearProbe:
 def _lesion_mask(cache: Cache, i: int, root: Path, size: tuple[int, int]) -> np.ndarray | None:
     """Union of the image's mask files, checked against the image size."""
     lesion = None
-    for m in (m for m in cache.metadata.get("mask_paths", [""] * len(cache.relpaths))[i].split(";") if m):
+    mask_paths = cache.metadata["mask_paths"][i] if "mask_paths" in cache.metadata else ""
+    for m in (m for m in mask_paths.split(";") if m):
         with Image.open(root / m) as im:
             if im.size != size:
                 raise VlmprobeError(f"Mask {root / m} is {im.size[0]} x {im.size[1]} but its image "
@@ -594,7 +602,8 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     widths = [len(p.class_names) for p in heads]
     offsets = np.cumsum([0] + widths)
     box_file = read_box_file(text_box_file) if text_box_file is not None else None
-    picked = choose_images(cache, probes[0], choice, cfg.seed)
+    test = _test_relpaths(probes[0])
+    picked = choose_images(cache, probes[0], choice, cfg.seed, test)
 
     encoder = load_encoder(cache.model, device)
     if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
@@ -605,8 +614,6 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
     std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
     fill_value = (-mean / std).to(encoder.device) if cfg.fill == "black" else None
-    split = read_split(Path(probes[0].info["split_file"]))
-    in_test = dict(zip(split.relpaths, split.test))
     truth = [cache.label_view(_column(label)) for label in labels]
 
     def score_fn(batch):
@@ -647,7 +654,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
             causal = ({f"{name}_auc": v for name, v in deletion_insertion_auc(
                 primary_scores, pixels, maps_in[0], targets[0], replace(cfg, score="softmax"),
                 fill_value, steps=causal_steps).items()} if causal_steps else {})
-            split_name = "test" if in_test.get(rel) else "train"
+            split_name = "test" if rel in test else "train"
             for j, (label, probe) in enumerate(zip(labels, probes)):
                 y, names, _ = truth[j]
                 c = offsets[j] + targets[j]
