@@ -91,3 +91,18 @@ def test_in_order_mapping_refuses_mismatched_checkpoint(tmp_path):
     bad = {f"k{i}": v for i, v in enumerate(swapped.values())}
     with pytest.raises(VlmprobeError, match="does not match"):
         load_state_dict_in_order(model, bad, tmp_path / "w.pth")
+
+
+def test_every_family_refuses_an_unknown_tap_before_loading():
+    from dataclasses import replace
+
+    from vlmprobe.encoders.base import FAMILIES
+    from vlmprobe.registry import load_registry
+
+    by_family = {e.family: e for e in load_registry().values()}
+    assert set(by_family) == set(FAMILIES)
+    for family, cls in FAMILIES.items():
+        entry = replace(by_family[family], tap="nope")
+        with pytest.raises(VlmprobeError, match=f"{family} entry .*tap 'nope' unknown; valid: "
+                                                f"{', '.join(cls.taps)}"):
+            cls(entry).load()

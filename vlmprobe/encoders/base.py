@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Collection
 
 import torch
 
@@ -42,6 +42,8 @@ class Encoder(ABC):
     family: ClassVar[str]
     #: extra packages the family needs, shown in errors when an import fails
     requires: ClassVar[tuple[str, ...]] = ()
+    #: the taps ``_forward`` knows (an entry's ``tap`` must be one), checked before any loading
+    taps: ClassVar[Collection[str]]
 
     def __init__(self, entry: ModelEntry, device: str | torch.device = "cpu"):
         self.entry = entry
@@ -72,6 +74,9 @@ class Encoder(ABC):
 
     # -- shared behaviour ---------------------------------------------------------------------
     def load(self) -> "Encoder":
+        if self.entry.tap not in self.taps:
+            raise VlmprobeError(f"{self.family} entry {self.entry.name!r}: tap "
+                                f"{self.entry.tap!r} unknown; valid: {', '.join(self.taps)}.")
         self.model_ = self._load_model().eval().to(self.device)
         self.transform_ = self._build_transform()
         self.weights_sha256_ = self._weights_sha256()

@@ -40,6 +40,7 @@ class TransformersEncoder(Encoder):
 
     family = "transformers"
     requires = ("transformers",)
+    taps = _TAPS
     #: checkpoint names in the order transformers looks for them
     WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -66,9 +67,6 @@ class TransformersEncoder(Encoder):
 
     def _load_model(self):
         e = self.entry
-        if e.tap not in _TAPS:
-            raise VlmprobeError(f"transformers entry {e.name!r}: tap {e.tap!r} unknown; "
-                                f"valid: {', '.join(_TAPS)}.")
         transformers = import_family_package(self, "transformers")
         cls = getattr(transformers, e.architecture or "", None)
         if cls is None:

@@ -89,6 +89,7 @@ class LlavaTowerEncoder(Encoder):
 
     family = "llava_tower"
     requires = ("transformers", "safetensors")
+    taps = TAPS
 
     @classmethod
     def needed_files(cls, entry):
@@ -153,9 +154,6 @@ class LlavaTowerEncoder(Encoder):
 
     def _load_model(self):
         e = self.entry
-        if e.tap not in TAPS:
-            raise VlmprobeError(f"llava_tower entry {e.name!r}: tap {e.tap!r} unknown; valid: "
-                                f"{', '.join(TAPS)}.")
         transformers = import_family_package(self, "transformers")
         self._files = []  # the shards read, for provenance and tests
         config = _read_json(hub_file(e, e.source, "config.json", e.revision))

@@ -36,6 +36,7 @@ class OpenClipEncoder(Encoder):
 
     family = "open_clip"
     requires = ("open_clip_torch",)
+    taps = ("encode_image",)
 
     @classmethod
     def needed_files(cls, entry):
@@ -76,9 +77,6 @@ class OpenClipEncoder(Encoder):
 
     def _load_model(self):
         e = self.entry
-        if e.tap != "encode_image":
-            raise VlmprobeError(f"open_clip entry {e.name!r}: tap {e.tap!r} unknown; open_clip "
-                                "models offer 'encode_image'.")
         if not e.source.startswith((HF_HUB_PREFIX, TAG_PREFIX)):
             raise VlmprobeError(f"open_clip entry {e.name!r}: source {e.source!r} must read "
                                 "hf-hub:<org>/<repo> or open_clip:<pretrained tag>.")

@@ -57,6 +57,7 @@ def load_state_dict_in_order(model: torch.nn.Module, weights: dict, source: Path
 class TimmEncoder(Encoder):
     family = "timm"
     requires = ("timm",)
+    taps = _TAPS
 
     @classmethod
     def missing_requirement(cls, entry) -> str | None:
@@ -96,9 +97,6 @@ class TimmEncoder(Encoder):
 
         e = self.entry
         kwargs = self._kwargs()
-        if e.tap not in _TAPS:
-            raise VlmprobeError(f"timm entry {e.name!r}: tap {e.tap!r} unknown; valid: "
-                                f"{', '.join(_TAPS)}.")
         if e.source == "random":
             torch.manual_seed(e.seed or 0)
             model = timm.create_model(e.architecture, pretrained=False, **kwargs)

@@ -56,6 +56,7 @@ def _strip_head(model: nn.Module) -> nn.Module:
 class TorchvisionEncoder(Encoder):
     family = "torchvision"
     requires = ("torchvision",)
+    taps = ("pre_logits",)  # the input of the classification head
 
     @classmethod
     def needed_files(cls, entry):
@@ -66,9 +67,6 @@ class TorchvisionEncoder(Encoder):
         import torchvision.models as tvm
 
         e = self.entry
-        if e.tap != "pre_logits":
-            raise VlmprobeError(f"torchvision entry {e.name!r}: tap {e.tap!r} unknown; torchvision "
-                                "models offer 'pre_logits' (the input of the classification head).")
         self._weights = weights_enum(e)
         if e.architecture in tvm.list_models():
             model = tvm.get_model(e.architecture, weights=None, **e.model_kwargs)

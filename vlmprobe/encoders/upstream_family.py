@@ -161,6 +161,7 @@ class UpstreamEncoder(Encoder):
 
     family = "upstream"
     check_notes = (NOT_VERIFIED,)
+    taps = ("encode_image",)  # the upstream image embedding call
 
     @classmethod
     def missing_requirement(cls, entry) -> str | None:
@@ -190,9 +191,6 @@ class UpstreamEncoder(Encoder):
 
     def _load_model(self):
         api, e = _api(self.entry), self.entry
-        if e.tap != "encode_image":
-            raise VlmprobeError(f"upstream entry {e.name!r}: tap {e.tap!r} unknown; these models "
-                                "offer 'encode_image' (the upstream image embedding call).")
         try:
             module = importlib.import_module(_module_name(e))
         except ImportError as err:
