@@ -1,0 +1,47 @@
+"""UMAP speed paths that must still give umap-learn's and scikit-learn's numbers."""
+import numpy as np
+import pytest
+from sklearn.metrics import silhouette_score
+from sklearn.neighbors import VALID_METRICS
+
+from vlmprobe.umap_maps import MATRIX_METRICS, METRICS, _blocked_knn, _pairwise, _silhouette
+
+
+def test_metric_list_is_known_to_both_libraries():
+    from umap.distances import named_distances
+
+    assert set(METRICS) <= set(named_distances) & set(VALID_METRICS["brute"])
+    assert set(MATRIX_METRICS) <= set(METRICS)
+
+
+@pytest.mark.parametrize("metric", MATRIX_METRICS)
+def test_blocked_knn_equals_umap_learns_exact_neighbours(metric):
+    """The exact kNN from matrix products (N >= 4096) = sorting umap-learn's own distances."""
+    from umap.distances import named_distances
+
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(600, 24)) + 3 * rng.normal(size=(4, 24))[rng.integers(0, 4, 600)])
+    X = X.astype(np.float32)
+    d = _pairwise(X, named_distances[metric])
+    np.fill_diagonal(d, -1)
+    ref = np.argsort(d, axis=1, kind="stable")[:, :15]
+    idx, dist = _blocked_knn(X, 15, metric, rows=128)  # several blocks, a ragged last one
+    assert (idx[:, 0] == np.arange(len(X))).all() and (dist[:, 0] == 0).all()
+    assert (idx == ref).mean() > 0.999  # float32 products may swap exact near-ties
+    np.fill_diagonal(d, 0)
+    np.testing.assert_allclose(dist, np.take_along_axis(d, idx, 1), atol=2e-6)
+    X[5] = X[7]  # duplicates: each copy lists itself first, then its twin at distance 0
+    idx, dist = _blocked_knn(X, 3, metric)
+    assert list(idx[5, :2]) == [5, 7] and list(idx[7, :2]) == [7, 5] and dist[5, 1] == 0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "correlation"])
+def test_linear_silhouette_equals_sklearn(metric):
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 400)
+    X = rng.normal(size=(400, 30)) + rng.normal(size=(5, 30))[y]
+    y[3] = 5  # a singleton class scores 0, as in sklearn
+    if metric == "cosine":
+        X[0] = 0  # a zero row: distance 1 to everything
+    assert _silhouette(X, y, metric) == pytest.approx(silhouette_score(X, y, metric=metric),
+                                                      abs=1e-9)
