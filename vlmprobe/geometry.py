@@ -1,6 +1,7 @@
 """Where each model-input pixel comes from in the original image, and back.
 
-The official transforms only resize, pad and crop, so the map is axis-aligned affine:
+The official transforms only resize, pad and crop (``PreprocessCfg.resize``: shortest + centre
+crop, squash, pad_square, longest_pad), so the map is axis-aligned affine:
 ``x_in + 0.5 = (x_orig + 0.5) * scale_x + shift_x`` (pixel centres), likewise for y. RISE runs in
 model-input coordinates; :meth:`InputGeometry.to_original` carries a map back onto the image so
 lesion masks and text boxes drawn in original coordinates can be scored.
@@ -63,6 +64,13 @@ def input_geometry(cfg: PreprocessCfg, width: int, height: int) -> InputGeometry
     out = cfg.image_size
     if cfg.resize == "squash":
         return InputGeometry((width, height), (out, out), (out / width, out / height), (0.0, 0.0))
+    if cfg.resize == "longest_pad":
+        # longer side to ``out``, sizes truncated (as FLAIR's preprocess_image), image at the
+        # top-left of a zero canvas: no crop, the padding is input the image never fills
+        ratio = max(width, height) / out
+        new_w, new_h = int(width / ratio), int(height / ratio)
+        return InputGeometry((width, height), (out, out), (new_w / width, new_h / height),
+                             (0.0, 0.0))
     pad_x = pad_y = 0
     if cfg.resize == "pad_square":
         side = max(width, height)

@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..geometry import InputGeometry
 from ..provenance import sha256_file
 from ..validation import VlmprobeError
 from .base import Encoder, register_family, state_dict_sha256
@@ -214,14 +213,3 @@ class UpstreamEncoder(Encoder):
         if self._weights_file:
             return sha256_file(self._weights_file)
         return state_dict_sha256(self.model_)
-
-    def geometry(self, width: int, height: int):
-        """FLAIR's canvas: longer side to ``image_size`` (sizes truncated, as its
-        ``preprocess_image``), image at the top-left of a zero canvas."""
-        p = self.entry.preprocess
-        if p.resize != "longest_pad":
-            return super().geometry(width, height)
-        scale = max(width, height) / p.image_size
-        new_w, new_h = int(width / scale), int(height / scale)
-        return InputGeometry((width, height), (p.image_size, p.image_size),
-                             (new_w / width, new_h / height), (0.0, 0.0))
