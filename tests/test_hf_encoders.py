@@ -118,3 +118,56 @@ def test_unknown_model_type_is_an_error_naming_the_version(tmp_path, monkeypatch
                    {"config.json": json.dumps({"model_type": "gemma99"}).encode()})
     with pytest.raises(VlmprobeError, match=r"transformers 4\.\d+\.\d+ could not build"):
         load_encoder("medgemma", device="cpu")
+
+
+REMOTE_REGISTRY = """schema_version: 1
+models:
+  tiny_remote:
+    family: transformers
+    architecture: AutoModel
+    source: microsoft/LLM2CLIP-Openai-L-14-336
+    processor_source: openai/clip-vit-large-patch14-336
+    tap: image_embeds
+    embed_dim: 18
+    preprocess: {image_size: 336, resize: shortest, resize_size: 336, interpolation: bicubic, stats: clip}
+    trust_remote_code: %s
+"""
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_extract_runs_remote_code_only_with_the_entry_and_the_user_opt_in(declared, tmp_path,
+                                                                          monkeypatch):
+    """`vlmprobe extract` on LLM2CLIP's layout (tiny, remote modeling file): the entry's
+    trust_remote_code alone is refused with a message naming --trust-remote-code; the flag
+    (or $VLMPROBE_TRUST_REMOTE_CODE=1) allows it; the flag never enables remote code for an
+    entry that does not declare it."""
+    from typer.testing import CliRunner
+
+    from vlmprobe.cli import app
+    from vlmprobe.phantom import make_phantom
+    from vlmprobe.validation import VlmprobeError
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")
+    write_clip_l336(tmp_path / "hub")
+    write_remote_code_repo(tmp_path / "hub", "microsoft/LLM2CLIP-Openai-L-14-336")
+    registry = tmp_path / "remote.yaml"
+    registry.write_text(REMOTE_REGISTRY % str(declared).lower())
+    monkeypatch.setenv("VLMPROBE_REGISTRY", str(registry))
+    monkeypatch.delenv("VLMPROBE_TRUST_REMOTE_CODE", raising=False)
+    root = make_phantom("breastus", tmp_path / "data", n=9, progress=False)
+    cmd = ["extract", "--model", "tiny_remote", "--dataset", "breastus", "--root", str(root),
+           "--out", str(tmp_path / "out"), "--workers", "0", "--device", "cpu"]
+    runner = CliRunner()
+    cache = tmp_path / "out" / "breastus" / "tiny_remote.h5"
+    refused = runner.invoke(app, cmd)
+    assert isinstance(refused.exception, VlmprobeError) and not cache.exists(), refused.output
+    allowed = runner.invoke(app, [*cmd, "--trust-remote-code"])
+    if not declared:  # transformers itself refuses the repo's code: nothing ran, no cache
+        assert "does not declare trust_remote_code" in str(refused.exception)
+        assert isinstance(allowed.exception, VlmprobeError) and not cache.exists()
+        return
+    assert "--trust-remote-code" in str(refused.exception)
+    assert allowed.exit_code == 0 and "Cache written" in allowed.output, allowed.output
+    monkeypatch.setenv("VLMPROBE_TRUST_REMOTE_CODE", "1")  # the environment alternative
+    again = runner.invoke(app, cmd)
+    assert again.exit_code == 0 and "up to date" in again.output, again.output

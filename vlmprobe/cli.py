@@ -233,6 +233,9 @@ def extract(
     fast_decode: bool = typer.Option(False, "--fast-decode", help="Decode JPEGs at a reduced "
                                      "DCT scale that still covers the model's input (faster; "
                                      "embeddings differ slightly, see `cache compare`)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow an entry "
+                                           "that declares trust_remote_code to run its hub "
+                                           "repo's code (or $VLMPROBE_TRUST_REMOTE_CODE=1)."),
 ):
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
@@ -242,7 +245,7 @@ def extract(
     bs = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
     r = run(model, dataset, root=root, out=out, batch_size=bs, device=device,
             num_workers=workers, force=force, precision=precision, shard=shard,
-            fast_decode=fast_decode,
+            fast_decode=fast_decode, trust_remote_code=trust_remote_code or None,
             dataset_options=dataset_options(label_level, classes, size, dicom_window))
     skipped = f", {r.n_skipped} unreadable file(s) skipped and recorded" if r.n_skipped else ""
     console.print(f"Cache {r.status}: {r.path} ({r.n_images} images{skipped})")

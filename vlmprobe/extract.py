@@ -240,13 +240,16 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
             out: str | Path | None = None, batch_size: int | str = 32, device: str = "auto",
             num_workers: int | None = None, force: bool = False, progress: bool = True,
             precision: str = "fp32", shard: str | tuple[int, int] | None = None,
-            fast_decode: bool = False, dataset_options: dict | None = None) -> ExtractResult:
+            fast_decode: bool = False, dataset_options: dict | None = None,
+            trust_remote_code: bool | None = None) -> ExtractResult:
     """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` and returns it.
 
     Re-running after a crash continues from the chunks on disk. ``batch_size="auto"`` picks
     one (see :func:`auto_batch_size`); a resumed run keeps the batch size it started with.
     ``dataset_options``: :func:`~vlmprobe.datasets.load_dataset` choices (size, dicom_window,
     label_level, class_subset), recorded in the cache's dataset entry and key.
+    ``trust_remote_code``: the user's opt-in for entries that declare hub code (None: read
+    ``$VLMPROBE_TRUST_REMOTE_CODE``).
     """
     entry = get_model_entry(model)
     data = load_dataset(dataset, root, **(dataset_options or {}))
@@ -262,7 +265,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     local_rank = os.environ.get("LOCAL_RANK")
     if part and local_rank is not None and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(local_rank) % torch.cuda.device_count()}"  # one GPU per torchrun rank
-    encoder = load_encoder(entry, device)
+    encoder = load_encoder(entry, device, trust_remote_code=trust_remote_code)
     check_precision(precision, encoder.device)
     desc = encoder.describe()
     pre = entry.preprocess

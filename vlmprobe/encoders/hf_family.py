@@ -61,6 +61,12 @@ class TransformersEncoder(Encoder):
         except ValueError as err:  # e.g. a model type this transformers does not know yet
             import transformers
 
+            if "trust_remote_code" in str(err) and not e.trust_remote_code:
+                raise VlmprobeError(
+                    f"{source} ships its own Python code, but registry entry {e.name!r} does not "
+                    "declare trust_remote_code: vlmprobe runs hub code only for entries that "
+                    "declare it (and when you pass --trust-remote-code). Read the repo's code, "
+                    "then set trust_remote_code: true in the entry.") from None
             raise VlmprobeError(f"transformers {transformers.__version__} could not build "
                                 f"{cls.__name__} from {source!r}: {str(err)[:300]}. Check the "
                                 "entry's description for the transformers version it needs.") from None
