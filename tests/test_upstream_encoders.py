@@ -28,7 +28,8 @@ STANDINS = Path(__file__).parent / "upstream_standins"
 CHELSEA = Image.fromarray(chelsea())
 PROJ, TRUNK = 16, 24
 #: entry name -> the width its upstream embedding call gives on the stand-in
-WIDTH = {"conch": TRUNK, "flair": PROJ, "cxrclip": PROJ, "unimedclip": PROJ}
+WIDTH = {"conch": TRUNK, "flair": PROJ, "cxrclip": PROJ, "unimedclip": PROJ,
+         "unimedclip_l14": PROJ}
 
 
 def _bytes(state) -> bytes:
@@ -65,8 +66,10 @@ def env(tmp_path_factory):
             tokenizer.save_pretrained(tmp + "/t")
             write_snapshot(root / "hub", "emilyalsentzer/Bio_ClinicalBERT",
                            {p.name: p.read_bytes() for p in Path(tmp, "t").iterdir()})
-        write_snapshot(root / "hub", "UzairK/unimed-clip-vit-b16",
-                       {"unimed-clip-vit-b16.pt": _bytes(TinyClip().state_dict())})
+        for repo, file in [("UzairK/unimed-clip-vit-b16", "unimed-clip-vit-b16.pt"),
+                           ("UzairK/unimed_clip_vit_l14_base_text_encoder",
+                            "unimed_clip_vit_l14_base_text_encoder.pt")]:
+            write_snapshot(root / "hub", repo, {file: _bytes(TinyClip().state_dict())})
         (root / "weights").mkdir()
         torch.save({"config": {"model": {"name": "clip_custom", "image_encoder": {"name": "resnet"}},
                                "loss": {"cxr_clip": {}}},
@@ -80,7 +83,7 @@ def env(tmp_path_factory):
 
 def _entry(name):
     entry = dataclasses.replace(get_model_entry(name), embed_dim=WIDTH[name])
-    if name == "unimedclip":  # the fork's import name is open_clip; its stand-in has its own
+    if name.startswith("unimedclip"):  # the fork's import name is open_clip; the stand-in's not
         entry = dataclasses.replace(entry, model_kwargs={**entry.model_kwargs,
                                                          "module": "unimed_open_clip_standin"})
     return entry
@@ -158,3 +161,15 @@ def test_check_tells_pypi_open_clip_from_the_unimed_fork(env):
 
     assert "not UniMed-CLIP's fork" in " ".join(check_entry(get_model_entry("unimedclip")).reasons)
     assert "fork" not in " ".join(check_entry(_entry("unimedclip")).reasons)
+
+
+@pytest.mark.parametrize("name, size", [("unimedclip", 224), ("unimedclip_l14", 336)])
+def test_unimedclip_fetches_the_entrys_weights_file(name, size, env):
+    """The .pt named by weights_file, from the hub repo UniMed-CLIP's app.py downloads."""
+    from huggingface_hub import try_to_load_from_cache
+
+    entry = _entry(name)
+    enc = load_encoder(entry, device="cpu")
+    path = try_to_load_from_cache(entry.source.removeprefix("hf_hub:"), entry.weights_file)
+    assert enc.weights_sha256_ == sha256_file(path)
+    assert enc.transform_(CHELSEA).shape == (3, size, size)

@@ -137,8 +137,8 @@ UPSTREAM = {
                          lambda m, x: m.vision_model(x)),
     "cxrclip": UpstreamApi("cxrclip.model", "kakaobrain/cxr-clip@fd9fac5e", _load_cxrclip,
                            lambda m, x: m.image_projection(m.encode_image(x))),
-    "unimedclip": UpstreamApi("open_clip", "mbzuai-oryx/UniMed-CLIP (README usage; commit not "
-                              "checked)", _load_unimedclip, lambda m, x: m.encode_image(x)),
+    "unimedclip": UpstreamApi("open_clip", "mbzuai-oryx/UniMed-CLIP@6f091778", _load_unimedclip,
+                              lambda m, x: m.encode_image(x)),
 }
 
 

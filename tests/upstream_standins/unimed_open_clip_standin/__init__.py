@@ -1,6 +1,7 @@
-"""STAND-IN for UniMed-CLIP's open_clip fork (README usage: ``get_mean_std()``,
-``create_model_and_transforms(..., force_quick_gelu, mean, std, inmem, text_encoder_name)``);
-commit not checked; tiny random model, not UniMed-CLIP. See ../README.md."""
+"""STAND-IN for UniMed-CLIP's open_clip fork (mbzuai-oryx/UniMed-CLIP@6f091778:
+``get_mean_std()`` and the signature of src/open_clip/factory.py's
+``create_model_and_transforms``; the eval transform of its transform.py); tiny random model,
+not UniMed-CLIP. See ../README.md."""
 import torch
 from torchvision import transforms as T
 
@@ -23,9 +24,10 @@ class TinyClip(torch.nn.Module):
         return x / x.norm(dim=-1, keepdim=True) if normalize else x
 
 
-def create_model_and_transforms(model_name, pretrained=None, precision="fp32", device="cpu",
-                                force_quick_gelu=False, mean=None, std=None, inmem=False,
-                                text_encoder_name=None, **kwargs):
+def create_model_and_transforms(model_name, pretrained="", precision="fp32", device="cpu",
+                                jit=False, force_quick_gelu=False, pretrained_image=False,
+                                mean=None, std=None, inmem=False, clip_model="CLIP",
+                                text_encoder_name=None):
     assert force_quick_gelu and text_encoder_name and inmem
     model = TinyClip()
     model.load_state_dict(torch.load(pretrained, map_location="cpu", weights_only=True))
