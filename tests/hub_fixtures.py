@@ -437,23 +437,25 @@ TINY_OPEN_CLIP = {"embed_dim": 20,
                                "layers": 1}}
 
 
-def write_open_clip_repo(cache: Path, repo_id: str, model_cfg: dict, preprocess_cfg: dict | None,
-                         filename: str = "open_clip_pytorch_model.bin") -> HubFixture:
-    """An open_clip weights repo: weights under ``filename``, plus ``open_clip_config.json`` when
-    ``preprocess_cfg`` is given (an ``hf-hub:`` model such as QuiltNet); the repos that
-    open_clip's pretrained tags point at (``timm/vit_base_patch16_clip_224.openai``) hold
-    weights only."""
-    from open_clip.model import CLIP
+def write_open_clip_repo(cache: Path, repo_id: str, model_cfg: dict, preprocess_cfg: dict,
+                         both_files: bool = False) -> HubFixture:
+    """An open_clip hub repo: ``open_clip_config.json`` and the weights as
+    ``open_clip_pytorch_model.bin`` (QuiltNet), or also as ``open_clip_model.safetensors``
+    (``both_files``: the timm/ and laion/ repos open_clip's pretrained tags name). A
+    ``custom_text`` config builds a CustomTextCLIP, as open_clip does."""
+    from open_clip.model import CLIP, CustomTextCLIP
 
     torch.manual_seed(7)
-    model = CLIP(**model_cfg)
-    files = {filename: (_safetensors(model.state_dict()) if filename.endswith(".safetensors")
-                        else _torch_bytes(model.state_dict()))}
-    if preprocess_cfg is not None:
-        files["open_clip_config.json"] = _json({"model_cfg": model_cfg,
-                                                "preprocess_cfg": preprocess_cfg})
+    cfg = dict(model_cfg)
+    model = (CustomTextCLIP if cfg.pop("custom_text", False) else CLIP)(**cfg)
+    files = {"open_clip_config.json": _json({"model_cfg": model_cfg,
+                                             "preprocess_cfg": preprocess_cfg}),
+             "open_clip_pytorch_model.bin": _torch_bytes(model.state_dict())}
+    if both_files:
+        files["open_clip_model.safetensors"] = _safetensors(model.state_dict())
     snapshot = write_snapshot(cache, repo_id, files)
-    return HubFixture(repo_id, snapshot, snapshot / filename, model_cfg["embed_dim"])
+    loaded = "open_clip_model.safetensors" if both_files else "open_clip_pytorch_model.bin"
+    return HubFixture(repo_id, snapshot, snapshot / loaded, model_cfg["embed_dim"])
 
 
 def _torch_bytes(state) -> bytes:
