@@ -115,6 +115,18 @@ def test_remote_code_needs_both_entry_and_user_opt_in(hub):
         check_entry(get_model_entry("llm2clip"), trust_remote_code=True).reasons)
 
 
+def test_check_counts_the_trust_remote_code_flag_and_env(hub, monkeypatch):
+    """`models --check` names the flag until the user passes it (or sets the env var)."""
+    reasons = lambda *flag: " ".join(json.loads(run(  # noqa: E731
+        "models", "--check", "llm2clip", "--json", *flag))[0]["reasons"])
+    assert "pass --trust-remote-code" in reasons()
+    assert "--trust-remote-code" not in reasons("--trust-remote-code")
+    monkeypatch.setenv("VLMPROBE_TRUST_REMOTE_CODE", "1")
+    assert "--trust-remote-code" not in reasons()
+    assert "--trust-remote-code" not in " ".join(  # an entry that does not declare it
+        json.loads(run("models", "--check", "clip_l14_336", "--json"))[0]["reasons"])
+
+
 def test_compare_weights_sees_shared_and_distinct_towers(hub):
     write_clip_l336(hub)
     write_llava_hf(hub)
