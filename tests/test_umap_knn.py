@@ -45,3 +45,13 @@ def test_linear_silhouette_equals_sklearn(metric):
         X[0] = 0  # a zero row: distance 1 to everything
     assert _silhouette(X, y, metric) == pytest.approx(silhouette_score(X, y, metric=metric),
                                                       abs=1e-9)
+
+
+def test_planar_silhouette_equals_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 500)
+    Y = (rng.normal(size=(500, 2)) + 2 * rng.normal(size=(4, 2))[y]).astype(np.float32)
+    y[7] = 9  # a singleton class
+    Y[11] = Y[12]  # a duplicate point
+    assert _silhouette(Y, y, "euclidean") == pytest.approx(
+        silhouette_score(Y, y, metric="euclidean"), abs=1e-6)
