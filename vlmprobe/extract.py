@@ -26,7 +26,7 @@ import torch
 from . import paths
 from .cache import Cache, cache_key, read_cache, read_cache_key, write_cache
 from .chunks import Chunk, WorkDir, WriterLock, chunk_batches
-from .datasets import MEMBER_SEP, ImageDataset, load_dataset, read_image
+from .datasets import ImageDataset, load_dataset
 from .encoders import Encoder, load_encoder
 from .progress import console, progress_bar
 from .provenance import provenance
@@ -34,33 +34,61 @@ from .registry import get_model_entry
 from .validation import VlmprobeError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DRAFT_SUFFIXES = (".jpg", ".jpeg")
 
 
 class _DecodedImages(torch.utils.data.Dataset):
-    """Decode + transform in workers; a failure becomes an error string, not an exception.
+    """Decode + transform in workers; a failure becomes an error string, not an exception."""
 
-    ``draft`` (pixels) lets JPEGs decode at a reduced DCT scale that still covers the model's
-    resize size: the ``--fast-decode`` path, whose cosine to the exact path is measured.
-    """
-
-    def __init__(self, dataset: ImageDataset, transform, draft: int | None = None):
-        self.dataset, self.transform, self.draft = dataset, transform, draft
+    def __init__(self, dataset: ImageDataset, transform):
+        self.dataset, self.transform = dataset, transform
 
     def __len__(self):
         return len(self.dataset)
 
-    def _image(self, i):
-        relpath = self.dataset.samples[i].relpath
-        if self.draft and MEMBER_SEP not in relpath and relpath.lower().endswith(_DRAFT_SUFFIXES):
-            return read_image(self.dataset.root / relpath, draft=self.draft)
-        return self.dataset.load_image(i)
-
     def __getitem__(self, i):
         try:
-            return i, self.transform(self._image(i)), ""
+            return i, self.transform(self.dataset.load_image(i)), ""
         except Exception as e:  # noqa: BLE001 — any decoder error means "unreadable file"
             return i, None, f"{type(e).__name__}: {e}"
+
+
+class FastResize:
+    """``--fast-decode``: the official transform with its first step, a torchvision ``Resize``,
+    done by torch's uint8 antialiased kernel (AVX2) instead of PIL's — same output size rule,
+    same filter, ≈ 1 grey level apart — then the official remaining steps.
+
+    Why not JPEG DCT-scaled (draft) decoding: any pre-reduction before the official antialiased
+    resize (DCT 1/2, ``Image.reduce(2)``, even a bicubic 2x) is a second filter in cascade, and
+    efficientnet_lite0 embeddings moved by cosine 1e-3 (min 0.995-0.998) under it, with 1.5x or
+    3x headroom to the resize size alike; this single-stage path keeps cosine >= 0.99996
+    (benchmarks/RESULTS.md).
+    """
+
+    def __init__(self, resize, rest):
+        self.resize, self.rest = resize, rest
+
+    def __call__(self, image):
+        from torchvision.transforms.v2 import functional as F
+
+        pixels = F.resize(F.pil_to_tensor(image), self.resize.size,
+                          interpolation=self.resize.interpolation,
+                          max_size=self.resize.max_size, antialias=True)
+        return self.rest(F.to_pil_image(pixels))
+
+
+def fast_transform(transform):
+    """:class:`FastResize` over ``transform``, or None when it does not begin with a torchvision
+    bilinear/bicubic ``Resize`` (e.g. a transformers image processor): then there is nothing
+    faithful to speed up and extraction keeps the exact path."""
+    from torchvision import transforms as T
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, T.Compose) or not steps or not isinstance(steps[0], T.Resize):
+        return None
+    modes = (T.InterpolationMode.BILINEAR, T.InterpolationMode.BICUBIC)
+    if steps[0].interpolation not in modes:
+        return None
+    return FastResize(steps[0], T.Compose(steps[1:]))
 
 
 def _collate(items):
@@ -268,11 +296,13 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     encoder = load_encoder(entry, device, trust_remote_code=trust_remote_code)
     check_precision(precision, encoder.device)
     desc = encoder.describe()
-    pre = entry.preprocess
-    draft = max(pre.image_size, pre.resize_size or 0) if fast_decode else None
+    fast = fast_transform(encoder.transform_) if fast_decode else None
+    if fast_decode and fast is None:
+        console.print(f"[yellow]--fast-decode has no effect for {model}[/]: its transform does "
+                      "not start with a torchvision bilinear/bicubic Resize; decoding exactly.")
     pipeline = data.intensity_pipeline  # derived from every sample: compute once
-    if draft:
-        pipeline += f" + fast decode (JPEG DCT-scaled to >= {draft}px)"
+    if fast:
+        pipeline += " + fast decode (first resize by torch's uint8 antialiased kernel)"
     key = cache_key(desc, fingerprint, pipeline, precision)
     for existing in (final, target):
         if existing.exists():
@@ -288,7 +318,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                 raise VlmprobeError(f"{existing} exists but was made from different inputs: {why}. "
                                     "Pass --force to overwrite it, or --out another directory.")
 
-    images = _DecodedImages(data, encoder.transform_, draft)
+    images = _DecodedImages(data, fast or encoder.transform_)
     channels_last = _channels_last(encoder)
     with WriterLock(target):
         for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a writer killed mid-rename
@@ -341,7 +371,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                    "provenance": provenance(stage="extract", batch_size=bs,
                                             device=str(encoder.device), precision=precision,
                                             channels_last=channels_last,
-                                            fast_decode=bool(fast_decode))})
+                                            fast_decode=fast is not None)})
         cache, n_skipped = _assemble(data, [work.read(k) for k in mine], base)
         if not part and not cache.relpaths:
             first_err = cache.skipped["relpath"][0], cache.skipped["error"][0]
