@@ -171,7 +171,7 @@ def main() -> None:
     for name, (transform, draft) in variants.items():
         dec, tf, pixels = decode_ms(sample, transform, draft, args.decode_repeats)
         with one_thread():
-            embs[name] = np.concatenate([encode(encoder, pixels[s:s + args.batch_size])
+            embs[name] = np.concatenate([encode(encoder, pixels[s:s + args.batch_size])[encoder.entry.tap]
                                          for s in range(0, len(pixels), args.batch_size)])
         cos = _cosine(embs["exact"], embs[name])
         total = [d + t for d, t in zip(dec, tf)]

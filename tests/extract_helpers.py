@@ -2,7 +2,8 @@
 
 ``lite0_random_64`` is the registry's efficientnet_lite0 architecture with seeded random weights
 at a 64-pixel input, added the way users add models ($VLMPROBE_REGISTRY), so subprocess tests
-exercise the real load/transform/forward path at a fraction of the 224-pixel cost.
+exercise the real load/transform/forward path at a fraction of the 224-pixel cost;
+``vit_random_64`` (+ ``_cmp``: the same weights, another tap) does the same for a timm ViT.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-MODEL, DATASET = "lite0_random_64", "breastus"
+MODEL, DATASET, VIT = "lite0_random_64", "breastus", "vit_random_64"
 TINY_REGISTRY = f"""schema_version: 1
 models:
   {MODEL}:
@@ -26,6 +27,28 @@ models:
     baseline: true
     licence: apache-2.0
     description: efficientnet_lite0 with seeded random weights at 64 px, for fast extraction tests.
+  {VIT}:
+    family: timm
+    architecture: vit_tiny_patch16_224
+    model_kwargs: {{img_size: 64, depth: 2}}
+    source: random
+    seed: 0
+    tap: pooled
+    embed_dim: 192
+    preprocess: {{image_size: 64, resize: shortest, resize_size: 72, interpolation: bicubic, stats: imagenet}}
+    licence: apache-2.0
+    description: a 2-block ViT-Tiny with seeded random weights at 64 px, for tap tests.
+  {VIT}_cmp:
+    family: timm
+    architecture: vit_tiny_patch16_224
+    model_kwargs: {{img_size: 64, depth: 2}}
+    source: random
+    seed: 0
+    tap: cls_mean_patch
+    embed_dim: 384
+    preprocess: {{image_size: 64, resize: shortest, resize_size: 72, interpolation: bicubic, stats: imagenet}}
+    licence: apache-2.0
+    description: the same ViT with Virchow's tap (CLS + mean of patch tokens).
 """
 
 
@@ -43,11 +66,12 @@ def tiny_model(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def extract_cmd(root: Path, out: Path, batch_size: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "vlmprobe", "extract", "--model", MODEL, "--dataset", DATASET,
+def extract_cmd(root: Path, out: Path, batch_size: int, *extra: str,
+                model: str = MODEL) -> list[str]:
+    return [sys.executable, "-m", "vlmprobe", "extract", "--model", model, "--dataset", DATASET,
             "--root", str(root), "--out", str(out), "--batch-size", str(batch_size),
             "--workers", "0", *extra]
 
 
-def target(out: Path) -> Path:
-    return out / DATASET / f"{MODEL}.h5"
+def target(out: Path, model: str = MODEL) -> Path:
+    return out / DATASET / f"{model}.h5"

@@ -1,8 +1,12 @@
 """The embedding cache: one HDF5 file per (model, dataset). This module alone owns its schema.
 
-Schema version 2 (``/`` is the file root)::
+Schema version 3 (``/`` is the file root)::
 
-    /embeddings          float32 [N, d]   one row per readable image, in ``relpaths`` order
+    /embeddings          float32 [N, d]   one row per readable image, in ``relpaths`` order: the
+                                          registry entry's own tap (``encoder.entry.tap``)
+    /taps/<tap>          float32 [N, d_t] optional: further taps of the same forward pass
+                                          (``extract --tap``), same rows; attribute sha256 (of
+                                          its bytes, checked on read). Absent for one tap.
     /labels              int64   [N]      index into the ``class_names`` attribute
     /relpaths            str     [N]      posix paths relative to the dataset root
     /meta/<column>       str     [N]      per-image metadata (mask paths, manifest columns, ...)
@@ -19,8 +23,11 @@ Schema version 2 (``/`` is the file root)::
            (fp32 | fp16 | bf16), batch_size (the fixed batch boundaries), shard ("" for a whole
            cache, "i/n" for shard i of n: the samples of batches k with k % n == i)
 
-Version 2 added embeddings_sha256, precision, batch_size and shard; version 1 files are still
-read (without the checksum check), but their key differs, so ``extract`` redoes them.
+Version 3 added the optional /taps group (a v3 file with one tap is laid out as a v2 file, and
+keys did not change: v2 caches stay valid). Version 2 added embeddings_sha256, precision,
+batch_size and shard; version 1 files are still read (without the checksum check), but their key
+differs, so ``extract`` redoes them. Stages take one tap at a time: ``read_cache(path, tap=...)``
+puts the chosen tap in ``Cache.embeddings`` (``Cache.tap`` names it).
 The file is written to a temporary name and renamed into place, so a cache that exists is whole;
 how extraction gets there crash-safely is in :mod:`vlmprobe.chunks`.
 """
@@ -29,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -37,8 +44,11 @@ import numpy as np
 
 from .validation import VlmprobeError
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+#: the schema number inside cache keys: bumped only when a request's embeddings change meaning,
+#: not for a layout change that old files still satisfy (v3's optional /taps)
+KEY_SCHEMA = 2
 _STR = h5py.string_dtype()
 
 
@@ -59,6 +69,22 @@ class Cache:
     skipped: dict[str, list[str]] = field(default_factory=lambda: {"relpath": [], "error": []})
     attrs: dict = field(default_factory=dict)  # JSON-decoded extra attributes
     path: Path | None = None
+    taps: dict[str, np.ndarray] = field(default_factory=dict)  # further taps (/taps), by name
+
+    @property
+    def tap(self) -> str | None:
+        """The tap in ``embeddings``: the one picked by :meth:`with_tap`, else the entry's own."""
+        return self.attrs.get("tap") or self.attrs.get("encoder", {}).get("entry", {}).get("tap")
+
+    def with_tap(self, tap: str) -> "Cache":
+        """This cache with ``tap``'s embeddings in ``embeddings`` (for probe/umap/...)."""
+        if tap == self.tap:
+            return self
+        if tap not in self.taps:
+            raise VlmprobeError(f"{self.path}: no tap {tap!r}; it holds "
+                                f"{', '.join([str(self.tap), *self.taps])}. Re-run `vlmprobe "
+                                f"extract --tap {','.join([*self.taps, tap])}` to add it.")
+        return replace(self, embeddings=self.taps[tap], attrs=dict(self.attrs, tap=tap))
 
     @property
     def shard(self) -> str:
@@ -86,12 +112,15 @@ class Cache:
 
 
 def cache_key(encoder_desc: dict, dataset_fingerprint: str, intensity_pipeline: str,
-              precision: str = "fp32") -> str:
-    """What a cache depends on; a request with another key must not be served this cache."""
-    payload = json.dumps({"schema": SCHEMA_VERSION, "encoder": encoder_desc,
-                          "dataset_fingerprint": dataset_fingerprint,
-                          "intensity": intensity_pipeline, "precision": precision},
-                         sort_keys=True, default=str)
+              precision: str = "fp32", taps: list[str] = ()) -> str:
+    """What a cache depends on; a request with another key must not be served this cache.
+    ``taps``: the further taps stored beside the entry's own (none: the key of v2)."""
+    request = {"schema": KEY_SCHEMA, "encoder": encoder_desc,
+               "dataset_fingerprint": dataset_fingerprint, "intensity": intensity_pipeline,
+               "precision": precision}
+    if taps:
+        request["taps"] = sorted(taps)
+    payload = json.dumps(request, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -122,6 +151,11 @@ def write_cache(path: Path, cache: Cache) -> Path:
             skipped = f.create_group("skipped")
             for k in ("relpath", "error"):
                 skipped.create_dataset(k, data=cache.skipped[k], dtype=_STR)
+            if cache.taps:
+                taps = f.create_group("taps")
+                for name, emb in cache.taps.items():
+                    taps.create_dataset(name, data=np.asarray(emb, np.float32)).attrs[
+                        "sha256"] = embeddings_sha256(emb)
             f.attrs.update({"schema_version": SCHEMA_VERSION, "model": cache.model,
                             "dataset": cache.dataset, "class_names": json.dumps(cache.class_names),
                             "dataset_fingerprint": cache.dataset_fingerprint,
@@ -148,8 +182,22 @@ _CORE_ATTRS = {"schema_version", "model", "dataset", "class_names", "dataset_fin
                "cache_key", "embed_dim", "embeddings_sha256"}
 
 
-def read_cache(path: str | Path) -> Cache:
-    path = Path(path)
+def _checked(path: Path, ds) -> np.ndarray:
+    emb = ds[()]
+    if embeddings_sha256(emb) != str(ds.attrs["sha256"]):
+        raise VlmprobeError(f"{path} is corrupt: its {ds.name} embeddings do not match their "
+                            "checksum. Delete it and re-run `vlmprobe extract`.")
+    return emb
+
+
+def read_cache(path: str | Path, tap: str | None = None) -> Cache:
+    """The cache at ``path``; ``tap`` picks one of its taps for ``embeddings`` (see
+    :meth:`Cache.with_tap`), None the entry's own."""
+    cache = _read(Path(path))
+    return cache.with_tap(tap) if tap else cache
+
+
+def _read(path: Path) -> Cache:
     try:
         with h5py.File(path, "r") as f:
             version = int(f.attrs.get("schema_version", -1))
@@ -174,7 +222,7 @@ def read_cache(path: str | Path) -> Cache:
                        "digest": _strings(f["files/digest"])},
                 skipped={k: _strings(f["skipped"][k]) for k in ("relpath", "error")},
                 attrs={k: json.loads(v) for k, v in f.attrs.items() if k not in _CORE_ATTRS},
-                path=path,
+                path=path, taps={name: _checked(path, ds) for name, ds in f.get("taps", {}).items()},
             )
     except (OSError, KeyError, ValueError, RuntimeError) as e:  # h5py's ways of saying "damaged"
         raise VlmprobeError(f"{path} is not a readable vlmprobe cache ({e}). Delete it and re-run "

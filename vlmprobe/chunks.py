@@ -9,7 +9,8 @@ Work directory ``.<cache name>.work/`` beside the target cache::
 
     manifest.json         what the chunks are of: cache key, sample count, batch size, shard
     chunk-000012.bin      chunk 12 = samples [12*B, 13*B): MAGIC + npz(idx, embeddings,
-                          failed_idx, failed_error) + sha256 of the npz bytes
+                          failed_idx, failed_error, tap/<name> per extra tap) + sha256 of
+                          the npz bytes
 
 Chunk boundaries are fixed by the batch size in the manifest, so a resumed run encodes exactly
 the batches an uninterrupted one would, and the cache is bitwise identical.
@@ -23,7 +24,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,7 @@ class Chunk:
     embeddings: np.ndarray  # float32 [b, d]
     failed_idx: np.ndarray  # int64 [k]
     failed_error: list[str]
+    taps: dict[str, np.ndarray] = field(default_factory=dict)  # extra taps, float32 [b, d_tap]
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
@@ -92,7 +94,8 @@ def encode_chunk(chunk: Chunk) -> bytes:
     np.savez(buf, idx=np.asarray(chunk.idx, np.int64),
              embeddings=np.asarray(chunk.embeddings, np.float32),
              failed_idx=np.asarray(chunk.failed_idx, np.int64),
-             failed_error=np.asarray(chunk.failed_error, dtype=str))
+             failed_error=np.asarray(chunk.failed_error, dtype=str),
+             **{f"tap/{t}": np.asarray(e, np.float32) for t, e in chunk.taps.items()})
     payload = buf.getvalue()
     return MAGIC + payload + hashlib.sha256(payload).digest()
 
@@ -110,7 +113,8 @@ def decode_chunk(path: Path) -> Chunk:
                             "the same command to recompute that chunk.")
     with np.load(io.BytesIO(payload)) as z:
         return Chunk(z["idx"], z["embeddings"], z["failed_idx"],
-                     [str(s) for s in z["failed_error"]])
+                     [str(s) for s in z["failed_error"]],
+                     {k.removeprefix("tap/"): z[k] for k in z.files if k.startswith("tap/")})
 
 
 class WorkDir:

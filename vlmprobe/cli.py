@@ -237,6 +237,10 @@ def extract(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow an entry "
                                            "that declares trust_remote_code to run its hub "
                                            "repo's code (or $VLMPROBE_TRUST_REMOTE_CODE=1)."),
+    tap: Optional[str] = typer.Option(None, "--tap", help="Further taps of the same forward "
+                                      "pass, comma-separated, as the family names them (e.g. "
+                                      "pooled,cls_mean_patch for a timm ViT); stored beside the "
+                                      "entry's own tap (/taps/<tap>)."),
 ):
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
@@ -247,7 +251,7 @@ def extract(
     r = run(model, dataset, root=root, out=out, batch_size=bs, device=device,
             num_workers=workers, force=force, precision=precision, shard=shard,
             fast_decode=fast_decode, trust_remote_code=trust_remote_code or None,
-            dataset_options=dataset_options(label_level, classes, size, dicom_window))
+            dataset_options=dataset_options(label_level, classes, size, dicom_window), taps=tap)
     skipped = f", {r.n_skipped} unreadable file(s) skipped and recorded" if r.n_skipped else ""
     console.print(f"Cache {r.status}: {r.path} ({r.n_images} images{skipped})")
     if r.merged:

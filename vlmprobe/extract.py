@@ -161,27 +161,30 @@ def _channels_last(encoder: Encoder) -> bool:
     return False
 
 
-def _forward(encoder: Encoder, pixels: torch.Tensor, precision: str,
-             channels_last: bool) -> np.ndarray:
+def _forward(encoder: Encoder, pixels: torch.Tensor, precision: str, channels_last: bool,
+             taps: list[str] | None = None) -> dict[str, np.ndarray]:
     if channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     with _autocast(encoder.device, precision):
-        return encoder.encode_images(pixels).float().cpu().numpy()
+        feats = encoder.encode_taps(pixels, taps or [encoder.entry.tap])
+    return {t: f.float().cpu().numpy() for t, f in feats.items()}
 
 
 def encode(encoder: Encoder, pixels: torch.Tensor, precision: str = "fp32",
-           channels_last: bool = False) -> np.ndarray:
-    """One batch at ``precision``; a GPU out-of-memory splits the batch instead of crashing."""
+           channels_last: bool = False, taps: list[str] | None = None) -> dict[str, np.ndarray]:
+    """One batch at ``precision``: tap name -> float32 [B, d] for ``taps`` (default: the entry's
+    tap), from one forward pass; a GPU out-of-memory splits the batch instead of crashing."""
     try:
-        return _forward(encoder, pixels, precision, channels_last)
+        return _forward(encoder, pixels, precision, channels_last, taps)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         if len(pixels) == 1:
             raise VlmprobeError(f"One image does not fit in GPU memory with {encoder.entry.name}; "
                                 "use --precision bf16 or --device cpu.") from None
         half = len(pixels) // 2
-        return np.concatenate([encode(encoder, pixels[:half], precision, channels_last),
-                               encode(encoder, pixels[half:], precision, channels_last)])
+        a, b = (encode(encoder, part, precision, channels_last, taps)
+                for part in (pixels[:half], pixels[half:]))
+        return {t: np.concatenate([a[t], b[t]]) for t in a}
 
 
 def auto_batch_size(encoder: Encoder, sample: torch.Tensor, precision: str = "fp32",
@@ -224,9 +227,12 @@ def _first_sample(images: _DecodedImages) -> torch.Tensor:
 
 
 def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeline: str,
-                          precision: str) -> str:
+                          precision: str, extra_taps: list[str]) -> str:
     old = read_cache(path)
     reasons = []
+    if sorted(old.taps) != sorted(extra_taps):
+        reasons.append(f"further taps {sorted(old.taps) or 'none'} -> "
+                       f"{sorted(extra_taps) or 'none'}")
     if "precision" not in old.attrs:
         reasons.append("written by an older vlmprobe (cache schema 1)")
     if old.dataset_fingerprint != fingerprint:
@@ -251,6 +257,7 @@ def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cach
     skipped = [(int(i), e) for c in chunks for i, e in zip(c.failed_idx, c.failed_error)]
     dim = base["attrs"]["encoder"]["entry"]["embed_dim"]
     emb = [c.embeddings for c in chunks if len(c.idx)]
+    taps = {t: np.concatenate([c.taps[t] for c in chunks]) for t in chunks[0].taps} if chunks else {}
     cache = Cache(
         embeddings=(np.concatenate(emb).astype(np.float32) if emb
                     else np.zeros((0, dim), np.float32)),
@@ -259,7 +266,7 @@ def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cach
         metadata={col: [data.samples[i].metadata.get(col, "") for i in order]
                   for col in data.metadata_columns},
         skipped={"relpath": [relpaths[i] for i, _ in skipped], "error": [e for _, e in skipped]},
-        **base,
+        taps=taps, **base,
     )
     return cache, len(skipped)
 
@@ -269,7 +276,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
             num_workers: int | None = None, force: bool = False, progress: bool = True,
             precision: str = "fp32", shard: str | tuple[int, int] | None = None,
             fast_decode: bool = False, dataset_options: dict | None = None,
-            trust_remote_code: bool | None = None) -> ExtractResult:
+            trust_remote_code: bool | None = None,
+            taps: str | list[str] | None = None) -> ExtractResult:
     """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` and returns it.
 
     Re-running after a crash continues from the chunks on disk. ``batch_size="auto"`` picks
@@ -278,6 +286,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     label_level, class_subset), recorded in the cache's dataset entry and key.
     ``trust_remote_code``: the user's opt-in for entries that declare hub code (None: read
     ``$VLMPROBE_TRUST_REMOTE_CODE``).
+    ``taps``: further taps (the family's names, a list or "a,b") computed in the same forward
+    pass as the entry's own and stored beside it (``/taps/<tap>``, see :mod:`vlmprobe.cache`).
     """
     entry = get_model_entry(model)
     data = load_dataset(dataset, root, **(dataset_options or {}))
@@ -303,7 +313,10 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     pipeline = data.intensity_pipeline  # derived from every sample: compute once
     if fast:
         pipeline += " + fast decode (first resize by torch's uint8 antialiased kernel)"
-    key = cache_key(desc, fingerprint, pipeline, precision)
+    if isinstance(taps, str):
+        taps = [t.strip() for t in taps.split(",") if t.strip()]
+    extra_taps = [t for t in dict.fromkeys(taps or []) if t != entry.tap]
+    key = cache_key(desc, fingerprint, pipeline, precision, extra_taps)
     for existing in (final, target):
         if existing.exists():
             old_key = read_cache_key(existing)
@@ -313,13 +326,19 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                 return ExtractResult(existing, "up to date", len(old.relpaths),
                                      len(old.skipped["relpath"]))
             if not force:
-                why = (_explain_key_mismatch(existing, encoder, fingerprint, pipeline, precision)
+                why = (_explain_key_mismatch(existing, encoder, fingerprint, pipeline, precision,
+                                             extra_taps)
                        if old_key is not None else "it is not a readable cache")
                 raise VlmprobeError(f"{existing} exists but was made from different inputs: {why}. "
                                     "Pass --force to overwrite it, or --out another directory.")
 
     images = _DecodedImages(data, fast or encoder.transform_)
     channels_last = _channels_last(encoder)
+    all_taps = [entry.tap, *extra_taps]
+    dims = {entry.tap: entry.embed_dim}
+    if extra_taps:  # one image through every tap now: an unsupported tap fails before any work
+        one = encode(encoder, _first_sample(images)[None], precision, channels_last, all_taps)
+        dims = {t: e.shape[1] for t, e in one.items()}
     with WriterLock(target):
         for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a writer killed mid-rename
             stale.unlink()
@@ -351,11 +370,13 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
         with progress_bar(f"extract {model} / {dataset}", sum(map(len, batches)),
                           enabled=progress) as advance:
             for idx, pixels, failed, first in loader:
-                emb = (encode(encoder, pixels, precision, channels_last) if pixels is not None
-                       else np.zeros((0, entry.embed_dim), np.float32))
-                work.write(first // bs, Chunk(np.array(idx, np.int64), emb,
+                emb = (encode(encoder, pixels, precision, channels_last, all_taps)
+                       if pixels is not None
+                       else {t: np.zeros((0, d), np.float32) for t, d in dims.items()})
+                work.write(first // bs, Chunk(np.array(idx, np.int64), emb[entry.tap],
                                               np.array([j for j, _ in failed], np.int64),
-                                              [e for _, e in failed]))
+                                              [e for _, e in failed],
+                                              {t: emb[t] for t in extra_taps}))
                 advance(len(idx) + len(failed))
 
         phantom_file = data.root / "phantom.json"
@@ -456,6 +477,8 @@ def merge_shards(shard_files: list[str | Path], target: str | Path | None = None
         dataset_fingerprint=first.dataset_fingerprint, cache_key=first.cache_key,
         files=first.files,
         attrs=dict(first.attrs, shard="", merged_from=[p.name for p in files]),
+        taps={t: np.stack([shards[s].taps[t][j] for _, s, j in rows]).astype(np.float32)
+              for t in first.taps},
     )
     target = Path(target) if target else files[0].with_name(files[0].name.split(".shard-")[0])
     with contextlib.nullcontext() if locked else WriterLock(target):

@@ -62,6 +62,16 @@ class Encoder(ABC):
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """The tap named by ``entry.tap``: pixels [B, 3, H, W] -> features [B, d]."""
 
+    def _forward_taps(self, pixels: torch.Tensor, taps: list[str]) -> dict[str, torch.Tensor]:
+        """Several taps from one forward pass. Families whose taps share a pass override this;
+        by default a model gives its entry's tap only."""
+        if taps != [self.entry.tap]:
+            raise VlmprobeError(f"{self.family} models give one tap per forward pass; "
+                                f"{self.entry.name!r} gives {self.entry.tap!r}, not "
+                                f"{', '.join(t for t in taps if t != self.entry.tap)}. Add a "
+                                "registry entry per tap instead.")
+        return {self.entry.tap: self._forward(pixels)}
+
     @abstractmethod
     def _weights_sha256(self) -> str:
         """sha256 of the weights file loaded (or of the state dict when there is no file)."""
@@ -96,15 +106,27 @@ class Encoder(ABC):
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocessed pixels [B, 3, H, W] -> float32 embeddings [B, d] on the model's device."""
+        return self.encode_taps(pixels, [self.entry.tap])[self.entry.tap]
+
+    @torch.no_grad()
+    def encode_taps(self, pixels: torch.Tensor, taps: list[str]) -> dict[str, torch.Tensor]:
+        """float32 [B, d_tap] for each of ``taps`` (the family's names), from one forward pass."""
         if not hasattr(self, "model_"):
             raise VlmprobeError(f"Encoder {self.entry.name!r} is not loaded; call .load() first.")
-        feats = self._forward(pixels.to(self.device, non_blocking=True)).float()
-        if feats.ndim != 2 or feats.shape[1] != self.entry.embed_dim:
-            raise VlmprobeError(
-                f"Model {self.entry.name!r} tap {self.entry.tap!r} gave features of shape "
-                f"{tuple(feats.shape)}, but the registry says embed_dim={self.entry.embed_dim}. "
-                "Fix embed_dim or tap in the registry entry."
-            )
+        unknown = [t for t in taps if t not in self.taps]
+        if unknown:
+            raise VlmprobeError(f"{self.family} model {self.entry.name!r}: tap(s) "
+                                f"{', '.join(unknown)} unknown; valid: {', '.join(self.taps)}.")
+        out = self._forward_taps(pixels.to(self.device, non_blocking=True), list(taps))
+        feats = {t: out[t].float() for t in taps}
+        for t, f in feats.items():
+            dim = self.entry.embed_dim if t == self.entry.tap else None  # the registry's own tap
+            if f.ndim != 2 or (dim is not None and f.shape[1] != dim):
+                raise VlmprobeError(
+                    f"Model {self.entry.name!r} tap {t!r} gave features of shape "
+                    f"{tuple(f.shape)}, but the registry says embed_dim={dim} (taps other than "
+                    "the entry's must give [batch, d]). Fix embed_dim or tap in the registry "
+                    "entry.")
         return feats
 
     def describe(self) -> dict:

@@ -152,6 +152,10 @@ class TimmEncoder(Encoder):
     def _forward(self, pixels):
         return _TAPS[self.entry.tap](self.model_, self.model_.forward_features(pixels))
 
+    def _forward_taps(self, pixels, taps):
+        tokens = self.model_.forward_features(pixels)  # every tap reads these: one pass for all
+        return {t: _TAPS[t](self.model_, tokens) for t in taps}
+
     def _weights_sha256(self):
         if self._weights_path is not None:
             return sha256_file(self._weights_path)

@@ -1,0 +1,88 @@
+"""Several taps in one forward pass (``extract --tap``), stored beside the entry's own tap."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import h5py
+import pytest
+
+from extract_helpers import DATASET, VIT, extract_cmd, target, tiny_model  # noqa: F401
+from vlmprobe.cache import read_cache
+from vlmprobe.chunks import WorkDir
+from vlmprobe.extract import extract
+from vlmprobe.validation import VlmprobeError
+
+CMP = "cls_mean_patch"
+
+
+def _run(model, root, out, **kw):
+    return extract(model, DATASET, root=root, out=out, batch_size=4, num_workers=0,
+                   progress=False, **kw)
+
+
+def test_each_tap_of_one_pass_equals_its_single_tap_extraction(tiny_busi, tiny_model, tmp_path):
+    multi = _run(VIT, tiny_busi, tmp_path / "multi", taps=f"pooled,{CMP}")
+    both = read_cache(multi.path)
+    with h5py.File(multi.path) as f:
+        assert f.attrs["schema_version"] == 3 and list(f["taps"]) == [CMP]
+    assert both.tap == "pooled" and list(both.taps) == [CMP] and both.embed_dim == 192
+    single = read_cache(_run(VIT, tiny_busi, tmp_path / "single").path)
+    assert single.taps == {} and single.tap == "pooled"
+    assert single.embeddings.tobytes() == both.embeddings.tobytes()  # bitwise
+    # the same weights with the other tap as the entry's own, extracted alone
+    alone = read_cache(_run(f"{VIT}_cmp", tiny_busi, tmp_path / "cmp").path)
+    assert alone.embeddings.shape == (len(both.relpaths), 384)
+    assert alone.embeddings.tobytes() == both.taps[CMP].tobytes()
+    picked = read_cache(multi.path, tap=CMP)  # what probe/umap get with --tap
+    assert picked.tap == CMP and picked.embed_dim == 384
+    assert picked.embeddings.tobytes() == alone.embeddings.tobytes()
+    assert picked.relpaths == single.relpaths
+    with pytest.raises(VlmprobeError, match="no tap 'mean_tokens'.*holds pooled, cls_mean_patch"):
+        read_cache(multi.path, tap="mean_tokens")
+    # the taps are part of the key: same request is up to date, another is refused with why
+    assert _run(VIT, tiny_busi, tmp_path / "multi", taps=[CMP]).status == "up to date"
+    assert single.cache_key != both.cache_key
+    with pytest.raises(VlmprobeError, match=r"further taps \['cls_mean_patch'\] -> none"):
+        _run(VIT, tiny_busi, tmp_path / "multi")
+    with pytest.raises(VlmprobeError, match=r"tap\(s\) nope unknown; valid: pooled, cls_mean_patch"):
+        _run(VIT, tiny_busi, tmp_path / "bad", taps="nope")
+
+
+def test_shards_with_taps_merge_into_the_single_process_cache(tiny_busi, tiny_model, tmp_path):
+    whole = read_cache(_run(VIT, tiny_busi, tmp_path / "whole", taps=CMP).path)
+    for i in range(2):
+        r = _run(VIT, tiny_busi, tmp_path / "sharded", taps=CMP, shard=f"{i}/2")
+    merged = read_cache(r.merged)
+    assert merged.relpaths == whole.relpaths
+    assert merged.embeddings.tobytes() == whole.embeddings.tobytes()
+    assert merged.taps[CMP].tobytes() == whole.taps[CMP].tobytes()
+
+
+@pytest.mark.slow
+def test_sigkill_with_taps_then_rerun_is_bitwise_identical(tiny_busi, tiny_model, tmp_path):
+    ref = read_cache(extract(VIT, DATASET, root=tiny_busi, out=tmp_path / "ref", batch_size=2,
+                             num_workers=0, progress=False, taps=CMP).path)
+    out = tmp_path / "out"
+    cmd = extract_cmd(tiny_busi, out, 2, "--tap", CMP, model=VIT)
+    work = WorkDir(target(out, VIT))
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(work.done()) < 3:
+            assert p.poll() is None, p.stderr.read().decode()
+            assert time.monotonic() < deadline, "extract made no progress"
+            time.sleep(0.001)
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait()
+    assert p.returncode == -signal.SIGKILL and not target(out, VIT).exists()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Resuming:" in done.stderr
+    again = read_cache(target(out, VIT))
+    assert again.cache_key == ref.cache_key and again.relpaths == ref.relpaths
+    assert again.embeddings.tobytes() == ref.embeddings.tobytes()
+    assert again.taps[CMP].tobytes() == ref.taps[CMP].tobytes()
