@@ -167,3 +167,11 @@ def test_coordinates_do_not_depend_on_jobs(grid_run, tmp_path):
         name = f"toy.{cfg.tag()}.npz"
         np.testing.assert_array_equal(np.load(folder / name)["coords"],
                                       np.load(tmp_path / "umap" / name)["coords"])
+
+
+def test_fast_is_in_the_tags_instead_of_the_seed():
+    grid = UmapGrid.parse("cosine", "5", "0.1", 3, fast=True)
+    assert grid.tag() == "cosine-nn5-md0.1-fast"
+    assert grid.configs() == [UmapConfig(n_neighbors=5, seed=3, fast=True)]
+    assert grid.configs()[0].tag() == "cosine-nn5-md0.1-fast"
+    assert UmapGrid.single(UmapConfig(fast=True)).fast and UmapConfig().tag().endswith("-seed0")

@@ -81,9 +81,19 @@ class UmapConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     seed: int = 0
+    fast: bool = False  # --fast: umap-learn unseeded (multi-threaded, not reproducible)
 
     def tag(self) -> str:
-        return f"{self.metric}-nn{self.n_neighbors}-md{self.min_dist:g}-seed{self.seed}"
+        return f"{self.metric}-nn{self.n_neighbors}-md{self.min_dist:g}-{_seed_tag(self)}"
+
+
+def _seed_tag(cfg) -> str:
+    return "fast" if cfg.fast else f"seed{cfg.seed}"
+
+
+def seed_text(cfg) -> str:
+    """For figure titles (a UmapConfig or UmapGrid): the seed, or that there is none."""
+    return "unseeded (--fast)" if cfg.fast else f"seed={cfg.seed}"
 
 
 @dataclass(frozen=True)
@@ -94,28 +104,29 @@ class UmapGrid:
     n_neighbors: tuple[int, ...] = (5, 15, 50)
     min_dist: tuple[float, ...] = (0.0, 0.1, 0.5)
     seed: int = 0
+    fast: bool = False
 
     @classmethod
     def parse(cls, metric: str, n_neighbors: str | None, min_dist: str | None,
-              seed: int) -> UmapGrid:
+              seed: int, fast: bool = False) -> UmapGrid:
         """From the CLI's comma lists; an option left out takes the default grid's values."""
         nn = _numbers(n_neighbors, int, "--n-neighbors") if n_neighbors else cls.n_neighbors
         md = _numbers(min_dist, float, "--min-dist") if min_dist else cls.min_dist
-        return cls(metric=metric, n_neighbors=nn, min_dist=md, seed=seed)
+        return cls(metric=metric, n_neighbors=nn, min_dist=md, seed=seed, fast=fast)
 
     @classmethod
     def single(cls, cfg: UmapConfig) -> UmapGrid:
-        return cls(cfg.metric, (cfg.n_neighbors,), (cfg.min_dist,), cfg.seed)
+        return cls(cfg.metric, (cfg.n_neighbors,), (cfg.min_dist,), cfg.seed, cfg.fast)
 
     def configs(self) -> list[UmapConfig]:
         """Row-major: n_neighbors down the grid figure, min_dist across."""
-        return [UmapConfig(self.metric, nn, md, self.seed)
+        return [UmapConfig(self.metric, nn, md, self.seed, self.fast)
                 for nn in self.n_neighbors for md in self.min_dist]
 
     def tag(self) -> str:
         nn = "_".join(str(v) for v in self.n_neighbors)
         md = "_".join(f"{v:g}" for v in self.min_dist)
-        return f"{self.metric}-nn{nn}-md{md}-seed{self.seed}"
+        return f"{self.metric}-nn{nn}-md{md}-{_seed_tag(self)}"
 
 
 def _numbers(text: str, kind, option: str) -> tuple:
