@@ -55,3 +55,20 @@ def test_planar_silhouette_equals_sklearn():
     Y[11] = Y[12]  # a duplicate point
     assert _silhouette(Y, y, "euclidean") == pytest.approx(
         silhouette_score(Y, y, metric="euclidean"), abs=1e-6)
+
+
+def test_fast_maps_are_unseeded_and_saved_apart(tmp_path):
+    from vlmprobe.cache import Cache
+    from vlmprobe.umap_maps import UmapGrid, grid_coords
+
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(2), 40)
+    X = (rng.normal(size=(80, 8)) + 5 * rng.normal(size=(2, 8))[y]).astype(np.float32)
+    cache = Cache(embeddings=X, labels=y, relpaths=[f"{i}.png" for i in range(80)],
+                  class_names=["a", "b"], model="toy", dataset="toyset", dataset_fingerprint="f",
+                  cache_key="k", path=tmp_path / "toy.h5")
+    grid = UmapGrid(n_neighbors=(5,), min_dist=(0.1,), fast=True)
+    (coords,) = grid_coords(cache, grid, log=lambda *_: None)
+    assert coords.shape == (80, 2) and np.isfinite(coords).all()
+    saved = np.load(tmp_path / "umap" / "toy.cosine-nn5-md0.1-fast.npz")
+    assert '"fast": true' in str(saved["config"])

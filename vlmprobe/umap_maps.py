@@ -236,15 +236,20 @@ def _pairwise(X, dist):
 
 
 def fit_map(X: np.ndarray, cfg: UmapConfig, knn: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Fit one configuration on the first ``cfg.n_neighbors`` columns of a shared kNN graph."""
+    """Fit one configuration on the first ``cfg.n_neighbors`` columns of a shared kNN graph.
+
+    ``cfg.fast``: no seed, so umap-learn runs its layout on every core (not reproducible).
+    """
     import umap  # umap-learn; imported late, numba compilation is slow
 
     k = cfg.n_neighbors  # copies: umap-learn writes into the graph it is given, which may be
     sliced = (knn[0][:, :k].copy(), knn[1][:, :k].copy())  # shared or joblib's read-only memmap
     reducer = umap.UMAP(n_neighbors=k, min_dist=cfg.min_dist, metric=cfg.metric,
-                        random_state=cfg.seed, n_components=2, n_jobs=1, precomputed_knn=sliced)
+                        random_state=None if cfg.fast else cfg.seed, n_components=2,
+                        n_jobs=-1 if cfg.fast else 1, precomputed_knn=sliced)
     with warnings.catch_warnings():  # no search index: vlmprobe never calls transform()
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        warnings.filterwarnings("ignore", message="n_jobs value 1 overridden")  # it is 1 anyway
         return reducer.fit_transform(X).astype(np.float32)
 
 
@@ -281,7 +286,8 @@ def grid_coords(cache: Cache, grid: UmapGrid, out: Path | None = None, jobs: int
     knn = knn_graph(X, max(configs[i].n_neighbors for i in todo), grid.metric, grid.seed)
     log(f"{cache.model} / {cache.dataset}: kNN graph (k={knn[0].shape[1]}, N={len(X)}) in "
         f"{time.perf_counter() - t0:.1f} s; fitting {len(todo)} of {len(configs)} maps")
-    fits = Parallel(n_jobs=min(jobs, len(todo)), return_as="generator")(
+    jobs = 1 if grid.fast else min(jobs, len(todo))  # unseeded, each fit uses every core
+    fits = Parallel(n_jobs=jobs, return_as="generator")(
         delayed(fit_map)(X, configs[i], knn) for i in todo)
     for i, c in zip(todo, fits):
         coords[i], path = c, _coords_path(cache, configs[i], out)
