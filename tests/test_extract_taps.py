@@ -86,3 +86,26 @@ def test_sigkill_with_taps_then_rerun_is_bitwise_identical(tiny_busi, tiny_model
     assert again.cache_key == ref.cache_key and again.relpaths == ref.relpaths
     assert again.embeddings.tobytes() == ref.embeddings.tobytes()
     assert again.taps[CMP].tobytes() == ref.taps[CMP].tobytes()
+
+
+@pytest.mark.slow  # ~1 min: UMAP's numba compile and a probe on this 2-core machine
+def test_probe_and_umap_pick_a_tap(tiny_busi, tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmprobe.cli import app
+
+    path = _run(VIT, tiny_busi, tmp_path / "c", taps=CMP).path
+
+    def run(*args):
+        r = CliRunner().invoke(app, [*args, str(path), "--out", str(tmp_path / "o")],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+
+    run("probe", "--tap", "all", "--solver", "fast", "--repeats", "1", "--t-grid", "1",
+        "--bootstrap", "10")
+    probes = tmp_path / "o" / DATASET / "probe"
+    assert {p.name for p in probes.glob("*.json")} == {f"{VIT}.json", f"{VIT}@{CMP}.json"}
+    assert f"{VIT}@{CMP}" in (tmp_path / "o" / "probe_results.csv").read_text()
+    run("umap", "--tap", CMP, "--n-neighbors", "5", "--min-dist", "0.1")
+    maps = list((tmp_path / "o" / DATASET / "umap").glob("*.npz"))
+    assert [p.name for p in maps] == [f"{VIT}@{CMP}.cosine-nn5-md0.1-seed0.npz"]

@@ -27,7 +27,8 @@ Version 3 added the optional /taps group (a v3 file with one tap is laid out as 
 keys did not change: v2 caches stay valid). Version 2 added embeddings_sha256, precision,
 batch_size and shard; version 1 files are still read (without the checksum check), but their key
 differs, so ``extract`` redoes them. Stages take one tap at a time: ``read_cache(path, tap=...)``
-puts the chosen tap in ``Cache.embeddings`` (``Cache.tap`` names it).
+puts the chosen tap in ``Cache.embeddings`` (``Cache.tap`` names it) and names the cache
+``<model>@<tap>``; ``probe --tap`` and ``umap --tap`` (a name or ``all``) use it.
 The file is written to a temporary name and renamed into place, so a cache that exists is whole;
 how extraction gets there crash-safely is in :mod:`vlmprobe.chunks`.
 """
@@ -77,14 +78,25 @@ class Cache:
         return self.attrs.get("tap") or self.attrs.get("encoder", {}).get("entry", {}).get("tap")
 
     def with_tap(self, tap: str) -> "Cache":
-        """This cache with ``tap``'s embeddings in ``embeddings`` (for probe/umap/...)."""
+        """This cache with ``tap``'s embeddings in ``embeddings``, named ``<model>@<tap>`` so
+        that stage outputs and table rows of two taps stay apart (the entry's tap: unchanged)."""
         if tap == self.tap:
             return self
         if tap not in self.taps:
             raise VlmprobeError(f"{self.path}: no tap {tap!r}; it holds "
                                 f"{', '.join([str(self.tap), *self.taps])}. Re-run `vlmprobe "
                                 f"extract --tap {','.join([*self.taps, tap])}` to add it.")
-        return replace(self, embeddings=self.taps[tap], attrs=dict(self.attrs, tap=tap))
+        return replace(self, embeddings=self.taps[tap], model=f"{self.model}@{tap}",
+                       attrs=dict(self.attrs, tap=tap))
+
+    def tap_views(self, tap: str | None) -> list["Cache"]:
+        """What a stage's ``--tap`` selects: None the entry's tap, "all" every tap stored,
+        else that one tap."""
+        if tap is None:
+            return [self]
+        if tap == "all":
+            return [self, *(self.with_tap(t) for t in self.taps)]
+        return [self.with_tap(tap)]
 
     @property
     def shard(self) -> str:

@@ -26,6 +26,9 @@ CacheArgs = typer.Argument(None, help="Cache files or directories (default: ever
 OutOpt = typer.Option(None, "--out", help="Without CACHE arguments: the cache directory to use "
                       "(default $VLMPROBE_CACHE or ~/.cache/vlmprobe), outputs beside the caches. "
                       "With CACHE arguments: where outputs go (default: beside the caches).")
+TapOpt = typer.Option(None, "--tap", help="Which stored tap to use (caches extracted with "
+                      "`extract --tap`): a tap name, or 'all' for every tap of every cache (a "
+                      "further tap is named <model>@<tap>; default: the entry's own tap).")
 
 
 def _output_dir(caches, out) -> Path | None:
@@ -295,6 +298,7 @@ def probe(
     few_shot: int = typer.Option(0, "--few-shot", help="k > 0: fit on k training images per "
                                  "class (first t of the grid), --draws seeded draws."),
     draws: int = typer.Option(10, "--draws", help="Few-shot draws."),
+    tap: Optional[str] = TapOpt,
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
     from .cache import read_cache
@@ -305,7 +309,7 @@ def probe(
                       subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
                       draws=draws)
-    loaded = [read_cache(p) for p in find_caches(caches, out)]
+    loaded = [v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)]
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
                            cfg=cfg, log=console.print)
     name = ("probe_results" + ("" if kind == "svm" else f".{kind}")
@@ -342,6 +346,7 @@ def umap(
                                                  "metadata column (repeatable)."),
     jobs: int = typer.Option(0, "--jobs", help="Processes fitting configurations (0: one per CPU "
                              "core); the coordinates do not depend on it."),
+    tap: Optional[str] = TapOpt,
 ):
     """UMAP maps of each cache over the n_neighbors x min_dist grid: maps, grid figure, metrics."""
     from .cache import read_cache
@@ -349,8 +354,8 @@ def umap(
     from .umap_maps import UmapGrid, umap_caches
 
     grid = UmapGrid.parse(metric, n_neighbors, min_dist, seed)
-    umap_caches([read_cache(p) for p in find_caches(caches, out)], grid,
-                out=_output_dir(caches, out), color_by=color_by or [], jobs=jobs,
+    umap_caches([v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)],
+                grid, out=_output_dir(caches, out), color_by=color_by or [], jobs=jobs,
                 log=console.print)
 
 
