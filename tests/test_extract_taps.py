@@ -11,6 +11,7 @@ import pytest
 
 from extract_helpers import DATASET, VIT, extract_cmd, target, tiny_model  # noqa: F401
 from vlmprobe.cache import read_cache
+from vlmprobe.cache_tools import cache_info
 from vlmprobe.chunks import WorkDir
 from vlmprobe.extract import extract
 from vlmprobe.validation import VlmprobeError
@@ -29,6 +30,7 @@ def test_each_tap_of_one_pass_equals_its_single_tap_extraction(tiny_busi, tiny_m
     with h5py.File(multi.path) as f:
         assert f.attrs["schema_version"] == 3 and list(f["taps"]) == [CMP]
     assert both.tap == "pooled" and list(both.taps) == [CMP] and both.embed_dim == 192
+    assert cache_info(multi.path)["further_taps"] == {CMP: 384}
     single = read_cache(_run(VIT, tiny_busi, tmp_path / "single").path)
     assert single.taps == {} and single.tap == "pooled"
     assert single.embeddings.tobytes() == both.embeddings.tobytes()  # bitwise
@@ -109,3 +111,31 @@ def test_probe_and_umap_pick_a_tap(tiny_busi, tiny_model, tmp_path):
     run("umap", "--tap", CMP, "--n-neighbors", "5", "--min-dist", "0.1")
     maps = list((tmp_path / "o" / DATASET / "umap").glob("*.npz"))
     assert [p.name for p in maps] == [f"{VIT}@{CMP}.cosine-nn5-md0.1-seed0.npz"]
+
+
+@pytest.mark.slow  # ~15 s: five loads of the DINOv2 fixture
+def test_transformers_taps_come_from_one_pass_and_equal_single_tap_encoders(tmp_path,
+                                                                            monkeypatch):
+    import dataclasses
+
+    import torch
+    from hub_fixtures import sample_images, use_hub_cache, write_dinov2_repo
+
+    from vlmprobe.encoders import load_encoder
+    from vlmprobe.registry import get_model_entry
+
+    use_hub_cache(monkeypatch, tmp_path / "hub")
+    fx = write_dinov2_repo(tmp_path / "hub", "facebook/dinov2-large", 256, 224)
+    entry = dataclasses.replace(get_model_entry("dinov2"), embed_dim=fx.tap_dim)
+    enc = load_encoder(entry, "cpu")
+    x = torch.stack([enc.transform_(im) for im in list(sample_images().values())[:2]])
+    passes = []
+    enc.model_.register_forward_hook(lambda *_: passes.append(1))
+    taps = ["cls", "pooler_output", "mean_tokens", "mean_patch"]
+    together = enc.encode_taps(x, taps)
+    assert len(passes) == 1
+    for t in taps:
+        alone = load_encoder(dataclasses.replace(entry, tap=t), "cpu").encode_images(x)
+        assert torch.equal(alone, together[t]), t
+    with pytest.raises(VlmprobeError, match="one tap per forward pass"):
+        enc.encode_taps(x, ["cls", "image_embeds"])  # another call, not the same pass

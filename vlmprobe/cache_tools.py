@@ -21,6 +21,7 @@ def cache_info(path: str | Path) -> dict:
     return {
         "path": str(c.path), "model": c.model, "dataset": c.dataset,
         "shard": c.shard or None, "n_embeddings": len(c.relpaths), "embed_dim": c.embed_dim,
+        "tap": c.tap, "further_taps": {t: int(e.shape[1]) for t, e in c.taps.items()} or None,
         "n_files": len(c.files["relpath"]), "n_skipped": len(c.skipped["relpath"]),
         "skipped": [{"relpath": r, "error": e}
                     for r, e in zip(c.skipped["relpath"], c.skipped["error"])],

@@ -20,12 +20,20 @@ class ProcessorTransform:
         return f"ProcessorTransform({self.processor!r})"
 
 
+def _from_output(read):
+    return lambda model, x: read(model(pixel_values=x))
+
+
+#: taps read off one ``model(pixel_values=x)`` output: several of them share a forward pass
+_OUTPUT_TAPS = {
+    "pooler_output": lambda out: out.pooler_output,
+    "cls": lambda out: out.last_hidden_state[:, 0],
+    "mean_tokens": lambda out: out.last_hidden_state.mean(dim=1),
+    "mean_patch": lambda out: out.last_hidden_state[:, 1:].mean(dim=1),
+}
 _TAPS = {
-    "pooler_output": lambda model, x: model(pixel_values=x).pooler_output,
+    **{name: _from_output(read) for name, read in _OUTPUT_TAPS.items()},
     "image_embeds": lambda model, x: model.get_image_features(pixel_values=x),
-    "cls": lambda model, x: model(pixel_values=x).last_hidden_state[:, 0],
-    "mean_tokens": lambda model, x: model(pixel_values=x).last_hidden_state.mean(dim=1),
-    "mean_patch": lambda model, x: model(pixel_values=x).last_hidden_state[:, 1:].mean(dim=1),
     # the vision tower of a multimodal model (e.g. MedGemma's SigLIP), mean of its tokens
     "vision_tower_mean": lambda model, x: model.vision_tower(pixel_values=x)
     .last_hidden_state.mean(dim=1),
@@ -97,6 +105,12 @@ class TransformersEncoder(Encoder):
 
     def _forward(self, pixels):
         return _TAPS[self.entry.tap](self.model_, pixels)
+
+    def _forward_taps(self, pixels, taps):
+        if set(taps) <= _OUTPUT_TAPS.keys():
+            out = self.model_(pixel_values=pixels)
+            return {t: _OUTPUT_TAPS[t](out) for t in taps}
+        return super()._forward_taps(pixels, taps)
 
     def _weights_sha256(self):
         return cached_weights_sha256(self.entry.source, self.WEIGHTS_FILES, self.entry.revision,
