@@ -51,6 +51,10 @@ def test_each_tap_of_one_pass_equals_its_single_tap_extraction(tiny_busi, tiny_m
         _run(VIT, tiny_busi, tmp_path / "multi")
     with pytest.raises(VlmprobeError, match=r"tap\(s\) nope unknown; valid: pooled, cls_mean_patch"):
         _run(VIT, tiny_busi, tmp_path / "bad", taps="nope")
+    with h5py.File(multi.path, "r+") as f:  # a damaged tap is caught by its checksum
+        f["taps"][CMP][0, 0] += 1.0
+    with pytest.raises(VlmprobeError, match="corrupt: its /taps/cls_mean_patch embeddings"):
+        read_cache(multi.path)
 
 
 def test_shards_with_taps_merge_into_the_single_process_cache(tiny_busi, tiny_model, tmp_path):
@@ -139,3 +143,13 @@ def test_transformers_taps_come_from_one_pass_and_equal_single_tap_encoders(tmp_
         assert torch.equal(alone, together[t]), t
     with pytest.raises(VlmprobeError, match="one tap per forward pass"):
         enc.encode_taps(x, ["cls", "image_embeds"])  # another call, not the same pass
+
+
+def test_a_schema_2_cache_stays_valid(tiny_busi, tiny_model, tmp_path):
+    """v3 only added the optional /taps group: a one-tap cache written as v2 is still up to date."""
+    r = _run(VIT, tiny_busi, tmp_path)
+    with h5py.File(r.path, "r+") as f:
+        assert "taps" not in f
+        f.attrs["schema_version"] = 2
+    again = _run(VIT, tiny_busi, tmp_path)
+    assert again.status == "up to date" and read_cache(again.path).tap == "pooled"
