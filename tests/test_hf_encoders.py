@@ -154,7 +154,7 @@ def test_extract_runs_remote_code_only_with_the_entry_and_the_user_opt_in(declar
     registry.write_text(REMOTE_REGISTRY % str(declared).lower())
     monkeypatch.setenv("VLMPROBE_REGISTRY", str(registry))
     monkeypatch.delenv("VLMPROBE_TRUST_REMOTE_CODE", raising=False)
-    root = make_phantom("breastus", tmp_path / "data", n=9, progress=False)
+    root = make_phantom("breastus", tmp_path / "data", n=60, progress=False)
     cmd = ["extract", "--model", "tiny_remote", "--dataset", "breastus", "--root", str(root),
            "--out", str(tmp_path / "out"), "--workers", "0", "--device", "cpu"]
     runner = CliRunner()
@@ -171,3 +171,12 @@ def test_extract_runs_remote_code_only_with_the_entry_and_the_user_opt_in(declar
     monkeypatch.setenv("VLMPROBE_TRUST_REMOTE_CODE", "1")  # the environment alternative
     again = runner.invoke(app, cmd)
     assert again.exit_code == 0 and "up to date" in again.output, again.output
+    monkeypatch.delenv("VLMPROBE_TRUST_REMOTE_CODE")  # rise loads the encoder again: same rule
+    probe = runner.invoke(app, ["probe", str(cache)])
+    assert probe.exit_code == 0, probe.output
+    rise = ["rise", str(cache), "--root", str(root), "--n-masks", "8", "--causal-steps", "0",
+            "--images", "1", "--device", "cpu"]
+    refused = runner.invoke(app, rise)
+    assert "--trust-remote-code" in str(refused.exception)
+    allowed = runner.invoke(app, [*rise, "--trust-remote-code"])
+    assert allowed.exit_code == 0, allowed.output

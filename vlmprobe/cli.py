@@ -393,6 +393,9 @@ def rise(
     device: str = typer.Option("auto", "--device"),
     include_baselines: bool = typer.Option(False, "--include-baselines",
                                            help="Also explain null-baseline caches."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow an entry "
+                                           "that declares trust_remote_code to run its hub "
+                                           "code (as for extract)."),
 ):
     """RISE saliency through preprocessing -> encoder -> scaler -> SVM, on original images."""
     from .cache import read_cache
@@ -408,7 +411,8 @@ def rise(
         loaded = [c for c in loaded if not c.baseline] or loaded
     rise_caches(loaded, cfg, choice=choice, labels=label or ["class"], target=target, root=root,
                 device=device, out=_output_dir(caches, out), text_box_file=text_boxes,
-                detect_text=detect_text, causal_steps=causal_steps, log=console.print)
+                detect_text=detect_text, causal_steps=causal_steps,
+                trust_remote_code=trust_remote_code or None, log=console.print)
 
 
 @cache_app.command("info")

@@ -576,7 +576,8 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
                   labels: Sequence[str] = ("class",), target: str | None = None,
                   root: Path | None = None, device: str = "auto", out: Path | None = None,
                   text_box_file: Path | None = None, detect_text: bool = False,
-                  causal_steps: int = 50, log=print) -> dict:
+                  causal_steps: int = 50, trust_remote_code: bool | None = None,
+                  log=print) -> dict:
     """RISE through the cache's encoder and its saved probes, on original images, with numbers.
 
     ``labels``: the probes to explain ("class", or a metadata column probed with ``vlmprobe
@@ -587,6 +588,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     (default: the predicted one). ``causal_steps``: deletion/insertion curve steps (0: skip);
     the curves are of the class probability (softmax over the probe's classes), as in the RISE
     paper, so the AUCs lie in [0, 1] whatever the scale of the decision values.
+    ``trust_remote_code``: the user's opt-in for entries that run hub code (as in extract).
     """
     from scipy.stats import spearmanr
 
@@ -605,7 +607,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     test = _test_relpaths(probes[0])
     picked = choose_images(cache, probes[0], choice, cfg.seed, test)
 
-    encoder = load_encoder(cache.model, device)
+    encoder = load_encoder(cache.model, device, trust_remote_code=trust_remote_code)
     if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
         raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
                             f"{cache.path}; re-extract the cache (vlmprobe extract --force).")
