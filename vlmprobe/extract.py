@@ -257,7 +257,8 @@ def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cach
     skipped = [(int(i), e) for c in chunks for i, e in zip(c.failed_idx, c.failed_error)]
     dim = base["attrs"]["encoder"]["entry"]["embed_dim"]
     emb = [c.embeddings for c in chunks if len(c.idx)]
-    taps = {t: np.concatenate([c.taps[t] for c in chunks]) for t in chunks[0].taps} if chunks else {}
+    taps = {t: np.concatenate([c.taps[t] for c in chunks])
+            for t in (chunks[0].taps if chunks else ())}
     cache = Cache(
         embeddings=(np.concatenate(emb).astype(np.float32) if emb
                     else np.zeros((0, dim), np.float32)),
