@@ -58,7 +58,9 @@ def test_design_card_commands_end_to_end(tmp_path, monkeypatch):
     assert (elsewhere / "breastus" / "probe" / "efficientnet_lite0.npz").is_file()
     assert len(list((cache / "breastus" / "splits").glob("class-*.csv"))) == 1  # split reused
     run("umap", "--metric", "cosine", "--n-neighbors", "5")
-    assert len(list((cache / "breastus" / "umap").glob("*.png"))) == 2 * 4  # 1x3 grid: 3 maps + grid
+    maps = cache / "breastus" / "umap"  # 1x3 grid: 3 maps + grid per model, 3 side-by-side figures
+    assert len(list(maps.glob("*.png"))) == 2 * 4 + 3 and len(list(maps.glob("compare.*.png"))) == 3
+    assert len(list(maps.glob("*.html"))) == 2 * 3
     out = run("rise", "--images", "1", "--n-masks", "64", "--batch-size", "32").output
     pngs = list((cache / "breastus" / "rise").glob("*.png"))
     assert [p.name for p in pngs] == ["efficientnet_lite0.png"]  # baselines skipped by default

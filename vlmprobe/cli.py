@@ -347,16 +347,23 @@ def umap(
     jobs: int = typer.Option(0, "--jobs", help="Processes fitting configurations (0: one per CPU "
                              "core); the coordinates do not depend on it."),
     tap: Optional[str] = TapOpt,
+    fast: bool = typer.Option(False, "--fast", help="UMAP without a seed: multi-threaded, faster, "
+                              "coordinates differ run to run (files and titles say 'fast')."),
+    thumbnails: int = typer.Option(0, "--thumbnails", help="Place this many example images "
+                                   "(seeded, classes taking turns) beside their points."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset folder to read images from "
+                                        "(thumbnails, HTML); default: where the cache was made."),
 ):
-    """UMAP maps of each cache over the n_neighbors x min_dist grid: maps, grid figure, metrics."""
+    """UMAP maps of each cache over the n_neighbors x min_dist grid: maps (PNG, SVG, interactive
+    HTML), grid figure, metrics; caches of one dataset also side by side."""
     from .cache import read_cache
     from .paths import find_caches
     from .umap_maps import UmapGrid, umap_caches
 
-    grid = UmapGrid.parse(metric, n_neighbors, min_dist, seed)
+    grid = UmapGrid.parse(metric, n_neighbors, min_dist, seed, fast)
     umap_caches([v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)],
                 grid, out=_output_dir(caches, out), color_by=color_by or [], jobs=jobs,
-                log=console.print)
+                thumbnails=thumbnails, root=root, log=console.print)
 
 
 @app.command()

@@ -4,14 +4,22 @@
 no grid options vlmprobe computes n_neighbors 5, 15, 50 × min_dist 0.0, 0.1, 0.5 (a choice: local to
 global structure, packed to spread out); one value per option gives one map.
 
-**Files**, in ``<dataset>/umap/`` beside the cache (``<cfg>`` = ``cosine-nn15-md0.1-seed0``)::
+**Files**, in ``<dataset>/umap/`` beside the cache (``<cfg>`` = ``cosine-nn15-md0.1-seed0``, or
+``...-fast`` with ``--fast``)::
 
     <model>.<cfg>.npz               coordinates + configuration + cache_key: an unchanged
                                     configuration is read back, never recomputed
-    <model>.<cfg>.png/.svg          one map per configuration (+ a panel per --color-by column)
+    <model>.<cfg>.png/.svg          one map per configuration (+ a panel per --color-by column;
+                                    --thumbnails K example images beside their points)
+    <model>.<cfg>.html              the same map, interactive and self-contained (offline): hover
+                                    shows image, path, label and the probe's test prediction
     <model>.<grid>.grid[.by-<col>].png/.svg   rows n_neighbors, columns min_dist, metrics on the
                                     panels (only for grids of more than one map)
     <model>.<grid>.metrics.csv/.json          one row of metrics per configuration
+    compare.<cfg>[.by-<col>].png/.svg         several caches of one dataset (same images): one
+                                    panel per model, same colours, each with its metrics
+
+Figures and the HTML are drawn by vlmprobe/umap_figures.py and vlmprobe/umap_html.py.
 
 **One kNN graph per (cache, metric).** It is computed at the largest n_neighbors still to fit and
 sliced by vlmprobe to each n_neighbors, passed as ``precomputed_knn``. vlmprobe slices because
@@ -61,7 +69,6 @@ from sklearn.utils import check_random_state
 
 from .cache import Cache
 from .paths import stage_dir
-from .figures import STYLE, plt, save_figure
 from .provenance import provenance
 from .validation import VlmprobeError
 
@@ -439,99 +446,77 @@ def write_scores(cache: Cache, grid: UmapGrid, rows: list[dict], stem: Path) -> 
     return [csv_path, json_path]
 
 
-def _values(cache: Cache, column: str | None) -> list[str]:
-    index, names, _ = cache.label_view(column)  # validates the column
-    return [names[i] for i in index]
-
-
-def _scatter(ax, coords, values: list[str], title: str, legend: bool = True) -> None:
-    names = sorted(set(values))
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    for i, name in enumerate(names):
-        sel = np.array([v == name for v in values])
-        ax.scatter(coords[sel, 0], coords[sel, 1], s=7, alpha=0.8, color=cmap(i % cmap.N),
-                   label=f"{name or '(none)'} (n={sel.sum()})", linewidths=0)
-    ax.set_title(title)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
-    if legend and len(names) <= 20:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), markerscale=2, frameon=False)
-
-
-def plot_map(cache: Cache, coords: np.ndarray, cfg: UmapConfig, path: Path,
-             color_by: list[str] = ()) -> list[Path]:
-    """Scatter coloured by class, plus one panel per ``color_by`` metadata column."""
-    panels = [("class", _values(cache, None))] + [(col, _values(cache, col)) for col in color_by]
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-        for ax, (col, values) in zip(axes[0], panels):
-            _scatter(ax, coords, values, f"coloured by {col}")
-        base = " (null baseline)" if cache.baseline else ""
-        fig.suptitle(f"{cache.model}{base} on {cache.dataset} (N={len(coords)})\nUMAP "
-                     f"metric={cfg.metric}, n_neighbors={cfg.n_neighbors}, "
-                     f"min_dist={cfg.min_dist:g}, seed={cfg.seed}")
-        fig.tight_layout()
-        meta = provenance(stage="umap", model=cache.model, dataset=cache.dataset,
-                          cache_key=cache.cache_key, umap=asdict(cfg))
-        return save_figure(fig, path, meta)
-
-
-def plot_grid(cache: Cache, grid: UmapGrid, coords: list[np.ndarray], scores: list[dict],
-              path: Path, column: str | None = None) -> list[Path]:
-    """Rows n_neighbors, columns min_dist, each panel with its metrics: the grid at a glance."""
-    values = _values(cache, column)
-    rows, cols = len(grid.n_neighbors), len(grid.min_dist)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 2.0, 3.0 * rows), squeeze=False)
-        for ax, cfg, c, s in zip(axes.flat, grid.configs(), coords, scores):
-            _scatter(ax, c, values, f"n_neighbors={cfg.n_neighbors}, min_dist={cfg.min_dist:g}",
-                     legend=False)
-            ax.set_ylabel("")
-            ax.set_xlabel(f"trustworthiness {s['trustworthiness']:.3f}, kNN kept "
-                          f"{s['knn_preservation']:.2f}\nsilhouette {s['silhouette_2d']:.2f}, "
-                          f"kNN accuracy {s['knn_acc_2d']:.2f}", fontsize=8)
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        if len(labels) <= 20:
-            fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.95),
-                       markerscale=2, frameon=False, title=column or "class")
-        s = scores[0]
-        base = " (null baseline)" if cache.baseline else ""
-        fig.suptitle(f"{cache.model}{base} on {cache.dataset} (N={len(values)}), UMAP "
-                     f"metric={grid.metric}, seed={grid.seed}, coloured by {column or 'class'}\n"
-                     f"class labels' metrics at k={s['k']}; original space: silhouette "
-                     f"{s['silhouette_orig']:.2f}, kNN accuracy {s['knn_acc_orig']:.2f}")
-        fig.tight_layout()
-        meta = provenance(stage="umap", model=cache.model, dataset=cache.dataset,
-                          cache_key=cache.cache_key, grid=asdict(grid), metrics=scores)
-        return save_figure(fig, path, meta)
-
-
 def umap_caches(caches: list[Cache], grid: UmapGrid | UmapConfig = UmapGrid(),
                 out: Path | None = None, color_by: list[str] = (), jobs: int = 1,
-                log=print) -> list[Path]:
-    """Every configuration of ``grid`` per cache: maps, grid figures, metrics; returns the PNGs.
+                thumbnails: int = 0, root: Path | None = None, log=print) -> list[Path]:
+    """Every configuration of ``grid`` per cache: maps (PNG, SVG, HTML), grid figures, metrics,
+    and models side by side for caches of one dataset; returns the PNGs.
 
-    ``jobs=0`` uses one process per CPU core.
+    ``jobs=0`` uses one process per CPU core; ``thumbnails`` example images per map, read from
+    ``root`` or the folder the cache was extracted from.
     """
+    from .umap_figures import plot_grid, plot_map, read_thumbnails, stratified_choice
+    from .umap_html import hover_images, probe_predictions, write_html
+
     if isinstance(grid, UmapConfig):
         grid = UmapGrid.single(grid)
+    if thumbnails < 0:
+        raise VlmprobeError(f"--thumbnails {thumbnails}: give a number of images >= 0.")
     for cache in caches:  # all input checked before the first (slow) fit
         check_input(cache, grid)
         for col in color_by:
             cache.label_view(col)
-    pngs = []
+    pngs, done = [], []
     for cache in caches:
         folder = umap_dir(cache, out)
         coords = grid_coords(cache, grid, out, jobs or os.cpu_count(), log)
         scores = map_scores(cache, grid, coords)
         tables = write_scores(cache, grid, scores, folder / f"{cache.model}.{grid.tag()}.metrics")
+        shown = read_thumbnails(cache, stratified_choice(cache.labels, thumbnails, grid.seed),
+                                root) if thumbnails else {}
+        hover, preds = hover_images(cache, grid.seed, root), probe_predictions(cache, out)
         for cfg, c in zip(grid.configs(), coords):
-            pngs.append(plot_map(cache, c, cfg, folder / f"{cache.model}.{cfg.tag()}", color_by)[0])
+            stem = folder / f"{cache.model}.{cfg.tag()}"
+            pngs.append(plot_map(cache, c, cfg, stem, color_by, shown)[0])
+            write_html(cache, c, cfg, stem, hover, preds)
         if len(coords) > 1:
             for col in [None, *color_by]:
                 stem = folder / f"{cache.model}.{grid.tag()}.grid{f'.by-{col}' if col else ''}"
                 pngs.append(plot_grid(cache, grid, coords, scores, stem, col)[0])
-        log(f"{cache.model} / {cache.dataset}: {len(coords)} maps in {folder}, metrics {tables[0]}")
+        log(f"{cache.model} / {cache.dataset}: {len(coords)} maps (PNG, SVG, HTML) in {folder}, "
+            f"metrics {tables[0]}")
+        done.append((cache, coords, scores, shown))
+    return pngs + _compare(done, grid, out, color_by, log)
+
+
+def _compare(done: list[tuple], grid: UmapGrid, out: Path | None, color_by: list[str],
+             log) -> list[Path]:
+    """One figure per configuration (and --color-by column) with every cache of a dataset side by
+    side; caches of different datasets, or of one dataset with different images, are not mixed."""
+    from .umap_figures import plot_compare
+
+    groups: dict[tuple, list[tuple]] = {}
+    for d in done:
+        groups.setdefault((d[0].dataset, tuple(d[0].relpaths)), []).append(d)
+    datasets = sorted({ds for ds, _ in groups})
+    if len(datasets) > 1:
+        log(f"caches of {len(datasets)} datasets ({', '.join(datasets)}): models are compared "
+            "side by side only within a dataset")
+    pngs = []
+    for (dataset, _), members in groups.items():
+        if sum(ds == dataset for ds, _ in groups) > 1:
+            log(f"{dataset}: caches with different image lists (e.g. {members[0][0].path}) are "
+                "not put side by side; re-extract them from the same dataset copy to compare")
+        if len(members) < 2:
+            continue
+        caches = [m[0] for m in members]
+        folder = umap_dir(caches[0], out)
+        for j, cfg in enumerate(grid.configs()):
+            for col in [None, *color_by]:
+                stem = folder / f"compare.{cfg.tag()}{f'.by-{col}' if col else ''}"
+                pngs.append(plot_compare(caches, [m[1][j] for m in members],
+                                         [m[2][j] for m in members], cfg, stem, col,
+                                         members[0][3])[0])
+        log(f"{dataset}: {len(caches)} models side by side "
+            f"({', '.join(c.model for c in caches)}) in {folder}/compare.*.png")
     return pngs

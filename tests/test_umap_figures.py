@@ -1,0 +1,164 @@
+"""UMAP figures and HTML: large-N rules, thumbnails, interactive file, models side by side."""
+import json
+import re
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmprobe.cache import Cache
+from vlmprobe.figures import plt
+from vlmprobe.umap_figures import (RASTER_ABOVE, plot_map, point_style, read_thumbnails,
+                                   scatter, stratified_choice)
+from vlmprobe.umap_html import MAX_IMAGES, hover_images, probe_predictions, write_html
+from vlmprobe.umap_maps import UmapConfig, umap_caches
+from vlmprobe.validation import VlmprobeError
+
+from test_umap import clustered
+
+
+def npz_cache(tmp_path, X, labels, model="toy", dataset="toyset", with_images=True) -> Cache:
+    """A MedMNIST-shaped cache: every sample is a slot of one npz under the dataset root."""
+    n, root = len(X), tmp_path / "data"
+    if with_images:
+        root.mkdir(exist_ok=True)
+        shades = np.linspace(0, 255, n).astype(np.uint8)
+        images = np.broadcast_to(shades[:, None, None, None], (n, 12, 12, 3)).copy()
+        np.savez(root / "toy.npz", train_images=images)
+    return Cache(embeddings=X, labels=labels, relpaths=[f"toy.npz#train_images/{i}" for i in range(n)],
+                 class_names=["a", "b", "c"], model=model, dataset=dataset,
+                 dataset_fingerprint="f", cache_key=f"k-{model}",
+                 metadata={"site": [f"s{i % 2}" for i in range(n)]},
+                 attrs={"dataset_root": str(root)}, path=tmp_path / dataset / f"{model}.h5")
+
+
+def big(tmp_path, n=30_000, with_images=False):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, n)
+    coords = (rng.normal(size=(n, 2)) + labels[:, None] * 4).astype(np.float32)
+    return npz_cache(tmp_path, np.zeros((n, 2), np.float32), labels,
+                     with_images=with_images), coords
+
+
+def test_point_style_falls_with_n_and_is_applied():
+    sizes, alphas = zip(*(point_style(n) for n in (100, 1000, 10_000, 30_000)))
+    assert list(sizes) == sorted(sizes, reverse=True) and sizes[0] > 4 * sizes[-1]
+    assert list(alphas) == sorted(alphas, reverse=True) and alphas[-1] < 0.5
+    for n in (300, 30_000):
+        fig, ax = plt.subplots()
+        coords = np.random.default_rng(0).normal(size=(n, 2))
+        scatter(ax, coords, ["a", "b", "c"] * (n // 3), "t")
+        points = ax.collections[0]
+        assert points.get_sizes()[0] == pytest.approx(point_style(n)[0])
+        assert points.get_alpha() == pytest.approx(point_style(n)[1])
+        assert points.get_rasterized() == (n > RASTER_ABOVE)
+        plt.close(fig)
+
+
+def test_30k_point_svg_stays_small(tmp_path):
+    cache, coords = big(tmp_path)
+    png, svg = plot_map(cache, coords, UmapConfig(), tmp_path / "big")
+    assert svg.stat().st_size < 1_500_000, f"{svg.stat().st_size / 1e6:.1f} MB"
+    assert svg.read_text().count("<path") < 200  # the points are one image, not 30k paths
+
+
+def test_stratified_choice_takes_classes_in_turn():
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 2)
+    picked = stratified_choice(labels, 7, seed=0)
+    assert np.bincount(labels[picked]).tolist() == [3, 2, 2]
+    assert picked.tolist() == stratified_choice(labels, 7, seed=0).tolist()
+    assert picked.tolist() != stratified_choice(labels, 7, seed=1).tolist()
+    assert len(stratified_choice(labels, 100, seed=0)) == len(labels)
+
+
+def test_thumbnails_drawn_beside_their_points(tmp_path):
+    X, y = clustered(n_per=20)
+    cache = npz_cache(tmp_path, X, y)
+    images = read_thumbnails(cache, stratified_choice(y, 6, 0))
+    assert len(images) == 6 and all(max(im.size) <= 96 for im in images.values())
+    shade = np.asarray(images[int(next(iter(images)))])[0, 0, 0]
+    assert shade == np.linspace(0, 255, 60).astype(np.uint8)[next(iter(images))]  # the right slot
+    png, _ = plot_map(cache, X[:, :2], UmapConfig(), tmp_path / "thumbs", images=images)
+    meta = json.loads(Image.open(png).info["Description"])
+    assert sorted(meta["thumbnails"]) == sorted(cache.relpaths[i] for i in images)
+    plain, _ = plot_map(cache, X[:, :2], UmapConfig(), tmp_path / "plain")
+    assert Image.open(png).size[0] > Image.open(plain).size[0]  # the ring of images takes room
+
+
+def test_missing_images_warn_with_the_path_and_the_figure_is_still_drawn(tmp_path):
+    X, y = clustered(n_per=20)
+    cache = npz_cache(tmp_path, X, y, with_images=False)
+    with pytest.warns(UserWarning, match=r"6 of 6 images .* under data.toyset \(the cache was "
+                      r"extracted from .*data, which is not there\).*Pass --root"):
+        images = read_thumbnails(cache, stratified_choice(y, 6, 0))
+    assert images == {}
+    png, svg = plot_map(cache, X[:, :2], UmapConfig(), tmp_path / "no-thumbs", images=images)
+    assert png.is_file() and svg.is_file()
+
+
+def _payload(html: str) -> dict:
+    return json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                                html, re.S).group(1))
+
+
+def test_html_is_self_contained_with_at_most_2000_images(tmp_path):
+    n = 2500
+    cache, coords = big(tmp_path, n, with_images=True)
+    hover = hover_images(cache, seed=0)
+    cache.class_names = ["a", "</script><script>alert(1)</script>", "c"]
+    path = write_html(cache, coords, UmapConfig(), tmp_path / "map", hover)
+    html = path.read_text()
+    assert not re.search(r"https?://", html) and "<link" not in html
+    assert not re.search(r"<script[^>]*\bsrc=", html)
+    assert html.count("</script>") == 2  # a class name cannot close the data block
+    data = _payload(html)
+    assert len(data["x"]) == len(data["path"]) == n and data["path"][7] == cache.relpaths[7]
+    assert len(data["images"]) == MAX_IMAGES == sum(t >= 0 for t in data["thumb"])
+    assert data["names"][data["label"][0]] == cache.class_names[cache.labels[0]]
+    assert "pred" not in data  # no saved probe: no prediction field
+    assert path.stat().st_size < 8_000_000
+
+
+def test_html_shows_the_probe_predictions_of_test_images(tmp_path):
+    X, y = clustered(n_per=10)
+    cache = npz_cache(tmp_path, X, y)
+    assert probe_predictions(cache) is None
+    probe_dir = tmp_path / "toyset" / "probe"  # where `vlmprobe probe` writes, beside the cache
+    probe_dir.mkdir(parents=True)
+    (probe_dir / "toy.test_predictions.csv").write_text(
+        f"relpath,true,refit_pred\n{cache.relpaths[3]},a,b\n")
+    preds = probe_predictions(cache)
+    assert preds == {cache.relpaths[3]: "b"}
+    data = _payload(write_html(cache, X[:, :2], UmapConfig(), tmp_path / "m",
+                               hover_images(cache, 0), preds).read_text())
+    assert data["pred"][3] == "b" and data["pred"][4] is None
+    assert len(data["images"]) == len(X)
+
+
+def test_models_side_by_side_and_other_datasets_apart(tmp_path):
+    X, y = clustered(n_per=20)
+    a = npz_cache(tmp_path, X, y, model="m1")
+    b = npz_cache(tmp_path, X[:, ::-1].copy(), y, model="m2")
+    other = npz_cache(tmp_path, X, y, model="m1", dataset="other")
+    log = []
+    pngs = umap_caches([a, b, other], UmapConfig(n_neighbors=5), color_by=["site"],
+                       thumbnails=3, log=log.append)
+    folder = tmp_path / "toyset" / "umap"
+    compare = [p for p in pngs if p.name.startswith("compare.")]
+    assert [p.name for p in compare] == ["compare.cosine-nn5-md0.1-seed0.png",
+                                         "compare.cosine-nn5-md0.1-seed0.by-site.png"]
+    assert all(p.parent == folder and p.with_suffix(".svg").is_file() for p in compare)
+    meta = json.loads(Image.open(compare[0]).info["Description"])
+    assert meta["models"] == ["m1", "m2"] and len(meta["metrics"]) == 2
+    assert not list((tmp_path / "other" / "umap").glob("compare.*"))
+    assert any("only within a dataset" in line for line in log)
+    for model in ("m1", "m2"):
+        assert (folder / f"{model}.cosine-nn5-md0.1-seed0.html").is_file()
+    with pytest.raises(VlmprobeError, match="--thumbnails -1"):
+        umap_caches([a], UmapConfig(n_neighbors=5), thumbnails=-1)
+    with pytest.raises(VlmprobeError, match="no metadata column 'plane'"):
+        umap_caches([a], UmapConfig(n_neighbors=5), color_by=["plane"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the images are there: no warning
+        umap_caches([a], UmapConfig(n_neighbors=5), thumbnails=3, log=log.append)
