@@ -1,6 +1,8 @@
 """UMAP figures and HTML: large-N rules, thumbnails, interactive file, models side by side."""
 import json
 import re
+import shutil
+import subprocess
 import warnings
 
 import numpy as np
@@ -162,3 +164,62 @@ def test_models_side_by_side_and_other_datasets_apart(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the images are there: no warning
         umap_caches([a], UmapConfig(n_neighbors=5), thumbnails=3, log=log.append)
+
+
+NODE_HARNESS = """
+let arcs = 0;
+const listeners = {}, fakeCtx = {setTransform() {}, clearRect() {}, beginPath() {},
+                                 arc() { arcs++; }, fill() {}};
+const el = () => ({style: {}, classList: {toggle() {}}, append() {}, replaceChildren() {},
+                   addEventListener(t, f) { listeners[t] = f; },
+                   getBoundingClientRect: () => ({left: 0, top: 0}),
+                   clientWidth: 800, clientHeight: 600});
+const els = {data: {textContent: DATA}, map: Object.assign(el(), {getContext: () => fakeCtx}),
+             tip: el(), legend: el()};
+global.document = {getElementById: id => els[id], createElement: el};
+global.window = {devicePixelRatio: 1, innerWidth: 1000, innerHeight: 800, addEventListener() {}};
+SCRIPT
+const drawn = arcs, i = D.order[0];
+listeners.mousemove({clientX: sx(i), clientY: sy(i)});
+const shown = els.tip.style.display;
+listeners.wheel({deltaY: -100, clientX: 400, clientY: 300, preventDefault() {}});
+console.log(JSON.stringify({drawn, shown, after: arcs}));
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="needs node to run the page's JavaScript")
+def test_html_javascript_draws_every_point_and_shows_the_tip(tmp_path):
+    X, y = clustered(n_per=10)
+    cache = npz_cache(tmp_path, X, y)
+    html = write_html(cache, X[:, :2], UmapConfig(), tmp_path / "m",
+                      hover_images(cache, 0)).read_text()
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', html, re.S)
+    script = re.findall(r"<script>(.*?)</script>", html, re.S)[0]
+    harness = NODE_HARNESS.replace("DATA", json.dumps(data.group(1))).replace("SCRIPT", script)
+    (tmp_path / "page.js").write_text(harness)
+    res = subprocess.run(["node", str(tmp_path / "page.js")], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out == {"drawn": 30, "shown": "block", "after": 60}  # every point, then redrawn on zoom
+
+
+def test_cli_passes_fast_thumbnails_and_root(tmp_path):
+    from typer.testing import CliRunner
+
+    from vlmprobe.cache import write_cache
+    from vlmprobe.cli import app
+
+    X, y = clustered(n_per=20)
+    cache = npz_cache(tmp_path, X, y)
+    path = write_cache(tmp_path / "caches" / "toy.h5", cache)
+    moved = tmp_path / "data"  # the recorded root is gone; --root points at the images
+    moved = moved.rename(tmp_path / "moved")
+    res = CliRunner().invoke(app, ["umap", str(path), "--n-neighbors", "5", "--min-dist", "0.1",
+                                   "--fast", "--thumbnails", "3", "--root", str(moved),
+                                   "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    png = tmp_path / "out" / "toyset" / "umap" / "toy.cosine-nn5-md0.1-fast.png"
+    meta = json.loads(Image.open(png).info["Description"])
+    assert meta["umap"]["fast"] and len(meta["thumbnails"]) == 3
+    assert "unseeded" in _payload(png.with_suffix(".html").read_text())["title"]
