@@ -156,7 +156,8 @@ def test_models_side_by_side_and_other_datasets_apart(tmp_path):
     assert not list((tmp_path / "other" / "umap").glob("compare.*"))
     assert any("only within a dataset" in line for line in log)
     for model in ("m1", "m2"):
-        assert (folder / f"{model}.cosine-nn5-md0.1-seed0.html").is_file()
+        data = _payload((folder / f"{model}.cosine-nn5-md0.1-seed0.html").read_text())
+        assert data["columns"]["site"] == a.metadata["site"]  # --color-by values on hover
     with pytest.raises(VlmprobeError, match="--thumbnails -1"):
         umap_caches([a], UmapConfig(n_neighbors=5), thumbnails=-1)
     with pytest.raises(VlmprobeError, match="no metadata column 'plane'"):

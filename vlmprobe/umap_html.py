@@ -1,10 +1,10 @@
 """Interactive UMAP map: one self-contained HTML file per map, opened offline (no CDN, no server).
 
 Points are drawn on a canvas by the few lines of JavaScript inlined below (no plotting library: a
-dependency would either be inlined, megabytes per file, or fetched from a CDN, which the brief
-rules out). Hovering a point shows its image, relative path, label and, when ``vlmprobe probe``
-saved per-image test predictions for the cache, the probe's prediction. Wheel zooms, drag pans,
-double-click resets, a legend entry hides its class.
+dependency would either be inlined, megabytes per file, or fetched from a CDN, which does not open
+offline). Hovering a point shows its image, relative path, label, the --color-by columns' values
+and, when ``vlmprobe probe`` saved per-image test predictions for the cache, the probe's
+prediction. Wheel zooms, drag pans, double-click resets, a legend entry hides its class.
 
 At most ``MAX_IMAGES`` (2,000) thumbnails, chosen with the seed, are embedded as small base64
 JPEGs (≈ 2 kB each), so a 30k-point map stays a few MB; other points hover without an image.
@@ -54,9 +54,10 @@ def hover_images(cache: Cache, seed: int, root: Path | None = None,
 
 
 def write_html(cache: Cache, coords: np.ndarray, cfg, path: Path, images: dict[int, str],
-               predictions: dict[str, str] | None = None) -> Path:
+               predictions: dict[str, str] | None = None, columns: list[str] = ()) -> Path:
     """``<path>.html``: the map with hover details; ``images`` from :func:`hover_images`,
-    ``predictions`` from :func:`probe_predictions` (None: no prediction field)."""
+    ``predictions`` from :func:`probe_predictions` (None: no prediction field), ``columns``
+    metadata columns also shown on hover (the --color-by ones)."""
     n = len(coords)
     vals = values(cache, None)
     names = sorted(set(vals))
@@ -75,6 +76,7 @@ def write_html(cache: Cache, coords: np.ndarray, cfg, path: Path, images: dict[i
         "thumb": thumb.tolist(), "images": [images[i] for i in sorted(images)],
         "order": np.random.default_rng(cfg.seed).permutation(n).tolist(),
         "radius": max(1.0, float(np.sqrt(size))), "alpha": alpha,
+        "columns": {col: values(cache, col) for col in columns},
     }
     if predictions is not None:
         data["pred"] = [predictions.get(r) for r in cache.relpaths]
@@ -151,6 +153,7 @@ function show(i, ev) {
     img.src = "data:image/jpeg;base64," + D.images[D.thumb[i]]; tip.append(img);
   }
   tip.append(line(D.path[i]), line("label: " + D.names[D.label[i]]));
+  for (const [col, v] of Object.entries(D.columns)) tip.append(line(col + ": " + v[i]));
   if (D.pred) tip.append(line(D.pred[i] === null ? "probe: not a test image"
                                                  : "probe prediction: " + D.pred[i]));
   tip.style.display = "block";

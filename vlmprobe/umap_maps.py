@@ -478,7 +478,7 @@ def umap_caches(caches: list[Cache], grid: UmapGrid | UmapConfig = UmapGrid(),
         for cfg, c in zip(grid.configs(), coords):
             stem = folder / f"{cache.model}.{cfg.tag()}"
             pngs.append(plot_map(cache, c, cfg, stem, color_by, shown)[0])
-            write_html(cache, c, cfg, stem, hover, preds)
+            write_html(cache, c, cfg, stem, hover, preds, color_by)
         if len(coords) > 1:
             for col in [None, *color_by]:
                 stem = folder / f"{cache.model}.{grid.tag()}.grid{f'.by-{col}' if col else ''}"
