@@ -11,7 +11,7 @@ from PIL import Image
 
 from vlmprobe.cache import Cache
 from vlmprobe.figures import plt
-from vlmprobe.umap_figures import (RASTER_ABOVE, plot_map, point_style, read_thumbnails,
+from vlmprobe.umap_figures import (RASTER_ABOVE, plot_compare, plot_map, point_style, read_thumbnails,
                                    scatter, stratified_choice)
 from vlmprobe.umap_html import MAX_IMAGES, hover_images, probe_predictions, write_html
 from vlmprobe.umap_maps import UmapConfig, umap_caches
@@ -224,3 +224,16 @@ def test_cli_passes_fast_thumbnails_and_root(tmp_path):
     meta = json.loads(Image.open(png).info["Description"])
     assert meta["umap"]["fast"] and len(meta["thumbnails"]) == 3
     assert "unseeded" in _payload(png.with_suffix(".html").read_text())["title"]
+
+
+def test_many_models_wrap_into_rows(tmp_path):
+    X, y = clustered(n_per=10)
+    caches = [npz_cache(tmp_path, X, y, model=f"m{i}") for i in range(6)]
+    maps = [X[:, :2] + i for i in range(6)]
+    scores = [{"trustworthiness": 0.9, "knn_preservation": 0.5, "silhouette_2d": 0.1 * i,
+               "knn_acc_2d": 0.8} for i in range(6)]
+    png, _ = plot_compare(caches, maps, scores, UmapConfig(), tmp_path / "cmp")
+    width, height = Image.open(png).size
+    assert height > 0.35 * width  # 2 rows of 4 (2 empty); 1 row of 6 would be 0.17
+    svg = png.with_suffix(".svg").read_text()
+    assert all(f">m{i}<" in svg and f"silhouette {0.1 * i:.2f}" in svg for i in range(6))

@@ -34,6 +34,7 @@ from .umap_maps import seed_text
 RASTER_ABOVE = 2000  # points; above this the scatter is a bitmap inside the SVG
 THUMB_PX = 96  # longest side of a thumbnail as read; drawn at THUMB_PT points
 THUMB_PT = 34
+COMPARE_COLUMNS = 4  # panels per row of a side-by-side figure: 14 models wrap into 4 rows
 
 
 def point_style(n: int) -> tuple[float, float]:
@@ -223,14 +224,19 @@ def plot_compare(caches: list[Cache], coords: list[np.ndarray], scores: list[dic
                  path: Path, column: str | None = None,
                  images: dict[int, Image.Image] | None = None) -> list[Path]:
     """Models side by side on one dataset and configuration (the paper's Figure 3): one panel per
-    cache, the same colours and legend, each panel titled with its model and metrics."""
+    cache (rows of ``COMPARE_COLUMNS``), the same colours and legend, each panel titled with its
+    model and metrics."""
     images = images or {}
     vals = values(caches[0], column)  # same relpaths, so the same labels in every panel
     grow = 1.45 if images else 1.0
-    n = len(caches)
+    cols = min(len(caches), COMPARE_COLUMNS)
+    rows = -(-len(caches) // cols)
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, n, figsize=(3.6 * grow * n + 2.0, 3.9 * grow), squeeze=False)
-        for ax, cache, c, s in zip(axes[0], caches, coords, scores):
+        fig, axes = plt.subplots(rows, cols, figsize=(3.6 * grow * cols + 2.0, 3.9 * grow * rows),
+                                 squeeze=False)
+        for ax in axes.flat[len(caches):]:
+            ax.set_axis_off()
+        for ax, cache, c, s in zip(axes.flat, caches, coords, scores):
             handles = scatter(ax, c, vals, _model(cache), legend=False, seed=cfg.seed)
             ax.set_ylabel("")
             ax.set_xlabel(_metrics_text(s), fontsize=8)
