@@ -115,6 +115,10 @@ def test_probe_and_umap_pick_a_tap(tiny_busi, tiny_model, tmp_path):
     run("umap", "--tap", CMP, "--n-neighbors", "5", "--min-dist", "0.1")
     maps = list((tmp_path / "o" / DATASET / "umap").glob("*.npz"))
     assert [p.name for p in maps] == [f"{VIT}@{CMP}.cosine-nn5-md0.1-seed0.npz"]
+    run("rise", "--tap", CMP, "--root", str(tiny_busi), "--n-masks", "8", "--images", "1",
+        "--causal-steps", "0", "--device", "cpu")  # the encoder's further tap, through its probe
+    assert sorted(p.name for p in (tmp_path / "o" / DATASET / "rise").glob("*.csv")) == [
+        f"{VIT}@{CMP}.csv"]
 
 
 @pytest.mark.slow  # ~15 s: five loads of the DINOv2 fixture

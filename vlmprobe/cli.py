@@ -403,6 +403,7 @@ def rise(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow an entry "
                                            "that declares trust_remote_code to run its hub "
                                            "code (as for extract)."),
+    tap: Optional[str] = TapOpt,
 ):
     """RISE saliency through preprocessing -> encoder -> scaler -> SVM, on original images."""
     from .cache import read_cache
@@ -413,7 +414,7 @@ def rise(
                      batch_size=batch_size)
     choice = ImageChoice(k=images, ids=tuple(x.strip() for x in ids.split(",") if x.strip())
                          if ids else (), misclassified=misclassified)
-    loaded = [read_cache(c) for c in find_caches(caches, out)]
+    loaded = [v for c in find_caches(caches, out) for v in read_cache(c).tap_views(tap)]
     if not include_baselines:
         loaded = [c for c in loaded if not c.baseline] or loaded
     rise_caches(loaded, cfg, choice=choice, labels=label or ["class"], target=target, root=root,

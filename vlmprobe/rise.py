@@ -607,7 +607,9 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     test = _test_relpaths(probes[0])
     picked = choose_images(cache, probes[0], choice, cfg.seed, test)
 
-    encoder = load_encoder(cache.model, device, trust_remote_code=trust_remote_code)
+    model, _, tap = cache.model.partition("@")  # a further tap's view: "<model>@<tap>"
+    encoder = load_encoder(model, device, trust_remote_code=trust_remote_code)
+    tap = tap or encoder.entry.tap
     if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
         raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
                             f"{cache.path}; re-extract the cache (vlmprobe extract --force).")
@@ -619,7 +621,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     truth = [cache.label_view(_column(label)) for label in labels]
 
     def score_fn(batch):
-        emb = encoder.encode_images(batch)
+        emb = encoder.encode_taps(batch, [tap])[tap]
         return torch.cat([p.decision_function(emb) for p in heads], dim=1)
 
     def primary_scores(batch):
