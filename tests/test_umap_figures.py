@@ -237,3 +237,18 @@ def test_many_models_wrap_into_rows(tmp_path):
     assert height > 0.35 * width  # 2 rows of 4 (2 empty); 1 row of 6 would be 0.17
     svg = png.with_suffix(".svg").read_text()
     assert all(f">m{i}<" in svg and f"silhouette {0.1 * i:.2f}" in svg for i in range(6))
+
+
+def test_thumbnails_of_image_files(tmp_path):
+    X, y = clustered(n_per=1)
+    root = tmp_path / "images"
+    root.mkdir()
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    for i, c in enumerate(colours):
+        Image.new("RGB", (640, 480), c).save(root / f"{i}.{'jpg' if i else 'png'}")
+    cache = npz_cache(tmp_path, X, y, with_images=False)
+    cache.relpaths = ["0.png", "1.jpg", "2.jpg"]
+    images = read_thumbnails(cache, [0, 1, 2], root=root, px=64)
+    assert [im.size for im in images.values()] == [(64, 48)] * 3
+    for i, c in enumerate(colours):
+        assert np.abs(np.asarray(images[i])[24, 32].astype(int) - c).max() < 8
