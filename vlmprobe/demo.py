@@ -100,7 +100,11 @@ def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> st
         lines.append(f"- probe table: `{md}` (CSV `{csv}`, full results + provenance "
                      f"`{md.with_suffix('.json')}`)")
     for png in maps:
-        lines.append(f"- UMAP map: `{png}` (+ .svg, coordinates .npz beside it)")
+        if png.name.startswith("compare."):
+            lines.append(f"- UMAP maps of the models side by side: `{png}` (+ .svg)")
+        else:
+            lines.append(f"- UMAP map: `{png}` (+ .svg; interactive `{png.with_suffix('.html').name}`"
+                         " and coordinates `.npz` beside it)")
     for r in rise:
         lines.append(f"- RISE overview: `{r['figure']}` (+ .svg), one figure per image in "
                      f"`{r['panels']}`, per-image numbers `{r['table']}`, maps `.maps.npz` beside")

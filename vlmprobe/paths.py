@@ -17,6 +17,15 @@ def data_root(dataset: str, root: str | Path | None = None) -> Path:
     return (Path(base).expanduser() if base else Path("data")) / dataset
 
 
+def images_root(cache, root: str | Path | None = None) -> Path:
+    """Where a cache's images are: ``root``, else the folder it was extracted from if that is
+    still there, else the dataset's default data folder (RISE and UMAP thumbnails read images)."""
+    if root is not None:
+        return Path(root)
+    hint = cache.attrs.get("dataset_root")
+    return Path(hint) if hint and Path(hint).is_dir() else data_root(cache.dataset)
+
+
 def cache_dir(out: str | Path | None = None) -> Path:
     """``--out`` if given, else ``$VLMPROBE_CACHE``, else ``~/.cache/vlmprobe``."""
     if out is not None:

@@ -613,7 +613,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
         raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
                             f"{cache.path}; re-extract the cache (vlmprobe extract --force).")
-    root = _dataset_root(cache, root)
+    root = paths.images_root(cache, root)
     digests = dict(zip(cache.files["relpath"], cache.files["digest"]))
     mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
     std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
@@ -734,13 +734,6 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
 def _mean(values) -> float:
     values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
     return float(np.mean(values)) if values else float("nan")
-
-
-def _dataset_root(cache: Cache, root: Path | None) -> Path:
-    if root is not None:
-        return Path(root)
-    hint = cache.attrs.get("dataset_root")
-    return Path(hint) if hint and Path(hint).is_dir() else paths.data_root(cache.dataset)
 
 
 def rise_caches(caches: list[Cache], cfg: RiseConfig = RiseConfig(), **kwargs) -> list[dict]:

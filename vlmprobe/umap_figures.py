@@ -79,15 +79,6 @@ def scatter(ax, coords: np.ndarray, vals: list[str], title: str, legend: bool = 
     return handles
 
 
-def image_root(cache: Cache, root: Path | None = None) -> Path:
-    """``root``, else the folder the cache was extracted from if it is still there, else the
-    default data folder of its dataset (as ``vlmprobe rise`` looks)."""
-    if root is not None:
-        return Path(root)
-    hint = cache.attrs.get("dataset_root")
-    return Path(hint) if hint and Path(hint).is_dir() else paths.data_root(cache.dataset)
-
-
 def stratified_choice(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     """``k`` indices, classes taking turns, each class in a seeded random order."""
     rng = np.random.default_rng(seed)
@@ -104,7 +95,7 @@ def read_thumbnails(cache: Cache, indices, root: Path | None = None,
                     px: int = THUMB_PX) -> dict[int, Image.Image]:
     """Thumbnails (longest side ``px``) of these samples, by index; those that cannot be read are
     left out with one warning that names the folder searched and how to point at the images."""
-    folder = image_root(cache, root)
+    folder = paths.images_root(cache, root)
     dicom = cache.attrs.get("dataset_entry", {}).get("dicom_window", "tags")
     out, missing = {}, []
     for i in indices:
