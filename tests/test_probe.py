@@ -128,3 +128,21 @@ def test_t_chosen_per_fold_is_recorded():
     assert set(fields["selected_per_fold"]) <= set(ProbeConfig().t_grid)
     mean, _ = fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(solver="fast", n_bootstrap=10))
     assert mean["selected_per_fold"] == [mean["selected_t"]] * 5
+
+
+@pytest.mark.parametrize("solver", ["sklearn", "fast"])
+def test_every_fit_records_its_settings(solver):
+    X, y, test, fold = _problem()
+    res, _ = fit_probe(X, y, test, fold, ["a", "b", "c"],
+                       ProbeConfig(solver=solver, n_bootstrap=20, t_grid=(1, 10)))
+    fits = res["fits"]
+    assert {"sklearn_version", "tol", "max_iter", "class"} <= set(fits["settings"])
+    if solver == "sklearn":
+        assert fits["settings"]["dual"] == "auto" and all("dual_used" in r for r in fits["records"])
+    n_folds = len(set(fold[~test].tolist()))
+    records = fits["records"]
+    assert [(r["fold"], r["t"]) for r in records] == (
+        [(j, t) for j in range(n_folds) for t in (1, 10)] + [("refit", res["selected_t"])])
+    assert sum(not r["converged"] for r in records) == res["n_unconverged"]
+    assert all(r["n_iter"] >= 1 and r["C"] == pytest.approx(r["t"] * 20 / r["n_fit"])
+               for r in records)

@@ -111,6 +111,19 @@ def _model_info(model, converged: bool, n_fit: int) -> dict:
     return info
 
 
+_PER_FIT = ("C", "n_neighbors", "n_iter", "converged", "dual_used")
+
+
+def _fit_record(fits: dict, model, converged: bool, n_fit: int, fold, point) -> None:
+    """Append one fit's record to ``fits``: settings shared by every fit are kept once
+    (``settings``: class, sklearn version, dual, tol, max_iter, ...), what varies per fit
+    (C or k, iterations, converged, the dual actually used) once per (fold, t) in ``records``."""
+    info = _model_info(model, converged, n_fit)
+    fits.setdefault("settings", {k: v for k, v in info.items() if k not in _PER_FIT})
+    fits.setdefault("records", []).append(
+        {"fold": fold, "t": point, "n_fit": n_fit, **{k: info[k] for k in _PER_FIT if k in info}})
+
+
 def _scores_of(model, X) -> np.ndarray:
     """Per-class scores [n, n_classes]: decision values of linear models, kNN vote shares."""
     if hasattr(model, "decision_function"):
@@ -258,6 +271,7 @@ class ProbeResult:
     probe_file: str = ""
     predictions_file: str = ""
     repeats: list[dict] = field(default_factory=list)   # one entry per outer test split
+    fits: dict = field(default_factory=dict)  # settings once + per (fold, t) C, n_iter, converged
     test_samples: dict = field(default_factory=dict, repr=False)  # arrays; not written to JSON
 
     @property
@@ -349,7 +363,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     val_f1 = np.zeros((len(points), len(sets)))
     val_preds = [[None] * len(sets) for _ in points]
     test_scores = [[None] * len(sets) for _ in points]
-    unconverged = 0
+    unconverged, fit_log = 0, {}
     for j, (fit, val) in enumerate(sets):
         scaler = StandardScaler().fit(X[fit])
         Xf, Xt = scaler.transform(X[fit]), scaler.transform(X[test])
@@ -358,6 +372,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         fits = _fit_grid(Xf, y[fit], values, cfg)
         for i, (svm, ok) in enumerate(fits):
             unconverged += not ok
+            _fit_record(fit_log, svm, ok, int(fit.sum()), j, points[i])
             val_preds[i][j] = svm.predict(Xv) if val.any() else np.zeros(0, int)
             val_f1[i, j] = f1_score(y[val], val_preds[i][j], average="macro",
                                     labels=np.arange(n_classes), zero_division=0) if val.any() else 0
@@ -381,6 +396,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
                 if (cfg.probe, cfg.solver) == ("svm", "fast") else [C])
         svm, ok = _fit_grid(scaler.transform(X[train]), y[train], path, cfg)[path.index(C)]
         unconverged += not ok
+        _fit_record(fit_log, svm, ok, int(train.sum()), "refit", points[best])
     refit_scores = _scores_of(svm, scaler.transform(X[test]))
 
     # The paper's choice: one t for every fold (best mean). Variant: each fold-model at its own
@@ -412,7 +428,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         selected_per_fold=[points[i] for i in per_fold],
         test=test_mean, test_sd=test_sd, test_ci95=test_ci, per_class=extra["per_class"],
         subgroups=subgroups,
-        all_converged=unconverged == 0, n_unconverged=unconverged, refit_C=C,
+        all_converged=unconverged == 0, n_unconverged=unconverged, fits=fit_log, refit_C=C,
         refit_test=refit_mean, refit_test_macro_f1_ci95=refit_ci["macro_f1"],
         positive_class=positive_class if positive is not None else None,
         shuffled_labels=cfg.shuffle_labels,
