@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 
@@ -76,6 +76,8 @@ class ModelEntry:
     licence: str = "unknown"
     description: str = ""
     seed: int | None = None
+    #: the entry's architecture with seeded random weights (a ``<model>_random`` null baseline)
+    random_init: bool = False
     #: another hub repo whose preprocessor (and, for vision towers, config) the model uses
     processor_source: str | None = None
     #: the command that installs what the family needs beyond vlmprobe's extras
@@ -166,8 +168,27 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(load_registry(), pattern))
 
 
+RANDOM_SUFFIX = "_random"
+
+
+def random_twin(entry: ModelEntry, seed: int = 0) -> ModelEntry:
+    """``<model>_random``: the same architecture, tap and preprocessing with seeded random weights,
+    flagged as a baseline, derived so that no model needs a YAML twin."""
+    return replace(entry, name=entry.name + RANDOM_SUFFIX, random_init=True, baseline=True,
+                   seed=seed, medical=False,
+                   description=f"Null baseline: {entry.name}'s architecture with random weights "
+                               f"(seed {seed}).",
+                   notes="Loaded through the family's own path (so the checkpoint must be in the "
+                         "cache), then every weight replaced: encoders.base.randomize_weights.")
+
+
 def get_model_entry(name: str, entries: dict[str, ModelEntry] | None = None) -> ModelEntry:
+    """The entry ``name``; ``<model>_random`` resolves to :func:`random_twin` of ``<model>``
+    unless the registry defines that name itself."""
     entries = load_registry() if entries is None else entries
+    base = name.removesuffix(RANDOM_SUFFIX)
+    if name not in entries and name.endswith(RANDOM_SUFFIX) and base in entries:
+        return random_twin(entries[base])
     if name not in entries:
         raise unknown_key_error("model", name, entries)
     return entries[name]

@@ -36,6 +36,23 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+@torch.no_grad()
+def randomize_weights(model: torch.nn.Module, seed: int) -> None:
+    """Replace every weight by a seeded random one, for the ``<model>_random`` baselines of any
+    family: each layer's own ``reset_parameters`` (PyTorch's init, BatchNorm statistics
+    included), then N(0, 0.02²) for parameters no layer resets (class tokens, position
+    embeddings, projections, layer scales)."""
+    torch.manual_seed(seed)
+    reset = set()
+    for module in model.modules():
+        if callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+            reset.update(id(p) for p in module.parameters(recurse=False))
+    for p in model.parameters():
+        if id(p) not in reset:
+            p.normal_(0.0, 0.02)
+
+
 class Encoder(ABC):
     """A model family adapter. ``__init__`` only stores; :meth:`load` does the work."""
 
@@ -89,7 +106,11 @@ class Encoder(ABC):
                                 f"{self.entry.tap!r} unknown; valid: {', '.join(self.taps)}.")
         self.model_ = self._load_model().eval().to(self.device)
         self.transform_ = self._build_transform()
-        self.weights_sha256_ = self._weights_sha256()
+        if self.entry.random_init:
+            randomize_weights(self.model_, self.entry.seed or 0)
+            self.weights_sha256_ = state_dict_sha256(self.model_)
+        else:
+            self.weights_sha256_ = self._weights_sha256()
         return self
 
     @property
