@@ -1,3 +1,6 @@
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -146,3 +149,29 @@ def test_every_fit_records_its_settings(solver):
     assert sum(not r["converged"] for r in records) == res["n_unconverged"]
     assert all(r["n_iter"] >= 1 and r["C"] == pytest.approx(r["t"] * 20 / r["n_fit"])
                for r in records)
+
+
+def test_pca_is_fitted_inside_each_fold_and_never_sees_the_test_rows():
+    X, y, test, fold = _problem(d=40)
+    cfg = ProbeConfig(pca_dim=8, n_bootstrap=20, t_grid=(1, 10))
+    res, probe = fit_probe(X, y, test, fold, ["a", "b", "c"], cfg)
+    assert res["embed_dim"] == 8
+    recs = [r for r in res["fits"]["records"] if r["t"] == 1 and r["fold"] != "refit"]
+    kept = [r["pca_variance_kept"] for r in recs]
+    assert all(r["pca_components"] == 8 for r in recs) and len(set(kept)) == len(kept)
+    # test rows replaced: no fold fit changes (they never enter scaler, PCA or SVM)
+    X2 = X.copy()
+    X2[test] = np.random.default_rng(1).normal(size=X2[test].shape) * 50
+    res2, _ = fit_probe(X2, y, test, fold, ["a", "b", "c"], cfg)
+    assert res2["fits"] == res["fits"] and res2["val_macro_f1"] == res["val_macro_f1"]
+    # fold 0's rows replaced: fold 0's model (fitted on the others) keeps its PCA, the rest not
+    X3 = X.copy()
+    X3[(fold == 0) & ~test] *= 3
+    recs3 = [r for r in fit_probe(X3, y, test, fold, ["a", "b", "c"], cfg)[0]["fits"]["records"]
+             if r["t"] == 1 and r["fold"] != "refit"]
+    assert recs3[0]["pca_variance_kept"] == kept[0]
+    assert all(a["pca_variance_kept"] != b for a, b in zip(recs3[1:], kept[1:]))
+    # the saved probe folds the PCA into its weights: raw embeddings in, same scores out
+    lo = LinearProbe.load(probe.save(Path(tempfile.mkdtemp()) / "p").with_suffix(""))
+    np.testing.assert_allclose(lo.decision_function(X[test]), probe.decision_function(X[test]))
+    assert np.mean(probe.predict(X[test]) == res["test_samples"]["refit_pred"]) == 1.0

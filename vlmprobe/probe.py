@@ -24,6 +24,8 @@ import numpy as np
 import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
@@ -65,6 +67,7 @@ class ProbeConfig:
     probe: str = "svm"     # the paper's; "logreg" (same C grid) and "knn" (cosine, k_grid) besides
     k_grid: tuple[int, ...] = K_GRID
     select: str = "mean"   # the paper's: one t by mean validation F1; "per_fold": each fold its own
+    pca_dim: int = 0       # > 0: PCA to this d inside each fold (the pixels baseline at a model's d)
     few_shot: int = 0      # k > 0: k training images per class, `draws` seeded draws, first t or k
     draws: int = 10
 
@@ -111,17 +114,36 @@ def _model_info(model, converged: bool, n_fit: int) -> dict:
     return info
 
 
-_PER_FIT = ("C", "n_neighbors", "n_iter", "converged", "dual_used")
+_PER_FIT = ("C", "n_neighbors", "n_iter", "converged", "dual_used", "pca_components",
+            "pca_variance_kept")
 
 
-def _fit_record(fits: dict, model, converged: bool, n_fit: int, fold, point) -> None:
+def _fit_record(fits: dict, model, converged: bool, n_fit: int, fold, point, scaler) -> None:
     """Append one fit's record to ``fits``: settings shared by every fit are kept once
     (``settings``: class, sklearn version, dual, tol, max_iter, ...), what varies per fit
-    (C or k, iterations, converged, the dual actually used) once per (fold, t) in ``records``."""
+    (C or k, iterations, converged, the dual actually used; with PCA the components kept and
+    their share of the fold's variance) once per (fold, t) in ``records``."""
     info = _model_info(model, converged, n_fit)
+    if isinstance(scaler, Pipeline):
+        pca = scaler.named_steps["pca"]
+        info.update(pca_components=int(pca.n_components_),
+                    pca_variance_kept=float(pca.explained_variance_ratio_.sum()))
     fits.setdefault("settings", {k: v for k, v in info.items() if k not in _PER_FIT})
     fits.setdefault("records", []).append(
         {"fold": fold, "t": point, "n_fit": n_fit, **{k: info[k] for k in _PER_FIT if k in info}})
+
+
+def _standardizer(cfg: ProbeConfig, X_fit: np.ndarray):
+    """StandardScaler, then (``cfg.pca_dim``) PCA, fitted on the fold's training rows only.
+
+    PCA keeps at most as many components as the fold has rows and features; C = t·d/N still
+    uses the asked d (that of the model compared with)."""
+    if not cfg.pca_dim:
+        return StandardScaler().fit(X_fit)
+    k = min(cfg.pca_dim, *X_fit.shape)
+    return Pipeline([("scale", StandardScaler()),
+                     ("pca", PCA(n_components=k, svd_solver="randomized" if k < min(X_fit.shape)
+                                 else "full", random_state=cfg.seed))]).fit(X_fit)
 
 
 def _scores_of(model, X) -> np.ndarray:
@@ -347,7 +369,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     reported per value (on those rows of the same resamples).
     """
     X, y = np.asarray(X), np.asarray(y)
-    n_classes, d = len(class_names), X.shape[1]
+    n_classes, d = len(class_names), cfg.pca_dim or X.shape[1]
     _check_inputs(X, y, test, fold, class_names)
     positive = class_names.index(positive_class) if positive_class in class_names else None
     if n_classes != 2:
@@ -365,14 +387,14 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     test_scores = [[None] * len(sets) for _ in points]
     unconverged, fit_log = 0, {}
     for j, (fit, val) in enumerate(sets):
-        scaler = StandardScaler().fit(X[fit])
+        scaler = _standardizer(cfg, X[fit])
         Xf, Xt = scaler.transform(X[fit]), scaler.transform(X[test])
         Xv = scaler.transform(X[val]) if val.any() else None
         values = _grid(cfg, d, int(fit.sum()))[:len(points)]
         fits = _fit_grid(Xf, y[fit], values, cfg)
         for i, (svm, ok) in enumerate(fits):
             unconverged += not ok
-            _fit_record(fit_log, svm, ok, int(fit.sum()), j, points[i])
+            _fit_record(fit_log, svm, ok, int(fit.sum()), j, points[i], scaler)
             val_preds[i][j] = svm.predict(Xv) if val.any() else np.zeros(0, int)
             val_f1[i, j] = f1_score(y[val], val_preds[i][j], average="macro",
                                     labels=np.arange(n_classes), zero_division=0) if val.any() else 0
@@ -389,14 +411,14 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     if cfg.few_shot:  # no refit on all data: the saved probe is the first draw's
         svm, ok, C, scaler = draw0
     else:  # refit on the whole training part with the selected t: the probe RISE explains
-        scaler = StandardScaler().fit(X[train])
+        scaler = _standardizer(cfg, X[train])
         C = _grid(cfg, d, int(train.sum()))[best]
         # The fast solver reaches a large C cold only slowly; warm-started along the grid it is quick.
         path = ([v for v in _grid(cfg, d, int(train.sum())) if v <= C]
                 if (cfg.probe, cfg.solver) == ("svm", "fast") else [C])
         svm, ok = _fit_grid(scaler.transform(X[train]), y[train], path, cfg)[path.index(C)]
         unconverged += not ok
-        _fit_record(fit_log, svm, ok, int(train.sum()), "refit", points[best])
+        _fit_record(fit_log, svm, ok, int(train.sum()), "refit", points[best], scaler)
     refit_scores = _scores_of(svm, scaler.transform(X[test]))
 
     # The paper's choice: one t for every fold (best mean). Variant: each fold-model at its own
@@ -438,9 +460,13 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     )
     if not hasattr(svm, "coef_"):  # kNN: nothing linear to save for RISE
         return fields, None
-    probe = LinearProbe(scaler.mean_, scaler.scale_, svm.coef_, svm.intercept_, class_names,
+    coef, intercept, std = svm.coef_, svm.intercept_, scaler
+    if isinstance(scaler, Pipeline):  # PCA is linear: fold it into the probe's weights
+        std, pca = scaler.named_steps["scale"], scaler.named_steps["pca"]
+        coef, intercept = coef @ pca.components_, intercept - coef @ pca.components_ @ pca.mean_
+    probe = LinearProbe(std.mean_, std.scale_, coef, intercept, class_names,
                         {"C": C, "t": points[best], "n_fit": int(train.sum()),
-                         "shuffled_labels": cfg.shuffle_labels,
+                         "shuffled_labels": cfg.shuffle_labels, "pca_dim": cfg.pca_dim,
                          cfg.probe: {"solver": cfg.solver, **_model_info(svm, ok, int(train.sum()))}})
     return fields, probe
 
