@@ -167,3 +167,23 @@ def test_few_shot_draws_are_the_models(tmp_path):
     assert probe.info["n_fit"] == 12 and f["n_train"] == (~test).sum()  # the draw: 4 per class
     with pytest.raises(VlmprobeError, match="1000-shot needs 1000 training images per class"):
         fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(few_shot=1000, **FAST))
+
+
+def test_pixels_cache_is_probed_at_each_compared_models_d(tmp_path):
+    X, y = _data(n=240, d=48)
+    pix = Cache(embeddings=X, labels=y, relpaths=[f"img{i:04d}.png" for i in range(len(X))],
+                class_names=["a", "b", "c"], model="pixels", dataset="toyset",
+                dataset_fingerprint="f", cache_key="pixels", path=tmp_path / "pixels.h5",
+                attrs={"baseline": True, "encoder": {"family": "pixels"}})
+    models = [_cache(tmp_path, X[:, :d], y, f"m{d}") for d in (6, 12)]
+    res = probe_caches([*models, pix], out=tmp_path / "out", cfg=ProbeConfig(**FAST), log=lambda *a: None)
+    rows = {r.name: r for r in res}
+    assert set(rows) == {"m6", "m12", "pixels (baseline) [PCA to 6]", "pixels (baseline) [PCA to 12]"}
+    for d in (6, 12):
+        r = rows[f"pixels (baseline) [PCA to {d}]"]
+        assert r.embed_dim == d and r.fits["records"][0]["pca_components"] == d
+    assert rows["m6"].pca_dim == 0 and "pca_components" not in rows["m6"].fits["records"][0]
+    alone = probe_caches([pix], out=tmp_path / "o2", cfg=ProbeConfig(**FAST), log=lambda *a: None)
+    assert [r.pca_dim for r in alone] == [0] and alone[0].embed_dim == 48
+    md = write_table(res, tmp_path / "t")
+    assert any("PCA to 6" in p.read_text() for p in md if p.suffix == ".md")

@@ -298,6 +298,8 @@ def probe(
     few_shot: int = typer.Option(0, "--few-shot", help="k > 0: fit on k training images per "
                                  "class (first t of the grid), --draws seeded draws."),
     draws: int = typer.Option(10, "--draws", help="Few-shot draws."),
+    pca_dim: int = typer.Option(0, "--pca-dim", help="The pixels baseline's d: PCA inside each "
+                                "fold (default: one row per d of the other models' caches)."),
     tap: Optional[str] = TapOpt,
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
@@ -308,7 +310,7 @@ def probe(
     cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
                       subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
-                      draws=draws)
+                      draws=draws, pca_dim=pca_dim)
     loaded = [v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)]
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
                            cfg=cfg, log=console.print)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -293,12 +293,14 @@ class ProbeResult:
     probe_file: str = ""
     predictions_file: str = ""
     repeats: list[dict] = field(default_factory=list)   # one entry per outer test split
+    pca_dim: int = 0   # the pixels baseline: PCA to this d inside each fold
     fits: dict = field(default_factory=dict)  # settings once + per (fold, t) C, n_iter, converged
     test_samples: dict = field(default_factory=dict, repr=False)  # arrays; not written to JSON
 
     @property
     def name(self) -> str:
         return (self.model + (" (baseline)" if self.baseline else "")
+                + (f" [PCA to {self.pca_dim}]" if self.pca_dim else "")
                 + ("" if self.probe == "svm" else f" [{self.probe}]")
                 + (f" [{self.few_shot}-shot]" if self.few_shot else "")
                 + (" (shuffled labels)" if self.shuffled_labels else ""))
@@ -679,6 +681,26 @@ def _confusion_figure(fields: dict, class_names: list[str], stem: Path, title: s
         save_figure(fig, stem, {"stage": "probe", "counts": cm.tolist(), "classes": class_names})
 
 
+PIXELS_FAMILY = "pixels"
+
+
+def _probe_jobs(caches: list[Cache], cfg: ProbeConfig) -> list[tuple[Cache, ProbeConfig]]:
+    """(cache, its config) per table row. A ``pixels`` cache is reduced by PCA inside each fold
+    to ``cfg.pca_dim``, or else to each distinct d of the model caches of its dataset (one row
+    per d; raw pixels when it is probed alone); other caches are never reduced."""
+    def is_pixels(c):
+        return c.attrs.get("encoder", {}).get("family") == PIXELS_FAMILY
+    jobs = []
+    for cache in caches:
+        if not is_pixels(cache):
+            jobs.append((cache, replace(cfg, pca_dim=0)))
+            continue
+        dims = [cfg.pca_dim] if cfg.pca_dim else sorted(
+            {c.embed_dim for c in caches if c.dataset == cache.dataset and not is_pixels(c)})
+        jobs += [(cache, replace(cfg, pca_dim=d)) for d in dims or [0]]
+    return jobs
+
+
 def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None = None,
                  split_seed: int = 0, cfg: ProbeConfig = ProbeConfig(),
                  log=print) -> list[ProbeResult]:
@@ -688,6 +710,9 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
 
     if cfg.repeats < 1:
         raise VlmprobeError(f"repeats must be >= 1; got {cfg.repeats}.")
+    if cfg.pca_dim < 0:
+        raise VlmprobeError(f"pca_dim must be >= 0 (0: the d of the compared caches); got "
+                            f"{cfg.pca_dim}.")
     _check_same_dataset_files(caches)
     for cache in caches:
         missing = [c for c in cfg.subgroups if c not in cache.metadata]
@@ -695,31 +720,32 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
             raise VlmprobeError(f"{cache.path}: no metadata column(s) {missing} for subgroups; "
                                 f"columns: {', '.join(sorted(cache.metadata)) or 'none'}.")
     results = []
-    for cache in caches:
+    for cache, job in _probe_jobs(caches, cfg):
         y, names, view = cache.label_view(label)
         positive = cache.attrs.get("dataset_entry", {}).get("positive_class") if view == "class" else None
         split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
         runs = []
-        for r in range(cfg.repeats):
+        for r in range(job.repeats):
             split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y,
                                          names, SplitSpec(label_view=view, seed=split_seed + r),
                                          source=str(cache.path))
             test, fold = split.align(cache.relpaths, str(cache.path))
             rows = np.flatnonzero(test)
-            groups = {c: [cache.metadata[c][i] for i in rows] for c in cfg.subgroups}
-            runs.append((split, *fit_probe(cache.embeddings, y, test, fold, names, cfg, positive,
+            groups = {c: [cache.metadata[c][i] for i in rows] for c in job.subgroups}
+            runs.append((split, *fit_probe(cache.embeddings, y, test, fold, names, job, positive,
                                            [cache.relpaths[i] for i in rows], groups)))
         split, fields, probe = runs[0]
         path = probe_path(cache, view, out)
-        path = path.with_name(path.name + ("" if cfg.probe == "svm" else f".{cfg.probe}")
-                              + (f".{cfg.few_shot}-shot" if cfg.few_shot else "")
-                              + (".shuffled-labels" if cfg.shuffle_labels else ""))
+        path = path.with_name(path.name + ("" if job.probe == "svm" else f".{job.probe}")
+                              + (f".{job.few_shot}-shot" if job.few_shot else "")
+                              + (f".pca{job.pca_dim}" if job.pca_dim else "")
+                              + (".shuffled-labels" if job.shuffle_labels else ""))
         result = ProbeResult(model=cache.model, dataset=cache.dataset, label_view=view,
-                             baseline=cache.baseline, **fields)
+                             baseline=cache.baseline, pca_dim=job.pca_dim, **fields)
         if probe is not None:
             probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
                                "cache_key": cache.cache_key, "split_file": str(split.path),
-                               "protocol": asdict(cfg), "provenance": provenance(stage="probe")})
+                               "protocol": asdict(job), "provenance": provenance(stage="probe")})
             result.probe_file = str(probe.save(path))
         result.predictions_file = str(_write_predictions(
             path.with_name(path.name + ".test_predictions.csv"), fields, names))
@@ -729,7 +755,7 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
                            "selected_t": f["selected_t"], "test": f["test"]}
                           for r, (sp, f, _) in enumerate(runs)]
         log(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
-            f"{result.cell('macro_f1')}; refit ({'k' if cfg.probe == 'knn' else 'C'}="
+            f"{result.cell('macro_f1')}; refit ({'k' if job.probe == 'knn' else 'C'}="
             f"{result.refit_C:.4g}) test macro-F1 {100 * result.refit_test['macro_f1']:.1f}"
             + (f" -> {result.probe_file}" if result.probe_file else ""))
         results.append(result)

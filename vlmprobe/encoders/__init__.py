@@ -8,8 +8,8 @@ import torch
 from ..registry import ModelEntry, get_model_entry
 from ..validation import VlmprobeError, unknown_key_error
 from .base import FAMILIES, Encoder, register_family
-from . import (hf_family, llava_family, open_clip_family, timm_family,  # noqa: F401  (they
-               torchvision_family, upstream_family)  # register themselves on import)
+from . import (hf_family, llava_family, open_clip_family, pixels_family,  # noqa: F401  (they
+               timm_family, torchvision_family, upstream_family)  # register themselves on import)
 
 __all__ = ["Encoder", "FAMILIES", "load_encoder", "register_family", "resolve_device"]
 
