@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,58 @@ def test_grouped_split_sidecar_records_groups(tmp_path):
     paper = load_or_create_split(tmp_path, "fp", paths, y, ["a", "b", "c"], SplitSpec(),
                                  groups=groups, group_source="patient")
     assert json.loads(paper.path.with_suffix(".json").read_text())["groups"]["n_crossing_train_test"] > 0
+
+
+def _grouped_cache(tmp_path, with_groups=True):
+    from vlmprobe.cache import Cache
+    paths, y = _data((60, 60, 60))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(len(y), 8)) + 2.0 * np.eye(8)[y]
+    meta = {"group": [f"p{i // 4}" for i in range(len(y))]} if with_groups else {}
+    return Cache(embeddings=X, labels=y, relpaths=paths, class_names=["a", "b", "c"],
+                 model="m", dataset="toy", dataset_fingerprint="f", cache_key="m",
+                 metadata=meta, path=tmp_path / "toy" / "m.h5")
+
+
+def test_probe_grouped_split_keeps_patients_apart_and_paper_is_unchanged(tmp_path):
+    """--split grouped: no patient crosses train/test and every output says so; the paper
+    split stays the file it was (groups only add the leak count to its sidecar)."""
+    import json
+
+    from vlmprobe.probe import ProbeConfig, probe_caches
+    from vlmprobe.splits import read_split
+    cache = _grouped_cache(tmp_path)
+    paper_ref = make_split(cache.relpaths, cache.labels, SplitSpec(seed=0))
+    cfg = dict(n_bootstrap=50)
+    quiet = dict(out=tmp_path / "out", log=lambda *a: None)
+    (paper,) = probe_caches([cache], cfg=ProbeConfig(**cfg), **quiet)
+    (grouped,) = probe_caches([cache], cfg=ProbeConfig(split="grouped", **cfg), **quiet)
+    paper_file, grouped_file = (Path(r.repeats[0]["split_file"]) for r in (paper, grouped))
+    assert paper_file.name.startswith("class-paper-") and grouped_file.name.startswith("class-grouped-")
+    ps = read_split(paper_file)
+    assert ps.relpaths == paper_ref.relpaths and (ps.test == paper_ref.test).all() \
+        and (ps.fold == paper_ref.fold).all()
+    g = dict(zip(cache.relpaths, cache.metadata["group"]))
+    gs = read_split(grouped_file)
+    assert not {g[r] for r, t in zip(gs.relpaths, gs.test) if t} & \
+        {g[r] for r, t in zip(gs.relpaths, gs.test) if not t}
+    assert json.loads(grouped_file.with_suffix(".json").read_text())["groups"][
+        "n_crossing_train_test"] == 0
+    assert json.loads(paper_file.with_suffix(".json").read_text())["groups"][
+        "n_crossing_train_test"] > 0
+    assert (paper.split, grouped.split) == ("paper", "grouped")
+    assert grouped.repeats[0]["groups"]["n_crossing_train_test"] == 0
+    assert paper.repeats[0]["groups"]["n_crossing_train_test"] > 0
+    assert grouped.row()["split"] == "grouped" and grouped.probe_file != paper.probe_file
+    from vlmprobe.probe import LinearProbe
+    from vlmprobe.rise import _test_relpaths  # RISE explains the test images of the probe's split
+    probe = LinearProbe.load(Path(grouped.probe_file[:-len(".npz")]))
+    assert probe.info["protocol"]["split"] == "grouped"
+    assert _test_relpaths(probe) == {r for r, t in zip(gs.relpaths, gs.test) if t}
+
+
+def test_probe_grouped_split_without_groups_says_what_to_do(tmp_path):
+    from vlmprobe.probe import ProbeConfig, probe_caches
+    with pytest.raises(VlmprobeError, match="'toy' has no group.*datasets split toy --split grouped"):
+        probe_caches([_grouped_cache(tmp_path, with_groups=False)],
+                     cfg=ProbeConfig(split="grouped"), log=lambda *a: None)

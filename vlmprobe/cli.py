@@ -275,6 +275,9 @@ def probe(
     label: Optional[str] = typer.Option(None, "--label", help="Probe a metadata column instead "
                                         "of the class (e.g. the burnt-in word)."),
     seed: int = typer.Option(0, "--seed", help="Split seed."),
+    split: str = typer.Option("paper", "--split", help="paper (stratified, ungrouped: the "
+                              "paper's) | grouped (no patient id crosses train/test; needs the "
+                              "cache's group column or a `datasets split --split grouped` file)."),
     solver: str = typer.Option("fast", "--solver", help="fast (vlmprobe.svm: LinearSVC's "
                                "objective by active-set Newton, ~24x faster) or sklearn "
                                "(LinearSVC itself, the reference)."),
@@ -310,14 +313,15 @@ def probe(
     cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
                       subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
-                      draws=draws, pca_dim=pca_dim)
+                      draws=draws, pca_dim=pca_dim, split=split)
     loaded = [v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)]
     results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
                            cfg=cfg, log=console.print)
     name = ("probe_results" + ("" if kind == "svm" else f".{kind}")
             + (f".{few_shot}-shot" if few_shot else "")
             + ("" if label is None else f".label-{label}")
-            + (".shuffled-labels" if shuffle_labels else ""))
+            + (".shuffled-labels" if shuffle_labels else "")
+            + ("" if split == "paper" else f".{split}"))
     table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
     md, csv_path = write_table(results, Path(table_dir), name, paper=compare_paper)
     console.print(f"Table: {md} and {csv_path}")

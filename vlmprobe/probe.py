@@ -70,6 +70,7 @@ class ProbeConfig:
     pca_dim: int = 0       # > 0: PCA to this d inside each fold (the pixels baseline at a model's d)
     few_shot: int = 0      # k > 0: k training images per class, `draws` seeded draws, first t or k
     draws: int = 10
+    split: str = "paper"   # "paper" (stratified, ungrouped) | "grouped" (no patient crosses train/test)
 
 
 def _grid(cfg: ProbeConfig, d: int, n_fit: int) -> list[float]:
@@ -293,6 +294,7 @@ class ProbeResult:
     probe_file: str = ""
     predictions_file: str = ""
     repeats: list[dict] = field(default_factory=list)   # one entry per outer test split
+    split: str = "paper"   # the grouping of the train/test split (vlmprobe.splits.GROUPINGS)
     pca_dim: int = 0   # the pixels baseline: PCA to this d inside each fold
     fits: dict = field(default_factory=dict)  # settings once + per (fold, t) C, n_iter, converged
     test_samples: dict = field(default_factory=dict, repr=False)  # arrays; not written to JSON
@@ -323,7 +325,8 @@ class ProbeResult:
     def row(self) -> dict:
         lo, hi = self.refit_test_macro_f1_ci95
         return {"model": self.name,
-                "dataset": self.dataset, "label": self.label_view, "N_train": self.n_train,
+                "dataset": self.dataset, "label": self.label_view, "split": self.split,
+                "N_train": self.n_train,
                 "N_test": self.n_test, "d": self.embed_dim,
                 "selected": self.selected,
                 "accuracy %": self.cell("accuracy"), "macro-F1 %": self.cell("macro_f1"),
@@ -701,6 +704,28 @@ def _probe_jobs(caches: list[Cache], cfg: ProbeConfig) -> list[tuple[Cache, Prob
     return jobs
 
 
+def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
+                  seed: int) -> tuple[list[str] | None, str]:
+    """The cache's patient ids (metadata "group") for the split, or None. A grouped split
+    without them is only possible from a file ``vlmprobe datasets split`` already wrote (e.g.
+    near-duplicate clusters); otherwise the error says how to get one."""
+    from .splits import GROUPINGS, SplitSpec, split_path
+
+    if grouping not in GROUPINGS:
+        raise VlmprobeError(f"split {grouping!r} is not available; use one of {GROUPINGS}.")
+    if "group" in cache.metadata:
+        return cache.metadata["group"], cache.attrs.get("dataset_entry", {}).get(
+            "group_column") or "group"
+    if grouping == "grouped" and not split_path(split_dir, cache.dataset_fingerprint,
+                                                SplitSpec(view, grouping, seed)).is_file():
+        raise VlmprobeError(
+            f"{cache.path}: dataset {cache.dataset!r} has no group (patient id) column in the "
+            f"cache, so a grouped split cannot be made here. Run `vlmprobe datasets split "
+            f"{cache.dataset} --split grouped --seed {seed}` (near-duplicate clusters where the "
+            f"dataset ships no patient ids), or use --split paper.")
+    return None, ""
+
+
 def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None = None,
                  split_seed: int = 0, cfg: ProbeConfig = ProbeConfig(),
                  log=print) -> list[ProbeResult]:
@@ -724,11 +749,14 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         y, names, view = cache.label_view(label)
         positive = cache.attrs.get("dataset_entry", {}).get("positive_class") if view == "class" else None
         split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
+        patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed)
         runs = []
         for r in range(job.repeats):
             split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y,
-                                         names, SplitSpec(label_view=view, seed=split_seed + r),
-                                         source=str(cache.path))
+                                         names, SplitSpec(label_view=view, grouping=job.split,
+                                                          seed=split_seed + r),
+                                         source=str(cache.path), groups=patients,
+                                         group_source=group_source)
             test, fold = split.align(cache.relpaths, str(cache.path))
             rows = np.flatnonzero(test)
             groups = {c: [cache.metadata[c][i] for i in rows] for c in job.subgroups}
@@ -739,9 +767,11 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         path = path.with_name(path.name + ("" if job.probe == "svm" else f".{job.probe}")
                               + (f".{job.few_shot}-shot" if job.few_shot else "")
                               + (f".pca{job.pca_dim}" if job.pca_dim else "")
+                              + ("" if job.split == "paper" else f".{job.split}")
                               + (".shuffled-labels" if job.shuffle_labels else ""))
         result = ProbeResult(model=cache.model, dataset=cache.dataset, label_view=view,
-                             baseline=cache.baseline, pca_dim=job.pca_dim, **fields)
+                             baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
+                             **fields)
         if probe is not None:
             probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
                                "cache_key": cache.cache_key, "split_file": str(split.path),
@@ -752,6 +782,9 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         _confusion_figure(fields, names, path.with_name(path.name + ".confusion"),
                           f"{result.name} / {cache.dataset} [{view}]")
         result.repeats = [{"split_seed": split_seed + r, "split_file": str(sp.path),
+                           # patients crossing train/test (0 for grouped; the leak for paper)
+                           "groups": json.loads(sp.path.with_suffix(".json").read_text()).get(
+                               "groups"),
                            "selected_t": f["selected_t"], "test": f["test"]}
                           for r, (sp, f, _) in enumerate(runs)]
         log(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
