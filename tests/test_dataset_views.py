@@ -88,10 +88,22 @@ def test_extract_records_the_view_and_keeps_views_apart(hicervix, tmp_path, lite
     c1 = read_cache(r1.path)
     assert c1.class_names == ["Abnormal", "Microbe", "Normal"]
     assert c1.attrs["dataset_entry"]["label_level"] == 1
-    r3 = extract("efficientnet_lite0", "hicervix", out=tmp_path / "b", **kw)
+    assert r1.path == tmp_path / "a" / "hicervix" / "efficientnet_lite0@level1.h5"
+    r3 = extract("efficientnet_lite0", "hicervix", out=tmp_path / "a", **kw)  # no --force needed
+    assert r3.path == tmp_path / "a" / "hicervix" / "efficientnet_lite0.h5"
     assert read_cache(r3.path).dataset_fingerprint != c1.dataset_fingerprint
-    with pytest.raises(VlmprobeError, match="different inputs"):  # never served for another view
-        extract("efficientnet_lite0", "hicervix", out=tmp_path / "a", **kw)
+    r2 = extract("efficientnet_lite0", "hicervix", out=tmp_path / "a", **kw,
+                 dataset_options={"label_level": 2, "class_subset": ["Squamous", "Microbe"]})
+    assert r2.path.name.startswith("efficientnet_lite0@level2-classes=")
+    from vlmprobe.paths import find_caches
+    from vlmprobe.probe import ProbeConfig, probe_caches
+    found = find_caches([tmp_path / "a"])
+    assert sorted(found) == sorted([r1.path, r2.path, r3.path])
+    res = probe_caches([read_cache(p) for p in (r1.path, r3.path)], out=tmp_path / "p",
+                       cfg=ProbeConfig(n_bootstrap=20), log=lambda *a: None)
+    assert [r.class_names for r in res] == [c1.class_names, read_cache(r3.path).class_names]
+    assert [r.dataset for r in res] == ["hicervix@level1", "hicervix"]
+    assert len({r.probe_file for r in res}) == 2
 
 
 def test_cli_check_and_split_take_the_view_options(hicervix, tmp_path):

@@ -1,5 +1,9 @@
 """The embedding cache: one HDF5 file per (model, dataset). This module alone owns its schema.
 
+Files: ``<cache dir>/<dataset>/<model>.h5``; a non-default label view (``--label-level``,
+``--classes``) gets its own ``<model>@<view>.h5``, e.g. ``clip@level2-classes=Candida+Trichomonas.h5``
+(:func:`vlmprobe.paths.cache_path`), so views of one dataset coexist.
+
 Schema version 3 (``/`` is the file root)::
 
     /embeddings          float32 [N, d]   one row per readable image, in ``relpaths`` order: the

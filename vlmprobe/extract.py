@@ -279,7 +279,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
             fast_decode: bool = False, dataset_options: dict | None = None,
             trust_remote_code: bool | None = None,
             taps: str | list[str] | None = None) -> ExtractResult:
-    """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` and returns it.
+    """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` (``<model>@<view>.h5``
+    for a non-default label view, see :func:`vlmprobe.paths.cache_path`) and returns it.
 
     Re-running after a crash continues from the chunks on disk. ``batch_size="auto"`` picks
     one (see :func:`auto_batch_size`); a resumed run keeps the batch size it started with.
@@ -293,7 +294,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     entry = get_model_entry(model)
     data = load_dataset(dataset, root, **(dataset_options or {}))
     relpaths = [s.relpath for s in data.samples]
-    final = paths.cache_path(paths.cache_dir(out), dataset, model)
+    final = paths.cache_path(paths.cache_dir(out), dataset, model, data.label_view)
     part = parse_shard(shard)
     target = shard_path(final, *part) if part else final
     if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):

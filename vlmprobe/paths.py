@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DATA_ENV = "VLMPROBE_DATA"
@@ -34,9 +35,12 @@ def cache_dir(out: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_CACHE_DIR
 
 
-def cache_path(cache_root: Path, dataset: str, model: str) -> Path:
-    """Caches are laid out ``<cache_root>/<dataset>/<model>.h5``; stage outputs sit beside them."""
-    return Path(cache_root) / dataset / f"{model}.h5"
+def cache_path(cache_root: Path, dataset: str, model: str, label_view: str = "") -> Path:
+    """Caches are laid out ``<cache_root>/<dataset>/<model>.h5``, and a non-default label view
+    (``Dataset.label_view``, e.g. ``level1;classes=a+b``) as ``<model>@level1-classes=a+b.h5``,
+    so caches of two views of one dataset sit side by side; stage outputs sit beside them."""
+    view = re.sub(r"[^A-Za-z0-9.+=-]+", "_", label_view.replace(";", "-"))
+    return Path(cache_root) / dataset / (f"{model}@{view}.h5" if view else f"{model}.h5")
 
 
 def stage_dir(cache_file: Path, dataset: str, stage: str, out: str | Path | None = None) -> Path:

@@ -256,9 +256,16 @@ def _stack_binary(f):
     return torch.cat([-f, f], dim=1)
 
 
+def _view_tag(cache: Cache) -> str:
+    """"@level1" etc. for a cache of a non-default label view (``<model>@<view>.h5``), else ""."""
+    tag = Path(cache.path or "").stem.partition("@")[2]
+    return f"@{tag}" if tag else ""
+
+
 def probe_path(cache: Cache, label_view: str, out_dir: Path | None = None) -> Path:
     suffix = "" if label_view == "class" else f".label-{label_view}"
-    return stage_dir(cache.path, cache.dataset, "probe", out_dir) / f"{cache.model}{suffix}"
+    return (stage_dir(cache.path, cache.dataset, "probe", out_dir)
+            / f"{cache.model}{_view_tag(cache)}{suffix}")
 
 
 @dataclass
@@ -479,8 +486,8 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
 def _check_same_dataset_files(caches: list[Cache]) -> None:
     """Caches of one dataset must come from identical files, or the shared split lies."""
     first: dict[str, Cache] = {}
-    for c in caches:
-        ref = first.setdefault(c.dataset, c)
+    for c in caches:  # each label view (its own fingerprint and splits) on its own
+        ref = first.setdefault(c.dataset + _view_tag(c), c)
         if c.dataset_fingerprint != ref.dataset_fingerprint:
             raise VlmprobeError(
                 f"Caches of dataset {c.dataset!r} were extracted from different files: {ref.path} "
@@ -769,7 +776,8 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
                               + (f".pca{job.pca_dim}" if job.pca_dim else "")
                               + ("" if job.split == "paper" else f".{job.split}")
                               + (".shuffled-labels" if job.shuffle_labels else ""))
-        result = ProbeResult(model=cache.model, dataset=cache.dataset, label_view=view,
+        result = ProbeResult(model=cache.model, dataset=cache.dataset + _view_tag(cache),
+                             label_view=view,
                              baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
                              **fields)
         if probe is not None:
