@@ -721,8 +721,8 @@ def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
     if grouping not in GROUPINGS:
         raise VlmprobeError(f"split {grouping!r} is not available; use one of {GROUPINGS}.")
     if "group" in cache.metadata:
-        return cache.metadata["group"], cache.attrs.get("dataset_entry", {}).get(
-            "group_column") or "group"
+        entry = cache.attrs.get("dataset_entry", {})
+        return cache.metadata["group"], entry.get("group_key") or entry.get("group_column") or "group"
     if grouping == "grouped" and not split_path(split_dir, cache.dataset_fingerprint,
                                                 SplitSpec(view, grouping, seed)).is_file():
         raise VlmprobeError(
