@@ -104,6 +104,12 @@ def test_extract_records_the_view_and_keeps_views_apart(hicervix, tmp_path, lite
     assert [r.class_names for r in res] == [c1.class_names, read_cache(r3.path).class_names]
     assert [r.dataset for r in res] == ["hicervix@level1", "hicervix"]
     assert len({r.probe_file for r in res}) == 2
+    from vlmprobe.umap_maps import UmapConfig, umap_caches  # stage outputs keep views apart too
+
+    pngs = umap_caches([read_cache(p) for p in (r1.path, r3.path)], UmapConfig(n_neighbors=5),
+                       out=tmp_path / "p", log=lambda *a: None)
+    assert sorted(p.name.split(".")[0] for p in pngs) == sorted(
+        p.name.split(".")[0] for p in (r1.path, r3.path))  # two views: no side-by-side figure
 
 
 def test_cli_check_and_split_take_the_view_options(hicervix, tmp_path):

@@ -103,6 +103,13 @@ class Cache:
         return [self.with_tap(tap)]
 
     @property
+    def view_tag(self) -> str:
+        """"@level1" etc. for a cache of a non-default label view (``<model>@<view>.h5``), else
+        "": stage outputs carry it, so two views' outputs never overwrite each other."""
+        tag = Path(self.path or "").stem.partition("@")[2]
+        return f"@{tag}" if tag else ""
+
+    @property
     def shard(self) -> str:
         return str(self.attrs.get("shard", ""))
 

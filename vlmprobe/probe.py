@@ -256,16 +256,10 @@ def _stack_binary(f):
     return torch.cat([-f, f], dim=1)
 
 
-def _view_tag(cache: Cache) -> str:
-    """"@level1" etc. for a cache of a non-default label view (``<model>@<view>.h5``), else ""."""
-    tag = Path(cache.path or "").stem.partition("@")[2]
-    return f"@{tag}" if tag else ""
-
-
 def probe_path(cache: Cache, label_view: str, out_dir: Path | None = None) -> Path:
     suffix = "" if label_view == "class" else f".label-{label_view}"
     return (stage_dir(cache.path, cache.dataset, "probe", out_dir)
-            / f"{cache.model}{_view_tag(cache)}{suffix}")
+            / f"{cache.model}{cache.view_tag}{suffix}")
 
 
 @dataclass
@@ -487,7 +481,7 @@ def _check_same_dataset_files(caches: list[Cache]) -> None:
     """Caches of one dataset must come from identical files, or the shared split lies."""
     first: dict[str, Cache] = {}
     for c in caches:  # each label view (its own fingerprint and splits) on its own
-        ref = first.setdefault(c.dataset + _view_tag(c), c)
+        ref = first.setdefault(c.dataset + c.view_tag, c)
         if c.dataset_fingerprint != ref.dataset_fingerprint:
             raise VlmprobeError(
                 f"Caches of dataset {c.dataset!r} were extracted from different files: {ref.path} "
@@ -776,7 +770,7 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
                               + (f".pca{job.pca_dim}" if job.pca_dim else "")
                               + ("" if job.split == "paper" else f".{job.split}")
                               + (".shuffled-labels" if job.shuffle_labels else ""))
-        result = ProbeResult(model=cache.model, dataset=cache.dataset + _view_tag(cache),
+        result = ProbeResult(model=cache.model, dataset=cache.dataset + cache.view_tag,
                              label_view=view,
                              baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
                              **fields)

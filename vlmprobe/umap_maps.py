@@ -19,6 +19,9 @@ global structure, packed to spread out); one value per option gives one map.
     compare.<cfg>[.by-<col>].png/.svg         several caches of one dataset (same images): one
                                     panel per model, same colours, each with its metrics
 
+``<model>`` carries ``@<view>`` for a label view's cache (``<model>@<view>.h5``, e.g. HiCervix
+``--label-level 1``), and ``compare`` too, so two views' outputs never overwrite each other.
+
 Figures and the HTML are drawn by vlmprobe/umap_figures.py and vlmprobe/umap_html.py.
 
 **One kNN graph per (cache, metric).** It is computed at the largest n_neighbors still to fit and
@@ -261,7 +264,7 @@ def fit_map(X: np.ndarray, cfg: UmapConfig, knn: tuple[np.ndarray, np.ndarray]) 
 
 
 def _coords_path(cache: Cache, cfg: UmapConfig, out: Path | None) -> Path:
-    return umap_dir(cache, out) / f"{cache.model}.{cfg.tag()}.npz"
+    return umap_dir(cache, out) / f"{cache.model}{cache.view_tag}.{cfg.tag()}.npz"
 
 
 def _load(path: Path, cache: Cache) -> np.ndarray | None:
@@ -471,17 +474,17 @@ def umap_caches(caches: list[Cache], grid: UmapGrid | UmapConfig = UmapGrid(),
         folder = umap_dir(cache, out)
         coords = grid_coords(cache, grid, out, jobs or os.cpu_count(), log)
         scores = map_scores(cache, grid, coords)
-        tables = write_scores(cache, grid, scores, folder / f"{cache.model}.{grid.tag()}.metrics")
+        tables = write_scores(cache, grid, scores, folder / f"{cache.model}{cache.view_tag}.{grid.tag()}.metrics")
         shown = read_thumbnails(cache, stratified_choice(cache.labels, thumbnails, grid.seed),
                                 root) if thumbnails else {}
         hover, preds = hover_images(cache, grid.seed, root), probe_predictions(cache, out)
         for cfg, c in zip(grid.configs(), coords):
-            stem = folder / f"{cache.model}.{cfg.tag()}"
+            stem = folder / f"{cache.model}{cache.view_tag}.{cfg.tag()}"
             pngs.append(plot_map(cache, c, cfg, stem, color_by, shown)[0])
             write_html(cache, c, cfg, stem, hover, preds, color_by)
         if len(coords) > 1:
             for col in [None, *color_by]:
-                stem = folder / f"{cache.model}.{grid.tag()}.grid{f'.by-{col}' if col else ''}"
+                stem = folder / f"{cache.model}{cache.view_tag}.{grid.tag()}.grid{f'.by-{col}' if col else ''}"
                 pngs.append(plot_grid(cache, grid, coords, scores, stem, col)[0])
         log(f"{cache.model} / {cache.dataset}: {len(coords)} maps (PNG, SVG, HTML) in {folder}, "
             f"metrics {tables[0]}")
@@ -497,14 +500,14 @@ def _compare(done: list[tuple], grid: UmapGrid, out: Path | None, color_by: list
 
     groups: dict[tuple, list[tuple]] = {}
     for d in done:
-        groups.setdefault((d[0].dataset, tuple(d[0].relpaths)), []).append(d)
-    datasets = sorted({ds for ds, _ in groups})
+        groups.setdefault((d[0].dataset, d[0].view_tag, tuple(d[0].relpaths)), []).append(d)
+    datasets = sorted({ds for ds, _, _ in groups})
     if len(datasets) > 1:
         log(f"caches of {len(datasets)} datasets ({', '.join(datasets)}): models are compared "
             "side by side only within a dataset")
     pngs = []
-    for (dataset, _), members in groups.items():
-        if sum(ds == dataset for ds, _ in groups) > 1:
+    for (dataset, view, _), members in groups.items():
+        if sum(key[:2] == (dataset, view) for key in groups) > 1:
             log(f"{dataset}: caches with different image lists (e.g. {members[0][0].path}) are "
                 "not put side by side; re-extract them from the same dataset copy to compare")
         if len(members) < 2:
@@ -513,7 +516,7 @@ def _compare(done: list[tuple], grid: UmapGrid, out: Path | None, color_by: list
         folder = umap_dir(caches[0], out)
         for j, cfg in enumerate(grid.configs()):
             for col in [None, *color_by]:
-                stem = folder / f"compare.{cfg.tag()}{f'.by-{col}' if col else ''}"
+                stem = folder / f"compare{view}.{cfg.tag()}{f'.by-{col}' if col else ''}"
                 pngs.append(plot_compare(caches, [m[1][j] for m in members],
                                          [m[2][j] for m in members], cfg, stem, col,
                                          members[0][3])[0])
