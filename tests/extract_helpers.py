@@ -7,7 +7,11 @@ exercise the real load/transform/forward path at a fraction of the 224-pixel cos
 """
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +79,23 @@ def extract_cmd(root: Path, out: Path, batch_size: int, *extra: str,
 
 def target(out: Path, model: str = MODEL) -> Path:
     return out / DATASET / f"{model}.h5"
+
+
+def run_and_kill(cmd: list[str], cache: Path, after_chunks: int) -> None:
+    """Start an extract command and SIGKILL it once ``after_chunks`` chunk files of ``cache``
+    exist; the cache itself must not exist yet."""
+    from vlmprobe.chunks import WorkDir
+
+    work = WorkDir(cache)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(work.done()) < after_chunks:
+            assert p.poll() is None, p.stderr.read().decode()
+            assert time.monotonic() < deadline, "extract made no progress"
+            time.sleep(0.001)
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait()
+    assert p.returncode == -signal.SIGKILL
+    assert not cache.exists()

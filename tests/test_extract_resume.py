@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,8 @@ from vlmprobe.chunks import WorkDir, WriterLock, decode_chunk
 from vlmprobe.extract import extract
 from vlmprobe.validation import VlmprobeError
 
-from extract_helpers import DATASET, MODEL, extract_cmd, target as _target, tiny_model  # noqa: F401
+from extract_helpers import DATASET, MODEL, extract_cmd, tiny_model  # noqa: F401
+from extract_helpers import run_and_kill as kill_after, target as _target
 
 BS = 2  # 31 samples -> 16 chunks
 
@@ -28,19 +27,7 @@ def _cmd(root: Path, out: Path) -> list[str]:
 
 def run_and_kill(root: Path, out: Path, after_chunks: int) -> None:
     """Start the extract command and SIGKILL it once ``after_chunks`` chunk files exist."""
-    work = WorkDir(_target(out))
-    p = subprocess.Popen(_cmd(root, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(work.done()) < after_chunks:
-            assert p.poll() is None, p.stderr.read().decode()
-            assert time.monotonic() < deadline, "extract made no progress"
-            time.sleep(0.001)
-        os.kill(p.pid, signal.SIGKILL)
-    finally:
-        p.wait()
-    assert p.returncode == -signal.SIGKILL
-    assert not _target(out).exists()
+    kill_after(_cmd(root, out), _target(out), after_chunks)
 
 
 @pytest.fixture

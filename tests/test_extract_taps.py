@@ -1,18 +1,14 @@
 """Several taps in one forward pass (``extract --tap``), stored beside the entry's own tap."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 
 import h5py
 import pytest
 
-from extract_helpers import DATASET, VIT, extract_cmd, target, tiny_model  # noqa: F401
+from extract_helpers import DATASET, VIT, extract_cmd, run_and_kill, target, tiny_model  # noqa: F401
 from vlmprobe.cache import read_cache
 from vlmprobe.cache_tools import cache_info
-from vlmprobe.chunks import WorkDir
 from vlmprobe.extract import extract
 from vlmprobe.validation import VlmprobeError
 
@@ -73,18 +69,7 @@ def test_sigkill_with_taps_then_rerun_is_bitwise_identical(tiny_busi, tiny_model
                              num_workers=0, progress=False, taps=CMP).path)
     out = tmp_path / "out"
     cmd = extract_cmd(tiny_busi, out, 2, "--tap", CMP, model=VIT)
-    work = WorkDir(target(out, VIT))
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(work.done()) < 3:
-            assert p.poll() is None, p.stderr.read().decode()
-            assert time.monotonic() < deadline, "extract made no progress"
-            time.sleep(0.001)
-        os.kill(p.pid, signal.SIGKILL)
-    finally:
-        p.wait()
-    assert p.returncode == -signal.SIGKILL and not target(out, VIT).exists()
+    run_and_kill(cmd, target(out, VIT), after_chunks=3)
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Resuming:" in done.stderr
