@@ -149,7 +149,7 @@ def _panel_thumbnails(ax, coords, vals, images) -> None:
 
 def _metrics_text(s: dict) -> str:
     return (f"trustworthiness {s['trustworthiness']:.3f}, kNN kept {s['knn_preservation']:.2f}\n"
-            f"silhouette {s['silhouette_2d']:.2f}, kNN accuracy {s['knn_acc_2d']:.2f}")
+            f"class silhouette {s['silhouette_2d']:.2f}, class kNN accuracy {s['knn_acc_2d']:.2f}")
 
 
 def _legend(fig, handles, title: str, right: float = 1.0) -> None:
