@@ -26,6 +26,9 @@ CacheArgs = typer.Argument(None, help="Cache files or directories (default: ever
 OutOpt = typer.Option(None, "--out", help="Without CACHE arguments: the cache directory to use "
                       "(default $VLMPROBE_CACHE or ~/.cache/vlmprobe), outputs beside the caches. "
                       "With CACHE arguments: where outputs go (default: beside the caches).")
+TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow entries that declare "
+                        "trust_remote_code to run their hub repo's code (or "
+                        "$VLMPROBE_TRUST_REMOTE_CODE=1).")
 TapOpt = typer.Option(None, "--tap", help="Which stored tap to use (caches extracted with "
                       "`extract --tap`): a tap name, or 'all' for every tap of every cache (a "
                       "further tap is named <model>@<tap>; default: the entry's own tap).")
@@ -48,8 +51,7 @@ def models(
         "and compare their vision tensors by content."),
     registry: Optional[List[Path]] = typer.Option(None, "--registry", help="Extra registry "
                                                   "YAML file(s), as $VLMPROBE_REGISTRY."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow entries "
-                                           "that declare trust_remote_code to run hub code."),
+    trust_remote_code: bool = TrustOpt,
     markdown: bool = typer.Option(False, "--markdown", help="Print the README's model table."),
 ):
     """List the model registry (or check it, or compare two models' vision weights)."""
@@ -237,9 +239,7 @@ def extract(
                                      "with torch's uint8 antialiased kernel instead of PIL's "
                                      "(≈ 2x cheaper decode + transform; embeddings differ by a "
                                      "grey level, see `cache compare`)."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow an entry "
-                                           "that declares trust_remote_code to run its hub "
-                                           "repo's code (or $VLMPROBE_TRUST_REMOTE_CODE=1)."),
+    trust_remote_code: bool = TrustOpt,
     tap: Optional[str] = typer.Option(None, "--tap", help="Further taps of the same forward "
                                       "pass, comma-separated, as the family names them (e.g. "
                                       "pooled,cls_mean_patch for a timm ViT); stored beside the "
@@ -406,9 +406,7 @@ def rise(
     device: str = typer.Option("auto", "--device"),
     include_baselines: bool = typer.Option(False, "--include-baselines",
                                            help="Also explain null-baseline caches."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow an entry "
-                                           "that declares trust_remote_code to run its hub "
-                                           "code (as for extract)."),
+    trust_remote_code: bool = TrustOpt,
     tap: Optional[str] = TapOpt,
 ):
     """RISE saliency through preprocessing -> encoder -> scaler -> SVM, on original images."""
