@@ -181,24 +181,26 @@ def test_grouped_split_never_splits_a_patient(tmp_path):
 
 def test_dataset_split_writes_where_probe_looks_and_records_leakage(tmp_path):
     bh = _breakhis(tmp_path / "bh", patients=20)
-    r = dataset_split("breakhis", bh, tmp_path / "cache", grouping="grouped")
+    r, = dataset_split("breakhis", bh, tmp_path / "cache", grouping="grouped")
     assert r.split.path.parent == tmp_path / "cache" / "breakhis" / "splits"
     assert r.split.path.name.startswith("class-grouped-seed0-") and r.n_crossing == 0
     meta = __import__("json").loads(r.split.path.with_suffix(".json").read_text())
     assert meta["groups"]["n_crossing_train_test"] == 0 and meta["spec"]["grouping"] == "grouped"
-    paper = dataset_split("breakhis", bh, tmp_path / "cache")
+    paper, = dataset_split("breakhis", bh, tmp_path / "cache")
     assert paper.n_crossing > 0 and paper.group_source.startswith("patient")
     assert read_split(paper.split.path).spec.grouping == "paper"
     out = runner.invoke(app, ["datasets", "split", "breakhis", "--root", str(bh), "--out",
-                              str(tmp_path / "cache")]).output
+                              str(tmp_path / "cache"), "--repeats", "2"]).output
     assert "warning" in out and f"{paper.n_crossing} of 20 groups" in out
+    assert "(paper, seed 0)" in out and "(paper, seed 1)" in out  # one file per repeat
+    assert len(list(r.split.path.parent.glob("class-paper-seed1-*.csv"))) == 1
 
 
 def test_grouped_split_without_patient_ids_groups_near_duplicates(tmp_path):
     root = _ct(tmp_path / "ct", per_class=12)
     for i in range(4):  # each COVID slice i gets a recompressed twin
         _jpeg_resized(root / "COVID" / f"{i}.png", root / "COVID" / f"{i}_twin.jpg")
-    r = dataset_split("sarscov2ct", root, tmp_path / "cache", grouping="grouped")
+    r, = dataset_split("sarscov2ct", root, tmp_path / "cache", grouping="grouped")
     assert r.group_source.startswith("near-duplicate") and r.n_groups == 24 and r.n_crossing == 0
     check = check_dataset("sarscov2ct", root, split=r.split.path)
     assert not check.of("duplicate_leak") and len(check.of("near_duplicates")) == 4

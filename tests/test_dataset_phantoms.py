@@ -83,10 +83,10 @@ def test_sarscov2ct_grouped_split_by_near_duplicates_keeps_patients_whole(phanto
     ds = load_dataset("sarscov2ct", root)
     rel = [s.relpath for s in ds.samples]
     patients = [s.metadata["patient"] for s in ds.samples]  # truth, unknown to the split
-    grouped = dataset_split("sarscov2ct", root, tmp_path, grouping="grouped")
+    grouped, = dataset_split("sarscov2ct", root, tmp_path, grouping="grouped")
     assert grouped.group_source.startswith("near-duplicate")
     assert crossing_groups(grouped.split, rel, patients)[0] == 0
-    paper = dataset_split("sarscov2ct", root, tmp_path)
+    paper, = dataset_split("sarscov2ct", root, tmp_path)
     assert crossing_groups(paper.split, rel, patients)[0] > 0  # the paper's split leaks them
 
 

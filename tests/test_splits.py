@@ -147,3 +147,26 @@ def test_probe_grouped_split_without_groups_says_what_to_do(tmp_path):
     with pytest.raises(VlmprobeError, match="'toy' has no group.*datasets split toy --split grouped"):
         probe_caches([_grouped_cache(tmp_path, with_groups=False)],
                      cfg=ProbeConfig(split="grouped"), log=lambda *a: None)
+
+
+def test_probe_grouped_repeats_need_one_written_split_per_seed(tmp_path):
+    """Without a group column, `probe --split grouped --repeats R` reads the R files `datasets
+    split --repeats R` writes; a missing seed is named, not silently replaced by an ungrouped split."""
+    from vlmprobe.probe import ProbeConfig, probe_caches
+    from vlmprobe.splits import load_or_create_split
+    cache = _grouped_cache(tmp_path, with_groups=False)
+    patients = _grouped_cache(tmp_path).metadata["group"]
+    split_dir = tmp_path / "toy" / "splits"
+
+    def write(seed):
+        return load_or_create_split(split_dir, "f", cache.relpaths, cache.labels, cache.class_names,
+                                    SplitSpec(grouping="grouped", seed=seed), groups=patients,
+                                    group_source="clusters")
+    write(0)
+    cfg = ProbeConfig(split="grouped", repeats=3, n_bootstrap=20)
+    with pytest.raises(VlmprobeError, match=r"seed\(s\) \[1, 2\].*--seed 0 --repeats 3"):
+        probe_caches([cache], cfg=cfg, log=lambda *a: None)
+    written = {write(s).path for s in (1, 2)} | {write(0).path}
+    (result,) = probe_caches([cache], cfg=cfg, log=lambda *a: None)
+    assert {Path(r["split_file"]) for r in result.repeats} == written
+    assert all(r["groups"]["n_crossing_train_test"] == 0 for r in result.repeats)

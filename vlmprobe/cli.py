@@ -201,19 +201,21 @@ def split_cmd(
     grouping: str = typer.Option("paper", "--split", help="paper (stratified, ungrouped: the "
                                  "paper's) | grouped (by patient id, else near-duplicate cluster)."),
     seed: int = typer.Option(0, "--seed"),
+    repeats: int = typer.Option(1, "--repeats", help="Write the splits of seeds seed .. "
+                                "seed+R-1, as `vlmprobe probe --repeats R` reads them."),
     workers: int = typer.Option(1, "--workers", help="Decoding processes (near-duplicate groups)."),
     label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
     size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
 ):
-    """Write the shared train/test split of a dataset and report the groups that cross it."""
+    """Write the shared train/test split(s) of a dataset and report the groups that cross them."""
     from .dataset_check import dataset_split
     from .datasets import dataset_options
 
-    r = dataset_split(dataset, root, out, grouping=grouping, seed=seed, workers=workers,
-                      **dataset_options(label_level, classes, size, dicom_window))
-    console.print(f"Split ({r.grouping}, seed {seed}): {r.split.path}")
-    msg = f"{r.n_crossing} of {r.n_groups} groups ({r.group_source}) cross train/test"
-    console.print(f"[bold red]warning:[/] {msg}" if r.n_crossing else msg)
+    for r in dataset_split(dataset, root, out, grouping=grouping, seed=seed, workers=workers,
+                           repeats=repeats, **dataset_options(label_level, classes, size, dicom_window)):
+        console.print(f"Split ({r.grouping}, seed {r.split.spec.seed}): {r.split.path}")
+        msg = f"{r.n_crossing} of {r.n_groups} groups ({r.group_source}) cross train/test"
+        console.print(f"[bold red]warning:[/] {msg}" if r.n_crossing else msg)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 from .datasets import ImageDataset, load_dataset, read_sample
 from .paths import cache_dir
 from .splits import Split, SplitSpec, crossing_groups, load_or_create_split, read_split
+from .validation import VlmprobeError
 
 HASH_SIZE = 8  # dHash of a 9x8 thumbnail: 64 bits
 NEAR_THRESHOLD = 6  # Hamming distance (of 64 bits) at or below which two images are near duplicates
@@ -248,13 +249,16 @@ class SplitResult:
 
 def dataset_split(name: str, root: str | Path | None = None, out: str | Path | None = None,
                   grouping: str = "paper", seed: int = 0, near_threshold: int = NEAR_THRESHOLD,
-                  workers: int = 1, **options) -> SplitResult:
-    """Write (or reuse) the split file every model of ``name`` will share, and say what leaks.
+                  workers: int = 1, repeats: int = 1, **options) -> list[SplitResult]:
+    """Write (or reuse) the split files every model of ``name`` will share, one per seed
+    ``seed .. seed + repeats - 1`` (what ``vlmprobe probe --repeats`` reads), and say what leaks.
 
     Groups are the dataset's patient ids where it has them, else clusters of near-duplicate
-    images (SARS-CoV-2 CT ships no patient ids, but a patient's slices look alike). The file
-    lands where ``vlmprobe probe`` looks: ``<cache dir>/<name>/splits/``.
+    images (SARS-CoV-2 CT ships no patient ids, but a patient's slices look alike), computed
+    once for all seeds. The files land where ``vlmprobe probe`` looks: ``<cache dir>/<name>/splits/``.
     """
+    if repeats < 1:
+        raise VlmprobeError(f"repeats must be >= 1; got {repeats}.")
     ds = load_dataset(name, root, **options)
     relpaths = [s.relpath for s in ds.samples]
     groups = [s.metadata.get("group", "") for s in ds.samples]
@@ -265,9 +269,12 @@ def dataset_split(name: str, root: str | Path | None = None, out: str | Path | N
         clusters = near_duplicate_clusters(bits, near_threshold, np.array([not e for e in errors]))
         groups = [f"cluster{c}" for c in clusters]
         source = f"near-duplicate clusters (dHash <= {near_threshold})"
-    spec = SplitSpec(grouping=grouping, seed=seed)
     labels = np.array([s.label for s in ds.samples])
-    split = load_or_create_split(Path(cache_dir(out)) / name / "splits", ds.fingerprint()[2],
-                                 relpaths, labels, ds.class_names, spec, name, groups, source)
-    crossing, n_groups = crossing_groups(split, relpaths, groups)
-    return SplitResult(split, grouping, source, n_groups, crossing)
+    results = []
+    for s in range(seed, seed + repeats):
+        split = load_or_create_split(Path(cache_dir(out)) / name / "splits", ds.fingerprint()[2],
+                                     relpaths, labels, ds.class_names,
+                                     SplitSpec(grouping=grouping, seed=s), name, groups, source)
+        crossing, n_groups = crossing_groups(split, relpaths, groups)
+        results.append(SplitResult(split, grouping, source, n_groups, crossing))
+    return results

@@ -706,10 +706,10 @@ def _probe_jobs(caches: list[Cache], cfg: ProbeConfig) -> list[tuple[Cache, Prob
 
 
 def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
-                  seed: int) -> tuple[list[str] | None, str]:
+                  seed: int, repeats: int) -> tuple[list[str] | None, str]:
     """The cache's patient ids (metadata "group") for the split, or None. A grouped split
-    without them is only possible from a file ``vlmprobe datasets split`` already wrote (e.g.
-    near-duplicate clusters); otherwise the error says how to get one."""
+    without them is only possible from files ``vlmprobe datasets split`` already wrote (e.g.
+    near-duplicate clusters), one per seed; otherwise the error says how to get them."""
     from .splits import GROUPINGS, SplitSpec, split_path
 
     if grouping not in GROUPINGS:
@@ -717,13 +717,16 @@ def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
     if "group" in cache.metadata:
         entry = cache.attrs.get("dataset_entry", {})
         return cache.metadata["group"], entry.get("group_key") or entry.get("group_column") or "group"
-    if grouping == "grouped" and not split_path(split_dir, cache.dataset_fingerprint,
-                                                SplitSpec(view, grouping, seed)).is_file():
+    missing = [s for s in range(seed, seed + repeats) if grouping == "grouped" and not
+               split_path(split_dir, cache.dataset_fingerprint, SplitSpec(view, grouping, s)).is_file()]
+    if missing:
+        more = f" --repeats {repeats}" if repeats > 1 else ""
         raise VlmprobeError(
             f"{cache.path}: dataset {cache.dataset!r} has no group (patient id) column in the "
-            f"cache, so a grouped split cannot be made here. Run `vlmprobe datasets split "
-            f"{cache.dataset} --split grouped --seed {seed}` (near-duplicate clusters where the "
-            f"dataset ships no patient ids), or use --split paper.")
+            f"cache, so a grouped split cannot be made here, and {split_dir} has no grouped "
+            f"split for seed(s) {missing}. Run `vlmprobe datasets split {cache.dataset} --split "
+            f"grouped --seed {seed}{more}` (near-duplicate clusters where the dataset ships no "
+            f"patient ids), or use --split paper.")
     return None, ""
 
 
@@ -750,7 +753,8 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         y, names, view = cache.label_view(label)
         positive = cache.attrs.get("dataset_entry", {}).get("positive_class") if view == "class" else None
         split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
-        patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed)
+        patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed,
+                                              job.repeats)
         runs = []
         for r in range(job.repeats):
             split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y,
