@@ -27,6 +27,11 @@ def test_models_json_lists_entries():
     by_name = {e["name"]: e for e in entries}
     assert by_name["efficientnet_lite0"]["embed_dim"] == 1280
     assert by_name["efficientnet_lite0_random"]["baseline"] is True
+    assert "plip_random" not in by_name and "--twins" in run("models").output
+    with_twins = [e["name"] for e in json.loads(run("models", "--twins", "--json").output)]
+    # every non-baseline model once more as its derived twin; the YAML's own lite0 twin not twice
+    assert "plip_random" in with_twins and with_twins.count("efficientnet_lite0_random") == 1
+    assert len(with_twins) == 2 * len(entries) - sum(e["baseline"] for e in entries) - 1
 
 
 @pytest.mark.slow

@@ -53,11 +53,17 @@ def models(
                                                   "YAML file(s), as $VLMPROBE_REGISTRY."),
     trust_remote_code: bool = TrustOpt,
     markdown: bool = typer.Option(False, "--markdown", help="Print the README's model table."),
+    twins: bool = typer.Option(False, "--twins", help="Also list the derived <model>_random "
+                               "null baselines (same architecture, seeded random weights)."),
 ):
     """List the model registry (or check it, or compare two models' vision weights)."""
-    from .registry import get_model_entry, load_registry, markdown_table, model_summary
+    from .registry import (get_model_entry, load_registry, markdown_table, model_summary,
+                           random_twins)
 
     entries = load_registry(registry or ())
+    derived = random_twins(entries)
+    if twins:
+        entries = {**entries, **derived}
     if markdown:
         print(markdown_table(entries))
         return
@@ -91,7 +97,9 @@ def models(
     if as_json:
         print(json.dumps([model_summary(e) for e in entries.values()], indent=2, default=str))
         return
-    table = Table("name", "family", "source", "dim", "input", "medical", "notes")
+    table = Table("name", "family", "source", "dim", "input", "medical", "notes", caption=None if
+                  twins else f"Each model X also has X_random, a seeded random-weights null "
+                             f"baseline ({len(derived)} derived; list them with --twins).")
     for e in entries.values():
         notes = ", ".join(n for n, on in (("baseline", e.baseline), ("gated", e.gated),
                                           ("remote code", e.trust_remote_code)) if on)

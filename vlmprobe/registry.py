@@ -182,6 +182,13 @@ def random_twin(entry: ModelEntry, seed: int = 0) -> ModelEntry:
                          "cache), then every weight replaced: encoders.base.randomize_weights.")
 
 
+def random_twins(entries: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+    """The derived ``<model>_random`` entry of every non-baseline model whose twin the registry
+    does not define itself: what ``vlmprobe models --twins`` lists beside the registry."""
+    return {e.name + RANDOM_SUFFIX: random_twin(e) for e in entries.values()
+            if not e.baseline and e.name + RANDOM_SUFFIX not in entries}
+
+
 def get_model_entry(name: str, entries: dict[str, ModelEntry] | None = None) -> ModelEntry:
     """The entry ``name``; ``<model>_random`` resolves to :func:`random_twin` of ``<model>``
     unless the registry defines that name itself."""
