@@ -59,6 +59,9 @@ class ProbeConfig:
     solver: str = "fast"
     max_iter: int = 1000   # LinearSVC's defaults, for solver="sklearn" (and logreg), recorded so
     tol: float = 1e-4      # unconverged fits are visible
+    # where the fast solver runs: "auto" = torch on CUDA when a GPU is present, else the NumPy
+    # path (bit-identical to "numpy"); "numpy", "cpu" (torch), "cuda[:i]"
+    device: str = "auto"
     n_bootstrap: int = 2000  # seeded resamples of the test images, shared by every model
     seed: int = 0
     shuffle_labels: bool = False  # null control: training labels permuted, test labels kept
@@ -88,9 +91,16 @@ def _fit_grid(X, y, values, cfg: ProbeConfig) -> list[tuple[object, bool]]:
     if cfg.solver not in SOLVERS:
         raise VlmprobeError(f"Unknown solver {cfg.solver!r}; choose one of {', '.join(SOLVERS)}.")
     if cfg.probe == "svm" and cfg.solver == "fast":
-        from .svm import fit_path
+        from .svm import fit_path, resolve_device
 
-        return [(svm, svm.converged_) for svm in fit_path(X, y, values)]
+        try:
+            resolve_device(cfg.device)
+        except ValueError as err:
+            raise VlmprobeError(f"--device: {err}") from None
+        return [(svm, svm.converged_) for svm in fit_path(X, y, values, device=cfg.device)]
+    if cfg.device not in ("auto", "numpy"):
+        raise VlmprobeError(f"--device {cfg.device} applies to the fast SVM solver only; use "
+                            "--probe svm --solver fast, or leave --device at auto.")
     make = {"svm": lambda C: LinearSVC(C=C, max_iter=cfg.max_iter, tol=cfg.tol,
                                        random_state=cfg.seed),
             "logreg": lambda C: LogisticRegression(C=C, max_iter=cfg.max_iter, tol=cfg.tol),
@@ -109,6 +119,8 @@ def _model_info(model, converged: bool, n_fit: int) -> dict:
     info = {"class": f"{type(model).__module__}.{type(model).__name__}", **model.get_params(),
             "sklearn_version": sklearn.__version__,
             "n_iter": int(np.max(getattr(model, "n_iter_", 0))), "converged": bool(converged)}
+    if hasattr(model, "device_"):  # the fast solver: the backend "auto" (or any device) resolved to
+        info["device_used"] = model.device_
     if isinstance(model, LinearSVC) and model.dual == "auto":
         # scikit-learn's rule for squared hinge + L2: the dual problem only when N < d.
         info["dual_used"] = n_fit < model.n_features_in_

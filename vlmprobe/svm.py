@@ -10,17 +10,23 @@ after another and, at the probe's C ≈ 10³, stops at max_iter unconverged. The
 differentiable and piecewise quadratic, so here the K problems are solved by an exact
 active-set Newton method whose systems are p×p Cholesky solves on Gram matrices kept up to date
 by rank updates (or |A|×|A| kernel solves when N < p), warm-started along an ascending C path.
+
+The same Newton loop and line search run on NumPy (the reference path) or on torch in float64
+(``device="cpu"``/``"cuda"``), where each step solves every class's system in one batched
+Cholesky: the probe's path on a GPU when one is present.
 """
 from __future__ import annotations
 
+import re
 import warnings
+from contextlib import contextmanager
 from numbers import Integral, Real
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
@@ -31,22 +37,71 @@ def _with_one(X: np.ndarray) -> np.ndarray:
     return np.hstack([X, np.ones((X.shape[0], 1), X.dtype)])
 
 
-def _line_search(W, S, M, D, C, iters=30):
+class _NumpyOps:
+    """The few array functions the shared Newton loop and line search need, for NumPy arrays."""
+
+    where, isinf, abs, all = map(staticmethod, (np.where, np.isinf, np.abs, np.all))
+    maximum, flatnonzero = map(staticmethod, (np.maximum, np.flatnonzero))
+
+    @staticmethod
+    def full(n, value):
+        return np.full(n, value)
+
+    @staticmethod
+    def col_norm(G):
+        return np.linalg.norm(G, axis=0)
+
+    @staticmethod
+    def copy(a):
+        return a.copy()
+
+
+class _TorchOps:
+    """The same functions for float64 torch tensors on ``device`` (and torch itself, imported
+    only when a torch device is asked for)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.device = torch, device
+        self.where, self.isinf, self.abs, self.all = torch.where, torch.isinf, torch.abs, torch.all
+
+    def full(self, n, value):
+        return self.torch.full((n,), value, dtype=self.torch.float64, device=self.device)
+
+    def col_norm(self, G):
+        return self.torch.linalg.vector_norm(G, dim=0)
+
+    @staticmethod
+    def maximum(x, floor):
+        return x.clamp_min(floor)
+
+    @staticmethod
+    def flatnonzero(mask):
+        return mask.nonzero().flatten()
+
+    @staticmethod
+    def copy(a):
+        return a.clone()
+
+
+def _line_search(W, S, M, D, C, xp, iters=30):
     """Exact minimizer over step α ≥ 0 of the convex, piecewise-quadratic objective along S
-    (margins M + αD): 1-D Newton on its derivative, kept inside a shrinking bracket."""
+    (margins M + αD): 1-D Newton on its derivative, kept inside a shrinking bracket. ``xp``:
+    the arrays' ops (``_NumpyOps`` or ``_TorchOps``)."""
     ws, ss = (W * S).sum(0), (S * S).sum(0)
-    lo, hi = np.zeros(S.shape[1]), np.full(S.shape[1], np.inf)
-    step = np.ones(S.shape[1])
+    lo, hi = xp.full(S.shape[1], 0.0), xp.full(S.shape[1], np.inf)
+    step = xp.full(S.shape[1], 1.0)
     for _ in range(iters):
         Ma = M + step * D
         A = Ma < 1
         d1 = ws + step * ss + 2 * C * (A * (Ma - 1) * D).sum(0)
         d2 = ss + 2 * C * (A * D * D).sum(0)
-        lo, hi = np.where(d1 < 0, step, lo), np.where(d1 > 0, step, hi)
-        new = step - d1 / np.maximum(d2, 1e-300)
+        lo, hi = xp.where(d1 < 0, step, lo), xp.where(d1 > 0, step, hi)
+        new = step - d1 / xp.maximum(d2, 1e-300)
         inside = (new > lo) & (new < hi)
-        new = np.where(inside, new, np.where(np.isinf(hi), 2 * step, (lo + hi) / 2))
-        if np.all(np.abs(new - step) <= 1e-10 * step) or np.all(d1 == 0):
+        new = xp.where(inside, new, xp.where(xp.isinf(hi), 2 * step, (lo + hi) / 2))
+        if xp.all(xp.abs(new - step) <= 1e-10 * step) or xp.all(d1 == 0):
             return new
         step = new
     return step
@@ -56,6 +111,8 @@ class _FeatureSystem:
     """Newton systems in feature space (N ≥ p): per class the Gram matrix X_Aᵀ X_A of its active
     samples, kept in step with the active set by rank updates (only samples that entered or left
     it), so along a warm-started C path most Newton steps cost one Cholesky per class."""
+
+    ops = _NumpyOps
 
     def __init__(self, Xb: np.ndarray, n_cols: int):
         self.Xb = Xb
@@ -95,6 +152,8 @@ class _SampleSystem:
     """The same Newton systems in sample space (N < p), by the push-through identity
     (I + 2C·X_AᵀX_A)⁻¹ 2C·X_Aᵀ = X_Aᵀ (I/(2C) + X_A X_Aᵀ)⁻¹: one kernel matrix, sliced."""
 
+    ops = _NumpyOps
+
     def __init__(self, Xb: np.ndarray, n_cols: int):
         self.Xb, self.kernel = Xb, Xb @ Xb.T
 
@@ -109,13 +168,57 @@ class _SampleSystem:
         return out
 
 
-def newton_system(Xb: np.ndarray, n_cols: int):
-    """The cheaper of the two equivalent ways to solve Newton systems for this data."""
-    return (_FeatureSystem if len(Xb) >= Xb.shape[1] else _SampleSystem)(Xb, n_cols)
+class _TorchFeatureSystem:
+    """Feature-space systems on torch, every class at once: the Gram matrices X_AᵀX_A formed
+    afresh by batched products (no rank updates: simpler, and on a GPU the products are cheap)
+    and factored by one batched Cholesky."""
+
+    batch_elements = 2 ** 27  # bound on the [classes, p, N] masked copy of X (1 GiB in float64)
+
+    def __init__(self, Xb, n_cols: int):
+        self.Xb, self.ops = Xb, _TorchOps(Xb.device)
+        self.eye = self.ops.torch.eye(Xb.shape[1], dtype=Xb.dtype, device=Xb.device)
+
+    def minimizer(self, A, Y, C, cols):
+        """As ``_FeatureSystem.minimizer``."""
+        torch, Xb = self.ops.torch, self.Xb
+        act = A[:, cols].T.to(Xb.dtype)                                    # [k, N]
+        rhs = 2 * C * ((act * Y[:, cols].T) @ Xb)                          # [k, p]
+        chunk = max(1, self.batch_elements // Xb.numel())
+        gram = torch.cat([(Xb.T * a[:, None, :]) @ Xb for a in act.split(chunk)])
+        factor = torch.linalg.cholesky(self.eye + 2 * C * gram)
+        return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0].T
 
 
-def newton_ovr(Xb: np.ndarray, Y: np.ndarray, C: float, W: np.ndarray, tol: float,
-               max_iter: int, system=None) -> tuple[np.ndarray, int, bool]:
+class _TorchSampleSystem:
+    """Sample-space systems on torch, every class at once: each class's kernel system
+    (I/(2C) + X_A X_Aᵀ) α = y_A is padded to N×N with identity rows and zero right-hand sides
+    for its inactive samples (so α is 0 there), and one batched Cholesky solves them all."""
+
+    def __init__(self, Xb, n_cols: int):
+        self.Xb, self.ops, self.kernel = Xb, _TorchOps(Xb.device), Xb @ Xb.T
+
+    def minimizer(self, A, Y, C, cols):
+        """As ``_SampleSystem.minimizer``."""
+        torch = self.ops.torch
+        act = A[:, cols].T.to(self.Xb.dtype)                               # [k, N]
+        padded = (self.kernel * (act[:, :, None] * act[:, None, :])
+                  + torch.diag_embed(act / (2 * C) + (1 - act)))
+        alpha = torch.cholesky_solve((act * Y[:, cols].T)[:, :, None], torch.linalg.cholesky(padded))
+        return self.Xb.T @ alpha[:, :, 0].T
+
+
+def newton_system(Xb, n_cols: int):
+    """The cheaper of the two equivalent ways to solve Newton systems for this data, on Xb's
+    backend (a NumPy array, or a float64 torch tensor)."""
+    feature_space = len(Xb) >= Xb.shape[1]
+    if isinstance(Xb, np.ndarray):
+        return (_FeatureSystem if feature_space else _SampleSystem)(Xb, n_cols)
+    return (_TorchFeatureSystem if feature_space else _TorchSampleSystem)(Xb, n_cols)
+
+
+def newton_ovr(Xb, Y, C: float, W, tol: float, max_iter: int,
+               system=None) -> tuple[object, int, bool]:
     """Minimize the objective for every column of Y at once, starting from W [p,K].
 
     Finite Newton (Keerthi & DeCoste 2005): the squared hinge is quadratic on each fixed
@@ -125,26 +228,101 @@ def newton_ovr(Xb: np.ndarray, Y: np.ndarray, C: float, W: np.ndarray, tol: floa
     and ≥ ||w||²/2, so then its relative excess over the optimum is ≤ tol²/(1 - tol²), whatever
     C and the warm start (liblinear's criterion, relative to the gradient at w = 0, is loose by
     a factor ~C on separable data). ``system`` (from ``newton_system``) may be shared along a C
-    path. Returns (W, iterations, converged).
+    path. Xb, Y and W are all NumPy arrays or all torch tensors on one device.
+    Returns (W, iterations, converged).
     """
-    W = W.copy()
     system = system if system is not None else newton_system(Xb, Y.shape[1])
+    xp = system.ops
+    W = xp.copy(W)
     F = Xb @ W
     it = 0
     while True:
         M = Y * F
         A = M < 1
         G = W + 2 * C * (Xb.T @ (A * (M - 1) * Y))
-        todo = np.linalg.norm(G, axis=0) > tol * np.linalg.norm(W, axis=0)
+        todo = xp.col_norm(G) > tol * xp.col_norm(W)
         if not todo.any() or it == max_iter:
             return W, it, not todo.any()
-        cols = np.flatnonzero(todo)
+        cols = xp.flatnonzero(todo)
         S = system.minimizer(A, Y, C, cols) - W[:, cols]
         XS = Xb @ S
-        step = _line_search(W[:, cols], S, M[:, cols], Y[:, cols] * XS, C)
+        step = _line_search(W[:, cols], S, M[:, cols], Y[:, cols] * XS, C, xp)
         W[:, cols] += step * S
         F[:, cols] += step * XS
         it += 1
+
+
+class _DeviceOptions(StrOptions):
+    """``device``'s valid values: the named options, or "cuda:<index>"."""
+
+    def is_satisfied_by(self, val):
+        return super().is_satisfied_by(val) or (isinstance(val, str)
+                                                and re.fullmatch(r"cuda:\d+", val) is not None)
+
+    def __str__(self):
+        return f"{super().__str__()} or 'cuda:<index>'"
+
+
+DEVICES = _DeviceOptions({"numpy", "auto", "cpu", "cuda"})
+
+
+def resolve_device(device: str | None) -> str:
+    """The backend a ``device`` setting means: "numpy" (for None, "numpy", and "auto" without a
+    CUDA GPU) or a torch device, "cpu" or "cuda:<index>"."""
+    if device is not None and not DEVICES.is_satisfied_by(device):
+        raise ValueError(f"Unknown device {device!r}; choose {DEVICES}.")
+    if device in (None, "numpy"):
+        return "numpy"
+    import torch
+
+    if device == "auto":
+        return resolve_device("cuda") if torch.cuda.is_available() else "numpy"
+    if device == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but torch sees no CUDA GPU here; use 'auto' (a GPU "
+                         "when present, else NumPy), 'cpu' (torch) or 'numpy'.")
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}, but torch sees {torch.cuda.device_count()} CUDA "
+                         "device(s), numbered from cuda:0.")
+    return f"cuda:{index}"
+
+
+@contextmanager
+def _thread_limit(n: int | None, device: str):
+    """At most n BLAS threads (NumPy path) or torch CPU threads while fitting; None: defaults."""
+    with threadpool_limits(n, user_api="blas"):
+        if n is None or device != "cpu":
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def _solve(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray, Cs: list[float], tol: float,
+           max_iter: int, device: str, threads: int | None) -> list[tuple[np.ndarray, int, bool]]:
+    """(W, iterations, converged) at each C of Cs in turn, each run warm-started from the one
+    before and all sharing one set of Newton systems, on ``device`` (from ``resolve_device``);
+    every W comes back as a NumPy array."""
+    with _thread_limit(threads, device):
+        if device != "numpy":
+            import torch
+
+            Xb, Y, W = (torch.as_tensor(a, device=device) for a in (Xb, Y, W))
+        system = newton_system(Xb, Y.shape[1])
+        path = []
+        for C in Cs:
+            W, n_iter, converged = newton_ovr(Xb, Y, C, W, tol, max_iter, system)
+            path.append((W if device == "numpy" else W.cpu().numpy(), n_iter, converged))
+    return path
 
 
 class FastLinearSVC(ClassifierMixin, BaseEstimator):
@@ -159,12 +337,18 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
     max_iter : int — Newton iterations (each is one Cholesky solve per unconverged class).
     warm_start : bool — start from the previous ``coef_``/``intercept_`` (same classes and
         features), as when fitting an ascending C path.
-    blas_threads : int or None — BLAS threads while fitting (None: the library's default).
-        1 by default: on a shared machine OpenBLAS threads spin-wait when cores are
-        oversubscribed (a 1,200×256 fit took 28 s with 2 threads, 0.6 s with 1, at load 8).
+    blas_threads : int or None — BLAS threads (torch on CPU: its threads) while fitting (None:
+        the library's default). 1 by default: on a shared machine OpenBLAS threads spin-wait
+        when cores are oversubscribed (a 1,200×256 fit took 28 s with 2 threads, 0.6 s with 1,
+        at load 8).
+    device : None, "numpy", "auto", "cpu", "cuda" or "cuda:<index>" — where to solve. None or
+        "numpy": NumPy/SciPy (per-class Cholesky with rank-updated Gram matrices); "cpu",
+        "cuda[:i]": torch in float64, all classes in one batched solve per step; "auto": CUDA
+        when torch sees a GPU, else NumPy. The same algorithm and stopping rule everywhere.
 
     Attributes: ``coef_`` [K, d] (K = 1 for two classes, positive = ``classes_[1]``),
-    ``intercept_`` [K], ``classes_``, ``n_iter_``, ``converged_``.
+    ``intercept_`` [K], ``classes_``, ``n_iter_``, ``converged_``, ``device_`` (the backend
+    used: "numpy", "cpu" or "cuda:<index>").
     """
 
     _parameter_constraints = {
@@ -173,14 +357,17 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "warm_start": ["boolean"],
         "blas_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "device": [DEVICES, None],
     }
 
-    def __init__(self, C=1.0, tol=1e-3, max_iter=200, warm_start=False, blas_threads=1):
+    def __init__(self, C=1.0, tol=1e-3, max_iter=200, warm_start=False, blas_threads=1,
+                 device=None):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.warm_start = warm_start
         self.blas_threads = blas_threads
+        self.device = device
 
     def fit(self, X, y):
         self._validate_params()
@@ -192,20 +379,17 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
             W0, Cs = np.vstack([self.coef_.T, self.intercept_[None]]), [C]
         else:
             W0, Cs = np.zeros((Xb.shape[1], Y.shape[1])), _continuation(C, *Xb.shape)
-        with threadpool_limits(self.blas_threads, user_api="blas"):
-            system = newton_system(Xb, Y.shape[1])
-            n_iter = 0
-            for c in Cs:
-                W, steps, converged = newton_ovr(Xb, Y, c, W0, self.tol, self.max_iter, system)
-                W0, n_iter = W, n_iter + steps
+        device = resolve_device(self.device)
+        path = _solve(Xb, Y, W0, Cs, self.tol, self.max_iter, device, self.blas_threads)
+        W, _, converged = path[-1]
         if not converged:
             warnings.warn(f"FastLinearSVC did not converge in max_iter={self.max_iter} Newton "
                           "iterations; increase max_iter.", ConvergenceWarning)
-        return self._set_solution(classes, W, n_iter, converged)
+        return self._set_solution(classes, W, sum(n for _, n, _ in path), converged, device)
 
-    def _set_solution(self, classes, W, n_iter, converged):
+    def _set_solution(self, classes, W, n_iter, converged, device):
         self.classes_, self.coef_, self.intercept_ = classes, W[:-1].T.copy(), W[-1].copy()
-        self.n_iter_, self.converged_ = n_iter, converged
+        self.n_iter_, self.converged_, self.device_ = n_iter, converged, device
         return self
 
     def decision_function(self, X):
@@ -244,27 +428,24 @@ def _continuation(C: float, n: int, p: int) -> list[float]:
 
 
 def fit_path(X, y, Cs, tol: float = 1e-3, max_iter: int = 200,
-             blas_threads: int | None = 1) -> list[FastLinearSVC]:
+             blas_threads: int | None = 1, device: str | None = None) -> list[FastLinearSVC]:
     """One fitted FastLinearSVC per C (in the order given), each warm-started from the
     solution at the next smaller C and sharing one set of Newton systems (the Gram matrices
     follow the active sets, which change little from one C to the next)."""
-    template = FastLinearSVC(tol=tol, max_iter=max_iter, blas_threads=blas_threads)
+    params = dict(tol=tol, max_iter=max_iter, blas_threads=blas_threads, device=device)
+    template = FastLinearSVC(**params)
     template._validate_params()
     X, y = validate_data(template, X, y, dtype=np.float64)
     classes, Y = _targets(y)
     Xb = _with_one(X)
+    ascending = sorted(set(float(c) for c in Cs))
+    warmup = _continuation(ascending[0], *Xb.shape)[:-1]  # start below a large first C
+    used = resolve_device(device)
+    path = _solve(Xb, Y, np.zeros((Xb.shape[1], Y.shape[1])), warmup + ascending, tol, max_iter,
+                  used, blas_threads)[len(warmup):]
     fitted = {}
-    with threadpool_limits(blas_threads, user_api="blas"):
-        system = newton_system(Xb, Y.shape[1])
-        W = np.zeros((Xb.shape[1], Y.shape[1]))
-        ascending = sorted(set(float(c) for c in Cs))
-        for C in _continuation(ascending[0], *Xb.shape)[:-1]:  # start below a large first C
-            W = newton_ovr(Xb, Y, C, W, tol, max_iter, system)[0]
-        for C in ascending:
-            W, n_iter, converged = newton_ovr(Xb, Y, C, W, tol, max_iter, system)
-            fitted[C] = (W, n_iter, converged)
-    for C, (W, n_iter, converged) in fitted.items():
-        model = FastLinearSVC(C=C, tol=tol, max_iter=max_iter, blas_threads=blas_threads)
+    for C, (W, n_iter, converged) in zip(ascending, path):
+        model = FastLinearSVC(C=C, **params)
         model.n_features_in_ = template.n_features_in_
-        fitted[C] = model._set_solution(classes, W, n_iter, converged)
+        fitted[C] = model._set_solution(classes, W, n_iter, converged, used)
     return [fitted[float(c)] for c in Cs]
