@@ -8,6 +8,7 @@ selected t and agreement; the last line is ``ratio: ...``.
 
     .venv/bin/python benchmarks/probe.py            # full run (sklearn side ≈ 12–25 min, 2 cores)
     .venv/bin/python benchmarks/probe.py --quick    # N=600, d=128: proves it runs
+    .venv/bin/python benchmarks/probe.py --device cuda   # the fast solver on a GPU (torch)
 """
 from __future__ import annotations
 
@@ -47,13 +48,14 @@ def timed_fit_svm(times: list, solver: str):
     return wrapper
 
 
-def run(solver: str, X, y, test, fold, names):
+def run(solver: str, X, y, test, fold, names, device: str = "auto"):
     times: list = []
     original = probe_mod._fit_grid
     probe_mod._fit_grid = timed_fit_svm(times, solver)
     try:
         t0 = time.perf_counter()
-        fields, probe = fit_probe(X, y, test, fold, names, ProbeConfig(solver=solver, n_bootstrap=200))
+        fields, probe = fit_probe(X, y, test, fold, names,
+                                  ProbeConfig(solver=solver, device=device, n_bootstrap=200))
         total = time.perf_counter() - t0
     finally:
         probe_mod._fit_grid = original
@@ -61,7 +63,9 @@ def run(solver: str, X, y, test, fold, names):
     svm_time = sum(t for _, t, _ in times)
     cpu_time = sum(c for _, _, c in times)
     conv = "all" if fields["all_converged"] else f"{fields['n_unconverged']} unconverged"
-    print(f"[{solver}] total {total:.1f} s, SVM fits {svm_time:.1f} s wall / {cpu_time:.1f} s CPU "
+    used = fields["fits"]["settings"].get("device_used")
+    label = solver if used is None else f"{solver} on {used}"
+    print(f"[{label}] total {total:.1f} s, SVM fits {svm_time:.1f} s wall / {cpu_time:.1f} s CPU "
           f"for {n_fits} fits ({svm_time / n_fits:.2f} s wall per t; load average "
           f"{os.getloadavg()[0]:.1f}); selected t={fields['selected_t']:g}"
           f"{' (saturated)' if fields['saturated'] else ''}; converged: "
@@ -75,6 +79,8 @@ def run(solver: str, X, y, test, fold, names):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small N and d, to check that it runs")
+    ap.add_argument("--device", default="auto", help="where the fast solver runs: auto (CUDA "
+                    "when torch sees a GPU, else numpy) | numpy | cpu (torch) | cuda[:i]")
     args = ap.parse_args()
     n, d, k = (600, 128, 9) if args.quick else (5000, 1024, 9)
     X, y = synthetic(n, d, k)
@@ -84,7 +90,7 @@ def main():
     print(f"data: N={n}, d={d}, {k} classes; train {int((~test).sum())}, test {int(test.sum())}",
           flush=True)
     # fast first: on a shared machine its numbers exist even if the long reference run is cut.
-    fast, fast_probe, t_fast, c_fast = run("fast", X, y, test, fold, names)
+    fast, fast_probe, t_fast, c_fast = run("fast", X, y, test, fold, names, args.device)
     ref, ref_probe, t_ref, c_ref = run("sklearn", X, y, test, fold, names)
     agree = (ref_probe.predict(X[test]) == fast_probe.predict(X[test])).mean()
     print(f"test accuracy (sklearn refit): {ref['refit_test']['accuracy']:.3f}; "
