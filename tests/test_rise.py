@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlmprobe.rise import (RiseConfig, deletion_insertion_auc, iter_masks, mass_in_region,
-                           plot_rise_grid, plot_rise_panels, pointing_game,
+from vlmprobe.rise import (RiseConfig, deletion_insertion_auc, gaussian_blur, iter_masks,
+                           mass_in_region, plot_rise_grid, plot_rise_panels, pointing_game,
                            rise_saliency)
 from vlmprobe.validation import VlmprobeError
 
@@ -105,6 +105,51 @@ def test_fill_mean_multiplies_and_black_fills_with_the_value():
         rise_saliency(_recording_box([]), pixels, RiseConfig(n_masks=20, fill="black"))
 
 
+def test_fill_blur_takes_masked_pixels_from_the_blurred_image():
+    from scipy.ndimage import gaussian_filter
+
+    pixels = torch.rand(3, H, W, generator=torch.Generator().manual_seed(1))
+    sigma = 0.1 * H
+    blurred = gaussian_blur(pixels, sigma)
+    ref = np.stack([gaussian_filter(c, sigma, mode="nearest", truncate=3.0)
+                    for c in pixels.numpy().astype(np.float64)])
+    np.testing.assert_allclose(blurred.numpy(), ref, atol=1e-5)
+    # linear, weights sum to 1: blurring commutes with the per-channel normalization
+    a, b = torch.tensor([2.0, 0.5, 3.0]).view(3, 1, 1), torch.tensor([-1.0, 0.2, 0.7]).view(3, 1, 1)
+    torch.testing.assert_close(gaussian_blur(a * pixels + b, sigma), a * blurred + b)
+    cfg = RiseConfig(n_masks=20, batch_size=8, fill="blur", blur_sigma=0.1)
+    masks = torch.cat(list(iter_masks(cfg, (H, W))))
+    seen = []
+    res = rise_saliency(_recording_box(seen), pixels, cfg)
+    torch.testing.assert_close(torch.cat(seen[1:]), pixels * masks + blurred * (1 - masks))
+    assert res.config["fill"] == "blur" and res.config["blur_sigma_px"] == pytest.approx(sigma)
+    with pytest.raises(VlmprobeError, match="fill_value"):
+        rise_saliency(_recording_box([]), pixels, cfg, fill_value=[0.0, 0.0, 0.0])
+
+
+def detail_box(batch: torch.Tensor) -> torch.Tensor:
+    """A black box that reads detail, not brightness: the texture energy (squared deviation
+    from the 3 x 3 local mean) inside the two known squares. A blurred fill removes exactly that."""
+    local = F.avg_pool2d(batch, 3, stride=1, padding=1, count_include_pad=False)
+    energy = ((batch - local) ** 2).mean(1)
+    return torch.stack([energy[:, SQUARE[0], SQUARE[1]].mean((1, 2)),
+                        energy[:, SQUARE_B[0], SQUARE_B[1]].mean((1, 2))], dim=1)
+
+
+def test_blur_fill_finds_the_square_a_detail_reading_box_looks_at():
+    noise = torch.rand(3, H, W, generator=torch.Generator().manual_seed(5))
+    res = rise_saliency(detail_box, noise, RiseConfig(n_masks=1000, seed=1, fill="blur",
+                                                      blur_sigma=0.1))
+    for c, sq in enumerate((SQUARE, SQUARE_B)):
+        sal = res.centred()[c]
+        k = region(sq).sum()
+        top = np.zeros(H * W, bool)
+        top[np.argsort(-sal.ravel())[:k]] = True
+        inter = (top & region(sq).ravel()).sum()
+        assert inter / (2 * k - inter) >= 0.5  # IoU of the top-k pixels with the square
+        assert pointing_game(sal, region(sq))
+
+
 def test_softmax_maps_sum_to_the_mask_coverage():
     weights = torch.randn(3, 3, generator=torch.Generator().manual_seed(2))
     box = lambda b: torch.cat([square_box(b), b.mean((2, 3))], 1)[:, :3] @ weights * 5
@@ -189,6 +234,7 @@ def test_plot_rise_panels_and_grid_write_png_and_svg_with_provenance(tmp_path):
 
 @pytest.mark.parametrize("field, value", [("n_masks", 1), ("n_masks", 10.0), ("s", 1),
                                           ("p", 0.0), ("p", 1.0), ("fill", "white"),
+                                          ("blur_sigma", 0.0), ("blur_sigma", "10"),
                                           ("score", "proba"), ("seed", -1), ("batch_size", 0),
                                           ("batch_size", True)])
 def test_bad_config_names_the_parameter(field, value):

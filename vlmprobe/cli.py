@@ -400,7 +400,10 @@ def rise(
     n_masks: int = typer.Option(4096, "--n-masks"),
     s: int = typer.Option(8, "--s", help="Mask grid size."),
     p: float = typer.Option(0.5, "--p", help="Keep probability of a grid cell."),
-    fill: str = typer.Option("mean", "--fill", help="mean | black: what masked pixels become."),
+    fill: str = typer.Option("mean", "--fill", help="mean | black | blur: what masked pixels "
+                             "become (blur: a Gaussian-blurred copy of the image)."),
+    blur_sigma: float = typer.Option(0.045, "--blur-sigma", help="--fill blur's sigma as a "
+                                     "fraction of the input's shorter side (0.045: 10 px at 224)."),
     score: str = typer.Option("decision", "--score", help="decision | softmax"),
     seed: int = typer.Option(0, "--seed"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Masked images per "
@@ -425,7 +428,7 @@ def rise(
     from .rise import ImageChoice, RiseConfig, rise_caches
 
     cfg = RiseConfig(n_masks=n_masks, s=s, p=p, fill=fill, score=score, seed=seed,
-                     batch_size=batch_size)
+                     batch_size=batch_size, blur_sigma=blur_sigma)
     choice = ImageChoice(k=images, ids=tuple(x.strip() for x in ids.split(",") if x.strip())
                          if ids else (), misclassified=misclassified)
     loaded = [v for c in find_caches(caches, out) for v in read_cache(c).tap_views(tap)]

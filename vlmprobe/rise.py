@@ -54,7 +54,11 @@ class RiseConfig:
 
     fill: what a masked pixel becomes. ``"mean"`` multiplies the normalized tensor (eclique/RISE),
     i.e. fills with the dataset mean colour; ``"black"`` fills with raw 0, whose normalized value
-    (``(0 - mean) / std`` per channel) the caller passes as ``fill_value``.
+    (``(0 - mean) / std`` per channel) the caller passes as ``fill_value``; ``"blur"`` takes the
+    pixel from a Gaussian-blurred copy of the image (Fong & Vedaldi's "meaningful perturbation",
+    ICCV 2017): removes detail without pasting a flat block the encoder never saw in training.
+    blur_sigma: the blur's sigma as a fraction of the input's shorter side (used by ``"blur"``
+    only); 0.045 is Fong & Vedaldi's sigma of 10 px at 224 px.
     score: ``"decision"`` (raw SVM decision values) or ``"softmax"`` over the classes of them.
     """
 
@@ -63,6 +67,7 @@ class RiseConfig:
     p: float = 0.5
     fill: str = "mean"
     score: str = "decision"
+    blur_sigma: float = 0.045
     seed: int = 0
     batch_size: int | None = None  # None: chosen for the device (the maps do not depend on it)
 
@@ -77,7 +82,11 @@ class RiseConfig:
                 raise _param_error(name, f"an int in the range [{low}, inf)", v)
         if not isinstance(self.p, numbers.Real) or isinstance(self.p, bool) or not 0 < self.p < 1:
             raise _param_error("p", "a float in the range (0, 1)", self.p)
-        for name, options in (("fill", ("mean", "black")), ("score", ("decision", "softmax"))):
+        if (not isinstance(self.blur_sigma, numbers.Real) or isinstance(self.blur_sigma, bool)
+                or not 0 < self.blur_sigma <= 1):
+            raise _param_error("blur_sigma", "a float in the range (0, 1]", self.blur_sigma)
+        for name, options in (("fill", ("mean", "black", "blur")),
+                              ("score", ("decision", "softmax"))):
             if getattr(self, name) not in options:
                 raise _param_error(name, f"one of {options}", getattr(self, name))
         return self
@@ -148,12 +157,35 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, int],
         yield masks.clamp_(0, 1)[:, None]  # float rounding can overshoot 1 by an ulp
 
 
+def blur_sigma_px(cfg: RiseConfig, size: tuple[int, int]) -> float:
+    """The blur fill's sigma in input pixels: ``cfg.blur_sigma`` x the shorter side."""
+    return cfg.blur_sigma * min(size)
+
+
+def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [C, H, W] per channel, kernel truncated at 3 sigma, edges
+    replicated. Linear with weights summing to 1, so blurring the normalized tensor equals
+    normalizing the blurred image: no need to go back to raw pixels."""
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).to(pixels.dtype).to(pixels.device)
+    c = pixels.shape[0]
+    out = F.pad(pixels[None], (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)[0]
+
+
 def _fill(cfg: RiseConfig, fill_value, pixels: torch.Tensor) -> torch.Tensor:
-    """The per-channel value [3, 1, 1] (normalized space) that masked pixels take."""
-    if cfg.fill == "mean":
+    """What masked pixels take (normalized space): a per-channel value [3, 1, 1], or for
+    ``fill="blur"`` the blurred image [3, H, W]."""
+    if cfg.fill in ("mean", "blur"):
         if fill_value is not None:
-            raise VlmprobeError("fill_value is only used with fill='black'; with fill='mean' "
-                                "masked pixels are 0 in normalized space (the mean colour).")
+            raise VlmprobeError(f"fill_value is only used with fill='black'; with fill="
+                                f"{cfg.fill!r} masked pixels take the mean colour (0 in normalized "
+                                "space) or the blurred image.")
+        if cfg.fill == "blur":
+            return gaussian_blur(pixels, blur_sigma_px(cfg, tuple(pixels.shape[1:])))
         return torch.zeros(pixels.shape[0], 1, 1, dtype=pixels.dtype, device=pixels.device)
     if fill_value is None:
         raise VlmprobeError("fill='black' needs fill_value: the normalized value of a raw 0 pixel, "
@@ -245,9 +277,16 @@ def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = Ris
     norm = cfg.n_masks * cfg.p
     return RiseResult(saliency=(sm.sum(0) / norm).reshape(-1, h, w).numpy().astype(np.float32),
                       split_half_r=r, n_masks=cfg.n_masks,
-                      config=cfg.to_dict() | {"fill_value": fill.flatten().cpu().tolist()},
+                      config=cfg.to_dict() | _fill_record(cfg, fill),
                       base_scores=base.numpy(), mean_score=(s_sum.sum(0) / cfg.n_masks).numpy(),
                       coverage=(m_sum.sum(0) / norm).reshape(h, w).numpy().astype(np.float32))
+
+
+def _fill_record(cfg: RiseConfig, fill: torch.Tensor) -> dict:
+    """The fill as recorded with a map: the value per channel, or the blur's sigma in pixels."""
+    if cfg.fill == "blur":
+        return {"blur_sigma_px": blur_sigma_px(cfg, tuple(fill.shape[1:]))}
+    return {"fill_value": fill.flatten().cpu().tolist()}
 
 
 def deletion_insertion_auc(score_fn: ScoreFn, pixels: torch.Tensor, saliency_map: np.ndarray,
@@ -706,7 +745,8 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     base = " (null baseline)" if cache.baseline else ""
     figure = plot_rise_grid(grid_rows, out_dir / stem,
                             f"RISE: {cache.model}{base} + {labels[0]} probe on {cache.dataset} "
-                            f"(N={cfg.n_masks} masks, s={cfg.s}, p={cfg.p:g}, fill={cfg.fill})",
+                            f"(N={cfg.n_masks} masks, s={cfg.s}, p={cfg.p:g}, fill={cfg.fill}"
+                            + (f", σ={cfg.blur_sigma:g}·side" if cfg.fill == "blur" else "") + ")",
                             meta)[0]
     np.savez_compressed(out_dir / f"{stem}.maps.npz", relpaths=np.array([cache.relpaths[i]
                         for i in picked]), probes=np.array(labels), **saved)
