@@ -250,6 +250,10 @@ def extract(
                                      "(≈ 2x cheaper decode + transform; embeddings differ by a "
                                      "grey level, see `cache compare`)."),
     trust_remote_code: bool = TrustOpt,
+    intensity: str = typer.Option("8bit", "--intensity", help="8bit (default: every image as "
+                                  "8-bit RGB into the official transform) | float (12/16-bit and "
+                                  "DICOM levels unrounded, through a float version of the "
+                                  "transform; cache <model>@float.h5 beside the 8-bit one)."),
     tap: Optional[str] = typer.Option(None, "--tap", help="Further taps of the same forward "
                                       "pass, comma-separated, as the family names them (e.g. "
                                       "pooled,cls_mean_patch for a timm ViT); stored beside the "
@@ -264,7 +268,8 @@ def extract(
     r = run(model, dataset, root=root, out=out, batch_size=bs, device=device,
             num_workers=workers, force=force, precision=precision, shard=shard,
             fast_decode=fast_decode, trust_remote_code=trust_remote_code or None,
-            dataset_options=dataset_options(label_level, classes, size, dicom_window), taps=tap)
+            dataset_options=dataset_options(label_level, classes, size, dicom_window, intensity),
+            taps=tap)
     skipped = f", {r.n_skipped} unreadable file(s) skipped and recorded" if r.n_skipped else ""
     console.print(f"Cache {r.status}: {r.path} ({r.n_images} images{skipped})")
     if r.merged:

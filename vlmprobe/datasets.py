@@ -28,6 +28,13 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
 #: How image files become the 8-bit RGB the official transforms expect; recorded in every cache.
 INTENSITY_PIPELINE = "pil-decode -> 16-bit scaled /257 -> 8-bit RGB (palette/RGBA/CMYK/L converted)"
 NPZ_PIPELINE = "medmnist npz uint8 -> RGB"
+#: The opt-in float path (``intensity="float"``): no rounding to 256 levels before the model.
+FLOAT_PIPELINE = ("pil-decode -> 16-bit /65535, 8-bit /255 -> float32 RGB in [0, 1], no 8-bit "
+                  "rounding (palette/RGBA/CMYK/L converted)")
+NPZ_FLOAT_PIPELINE = "medmnist npz uint8 -> RGB -> float32 /255"
+#: "8bit": every sample becomes 8-bit RGB before the official transform (the default, what the
+#: transform-equality tests check); "float": float32 RGB in [0, 1] for the float transform.
+INTENSITIES = ("8bit", "float")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 MEMBER_SEP = "#"  # "<file>.npz#train_images/17": the file, then the array key and index inside it
 
@@ -67,6 +74,8 @@ class DatasetEntry:
     size: int = 28
     # DICOM: "tags" (WindowCenter/Width, min-max where absent), "minmax", or "CENTER,WIDTH".
     dicom_window: str = "tags"
+    # "8bit" (default) or "float" (:data:`INTENSITIES`); part of the cache's view and key.
+    intensity: str = "8bit"
     # A subset of the classes (in the full list's order); None: all. Part of the label view.
     class_subset: list[str] | None = None
 
@@ -100,15 +109,30 @@ class ImageDataset:
     def path(self, i: int) -> Path:
         return self.root / self.samples[i].relpath
 
-    def load_image(self, i: int) -> Image.Image:
-        """Sample ``i`` as 8-bit RGB, whether it is a file or a slot inside one (npz)."""
-        return read_sample(self.root, self.samples[i].relpath, self.entry.dicom_window)
+    def load_image(self, i: int) -> Image.Image | np.ndarray:
+        """Sample ``i`` as 8-bit RGB (float32 [H, W, 3] for ``intensity="float"``), whether it is
+        a file or a slot inside one (npz)."""
+        return read_sample(self.root, self.samples[i].relpath, self.entry.dicom_window,
+                           self.entry.intensity)
 
     @property
     def label_view(self) -> str:
         """Which labels this listing carries beyond the entry's default: level and class subset."""
         parts = ([f"level{self.entry.label_level}"] if self.entry.label_level else []) + \
             ([f"classes={'+'.join(self.entry.class_subset)}"] if self.entry.class_subset else [])
+        return ";".join(parts)
+
+    @property
+    def cache_view(self) -> str:
+        """The label view plus non-default pixel choices ("float"; a DICOM window other than the
+        tags', e.g. "window=minmax"): named in the cache file (:func:`vlmprobe.paths.cache_path`),
+        so caches of one dataset under two intensity pipelines sit side by side. Unlike the label
+        view it leaves the fingerprint alone: both share one split, so probes compare them."""
+        window = (self.entry.dicom_window != "tags"
+                  and any(_kind(s.relpath) == "dicom" for s in self.samples))
+        parts = ([self.label_view] if self.label_view else []) + \
+            ([f"window={self.entry.dicom_window}"] if window else []) + \
+            (["float"] if self.entry.intensity == "float" else [])
         return ";".join(parts)
 
     def fingerprint(self) -> tuple[list[int], list[str], str]:
@@ -119,14 +143,16 @@ class ImageDataset:
 
     @property
     def intensity_pipeline(self) -> str:
-        """How this dataset's pixels become 8-bit RGB; part of every cache key.
+        """How this dataset's pixels become 8-bit (or float) RGB; part of every cache key.
 
         Only the decoders its samples use are named, so a PNG-only dataset keeps the
         key it always had.
         """
         kinds = {_kind(s.relpath) for s in self.samples}
-        parts = {"raster": INTENSITY_PIPELINE, "npz": NPZ_PIPELINE,
-                 "dicom": dicom_pipeline(self.entry.dicom_window)}
+        as_float = self.entry.intensity == "float"
+        parts = {"raster": FLOAT_PIPELINE if as_float else INTENSITY_PIPELINE,
+                 "npz": NPZ_FLOAT_PIPELINE if as_float else NPZ_PIPELINE,
+                 "dicom": dicom_pipeline(self.entry.dicom_window, self.entry.intensity)}
         return " + ".join(v for k, v in parts.items() if k in kinds)
 
 
@@ -136,7 +162,8 @@ def load_datasets_file(path: Path = DATASETS_FILE) -> dict[str, DatasetEntry]:
 
 
 def dataset_options(label_level: int | None = None, classes: str | list[str] | None = None,
-                    size: int | None = None, dicom_window: str | None = None) -> dict:
+                    size: int | None = None, dicom_window: str | None = None,
+                    intensity: str | None = None) -> dict:
     """:func:`load_dataset` options from command-line values (None: the entry's default).
 
     ``classes`` may be a comma list ("a,b"); these choices define what a cache and its split
@@ -145,7 +172,7 @@ def dataset_options(label_level: int | None = None, classes: str | list[str] | N
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
     opts = {"label_level": label_level, "class_subset": classes, "size": size,
-            "dicom_window": dicom_window}
+            "dicom_window": dicom_window, "intensity": intensity}
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -400,6 +427,9 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageD
                             f"such as size, dicom_window, splits.")
     entry = _label_level(replace(entry, **options))
     fixed_window(entry.dicom_window)  # a typo fails here, not once per image
+    if entry.intensity not in INTENSITIES:
+        raise VlmprobeError(f"intensity {entry.intensity!r}: choose one of {', '.join(INTENSITIES)} "
+                            "(float: no 8-bit rounding before the model's transform).")
     if entry.layout == "medmnist" and entry.size not in MEDMNIST_SIZES:
         raise VlmprobeError(f"size {entry.size} is not a MedMNIST size; choose one of "
                             f"{MEDMNIST_SIZES}.")
@@ -442,13 +472,28 @@ def _kind(relpath: str) -> str:
     return {".npz": "npz", ".dcm": "dicom"}.get(suffix, "raster")
 
 
-def read_sample(root: Path, relpath: str, dicom_window: str = "tags") -> Image.Image:
-    """Decode one sample (file, DICOM file or npz slot) to 8-bit RGB."""
+def read_sample(root: Path, relpath: str, dicom_window: str = "tags",
+                intensity: str = "8bit") -> Image.Image | np.ndarray:
+    """Decode one sample (file, DICOM file or npz slot) to 8-bit RGB, or for
+    ``intensity="float"`` to float32 [H, W, 3] in [0, 1]."""
     if MEMBER_SEP not in relpath:
-        return read_image(root / relpath, dicom_window)
+        return read_image(root / relpath, dicom_window, intensity=intensity)
     file, member = relpath.split(MEMBER_SEP, 1)
     key, index = member.rsplit("/", 1)
-    return Image.fromarray(_npz_array(root / file, key)[int(index)]).convert("RGB")
+    return _as_intensity(Image.fromarray(_npz_array(root / file, key)[int(index)]), intensity)
+
+
+def _as_intensity(image: Image.Image | np.ndarray, intensity: str) -> Image.Image | np.ndarray:
+    """8-bit RGB PIL for "8bit"; float32 [H, W, 3] in [0, 1] for "float". ``image``: a PIL image
+    of 8-bit levels, or a float array in [0, 1] ([H, W] or [H, W, 3]) not yet rounded."""
+    if isinstance(image, np.ndarray):
+        if intensity == "float":
+            return np.ascontiguousarray(np.broadcast_to(
+                image[..., None] if image.ndim == 2 else image, (*image.shape[:2], 3)),
+                dtype=np.float32)
+        return Image.fromarray(np.round(image * 255).astype(np.uint8)).convert("RGB")
+    image = image.convert("RGB")
+    return np.asarray(image, dtype=np.float32) / 255 if intensity == "float" else image
 
 
 @lru_cache(maxsize=2)
@@ -458,8 +503,10 @@ def _npz_array(path: Path, key: str) -> np.ndarray:
         return npz[key]
 
 
-def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = None) -> Image.Image:
-    """Decode an image file to 8-bit RGB (see :data:`INTENSITY_PIPELINE`, :func:`read_dicom`).
+def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = None,
+               intensity: str = "8bit") -> Image.Image | np.ndarray:
+    """Decode an image file to 8-bit RGB (see :data:`INTENSITY_PIPELINE`, :func:`read_dicom`),
+    or with ``intensity="float"`` to float32 [H, W, 3] in [0, 1] (:data:`FLOAT_PIPELINE`).
 
     PIL's decompression-bomb warning is an error here: a skipped image is reported, whereas
     decoding a 30-gigapixel file in every worker takes the machine down. ``draft`` (pixels,
@@ -467,7 +514,7 @@ def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = No
     >= ``draft``; other formats ignore it.
     """
     if Path(path).suffix.lower() == ".dcm":
-        return read_dicom(path, dicom_window)
+        return read_dicom(path, dicom_window, intensity)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -477,20 +524,24 @@ def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = No
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     arr = np.asarray(im, dtype=np.float64)
+                    if intensity == "float":
+                        return _as_intensity(np.clip(arr / 65535.0, 0, 1), intensity)
                     im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
-                return im.convert("RGB")
+                return _as_intensity(im, intensity)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise VlmprobeError(f"{path}: {e} Skipped as a possible decompression bomb; if the file "
                             "is trusted, raise PIL.Image.MAX_IMAGE_PIXELS.") from None
 
 
-def dicom_pipeline(window: str) -> str:
+def dicom_pipeline(window: str, intensity: str = "8bit") -> str:
     return (f"dicom: RescaleSlope/Intercept -> window {window} (DICOM linear) -> "
-            "MONOCHROME1 inverted -> 8-bit RGB")
+            "MONOCHROME1 inverted -> "
+            + ("float32 RGB in [0, 1], no 8-bit rounding" if intensity == "float" else "8-bit RGB"))
 
 
-def read_dicom(path: Path, window: str = "tags") -> Image.Image:
-    """A single-frame DICOM as 8-bit RGB: modality rescale, window, MONOCHROME1 inversion.
+def read_dicom(path: Path, window: str = "tags", intensity: str = "8bit") -> Image.Image | np.ndarray:
+    """A single-frame DICOM as 8-bit RGB (or float32 [H, W, 3] in [0, 1] for
+    ``intensity="float"``): modality rescale, window, MONOCHROME1 inversion.
 
     ``window``: "tags" uses WindowCenter/WindowWidth (the first pair), falling back to the
     image's min-max where the tags are absent; "minmax" always uses min-max; "C,W" fixes one.
@@ -512,14 +563,13 @@ def read_dicom(path: Path, window: str = "tags") -> Image.Image:
         raise VlmprobeError(f"{path} is PALETTE COLOR, which vlmprobe does not decode yet; "
                             "convert it to RGB first.")
     if not photometric.startswith("MONOCHROME"):  # colour: pydicom already gives RGB
-        scale = 255 / (2 ** int(ds.get("BitsStored", 8)) - 1)
-        return Image.fromarray(np.round(arr * scale).astype(np.uint8)).convert("RGB")
+        return _as_intensity(arr / (2 ** int(ds.get("BitsStored", 8)) - 1), intensity)
     x = apply_rescale(arr, ds).astype(np.float64)
     centre, width = _window(ds, window, x)
     y = np.clip((x - (centre - 0.5)) / max(width - 1, 1) + 0.5, 0, 1)
     if photometric == "MONOCHROME1":
         y = 1 - y
-    return Image.fromarray(np.round(y * 255).astype(np.uint8)).convert("RGB")
+    return _as_intensity(y, intensity)
 
 
 def fixed_window(window: str) -> tuple[float, float] | None:

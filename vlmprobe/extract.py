@@ -13,6 +13,7 @@ shard of a set is written.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -70,10 +71,16 @@ class FastResize:
     def __call__(self, image):
         from torchvision.transforms.v2 import functional as F
 
-        pixels = F.resize(F.pil_to_tensor(image), self.resize.size,
-                          interpolation=self.resize.interpolation,
-                          max_size=self.resize.max_size, antialias=True)
-        return self.rest(F.to_pil_image(pixels))
+        return self.rest(F.to_pil_image(_resize(self.resize, F.pil_to_tensor(image))))
+
+
+def _resize(step, pixels: torch.Tensor) -> torch.Tensor:
+    """A torchvision ``Resize`` step done on a tensor (uint8 or float) with antialiasing, as PIL
+    always resizes: same output size rule, same filter."""
+    from torchvision.transforms.v2 import functional as F
+
+    return F.resize(pixels, step.size, interpolation=step.interpolation,
+                    max_size=step.max_size, antialias=True)
 
 
 def fast_transform(transform):
@@ -89,6 +96,87 @@ def fast_transform(transform):
     if steps[0].interpolation not in modes:
         return None
     return FastResize(steps[0], T.Compose(steps[1:]))
+
+
+class FloatTransform:
+    """``--intensity float``: the official transform's steps on a float32 [3, H, W] tensor in
+    [0, 1], so 12/16-bit and windowed DICOM levels reach the model without rounding to 256."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(np.ascontiguousarray(image, np.float32)).permute(2, 0, 1)
+        for step in self.steps:
+            pixels = step(pixels)
+        return pixels.contiguous()
+
+
+def _float_steps(transform) -> list | None:
+    """The steps of an official transform that is a torchvision ``Compose`` (open_clip, timm,
+    upstream) or torchvision's ``ImageClassification`` preset (resize, crop, normalise), else None."""
+    from torchvision import transforms as T
+    from torchvision.transforms._presets import ImageClassification
+
+    if isinstance(transform, T.Compose):
+        return list(transform.transforms)
+    if isinstance(transform, ImageClassification):
+        return [T.Resize(transform.resize_size, transform.interpolation),
+                T.CenterCrop(transform.crop_size), T.Normalize(transform.mean, transform.std)]
+    return None
+
+
+#: steps that only turn a PIL image into an RGB image or a tensor: a float RGB tensor skips them
+_PIL_ONLY = ("ToTensor", "PILToTensor", "MaybeToTensor", "MaybeConvertMode", "_convert_to_rgb")
+
+
+def _clamped_resize(step, pixels: torch.Tensor) -> torch.Tensor:
+    """:func:`_resize` kept in [0, 1], as PIL's 8-bit resize clips bicubic overshoot."""
+    return _resize(step, pixels).clamp_(0, 1)
+
+
+def _float_step(step, model: str):
+    """``step`` as an operation on a float tensor in [0, 1], or None to skip it."""
+    import copy
+
+    from torchvision import transforms as T
+
+    name = getattr(step, "__name__", type(step).__name__)
+    if name in _PIL_ONLY:
+        return None
+    if isinstance(step, T.Resize):
+        return functools.partial(_clamped_resize, step)  # a partial pickles (spawned workers)
+    if isinstance(step, (T.CenterCrop, T.Normalize, T.ConvertImageDtype)):
+        return step  # tensor-native, and the same operation on a float image
+    if isinstance(step, T.Pad) or name == "CenterCropOrPad":  # PIL fills in 8-bit levels
+        if isinstance(step.fill, (int, float)):
+            scaled = copy.copy(step)
+            scaled.fill = step.fill / 255
+            return scaled
+    raise VlmprobeError(f"--intensity float: {model}'s official transform has a step {step!r} "
+                        f"with no float version here; use --intensity 8bit for {model}.")
+
+
+def float_transform(transform, model: str) -> FloatTransform:
+    """The float version of ``model``'s official transform (:class:`FloatTransform`), or a
+    VlmprobeError: a transform with no faithful float form is refused, never quantised."""
+    steps = _float_steps(transform)
+    if steps is None:
+        raise VlmprobeError(
+            f"--intensity float: {model}'s official transform is a {type(transform).__name__}, "
+            "not a torchvision Compose (resize, crop, normalise), so vlmprobe cannot give it "
+            "float pixels without rounding them to 8-bit first. Use --intensity 8bit for "
+            f"{model}.")
+    mapped = [_float_step(step, model) for step in steps]
+    return FloatTransform([m for m in mapped if m is not None])
+
+
+def input_transform(encoder: Encoder, intensity: str = "8bit"):
+    """What turns a decoded sample into the model's input: the official transform for 8-bit
+    RGB, :func:`float_transform` for ``intensity="float"`` (extract and RISE alike)."""
+    if intensity == "float":
+        return float_transform(encoder.transform_, encoder.entry.name)
+    return encoder.transform_
 
 
 def _collate(items):
@@ -285,7 +373,9 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     Re-running after a crash continues from the chunks on disk. ``batch_size="auto"`` picks
     one (see :func:`auto_batch_size`); a resumed run keeps the batch size it started with.
     ``dataset_options``: :func:`~vlmprobe.datasets.load_dataset` choices (size, dicom_window,
-    label_level, class_subset), recorded in the cache's dataset entry and key.
+    intensity, label_level, class_subset), recorded in the cache's dataset entry and key;
+    ``intensity="float"`` (:func:`float_transform`) and a non-default DICOM window also name the
+    cache (``<model>@float.h5``, ``<model>@window=minmax.h5``), beside the default one.
     ``trust_remote_code``: the user's opt-in for entries that declare hub code (None: read
     ``$VLMPROBE_TRUST_REMOTE_CODE``).
     ``taps``: further taps (the family's names, a list or "a,b") computed in the same forward
@@ -294,7 +384,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     entry = get_model_entry(model)
     data = load_dataset(dataset, root, **(dataset_options or {}))
     relpaths = [s.relpath for s in data.samples]
-    final = paths.cache_path(paths.cache_dir(out), dataset, model, data.label_view)
+    final = paths.cache_path(paths.cache_dir(out), dataset, model, data.cache_view)
     part = parse_shard(shard)
     target = shard_path(final, *part) if part else final
     if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
@@ -308,13 +398,20 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     encoder = load_encoder(entry, device, trust_remote_code=trust_remote_code)
     check_precision(precision, encoder.device)
     desc = encoder.describe()
-    fast = fast_transform(encoder.transform_) if fast_decode else None
+    as_float = data.entry.intensity == "float"
+    transform = input_transform(encoder, data.entry.intensity)  # refuses float if it cannot
+    fast = fast_transform(encoder.transform_) if fast_decode and not as_float else None
     if fast_decode and fast is None:
-        console.print(f"[yellow]--fast-decode has no effect for {model}[/]: its transform does "
-                      "not start with a torchvision bilinear/bicubic Resize; decoding exactly.")
+        console.print(f"[yellow]--fast-decode has no effect for {model}[/]: "
+                      + ("--intensity float resizes float tensors already." if as_float else
+                         "its transform does not start with a torchvision bilinear/bicubic "
+                         "Resize; decoding exactly."))
     pipeline = data.intensity_pipeline  # derived from every sample: compute once
     if fast:
         pipeline += " + fast decode (first resize by torch's uint8 antialiased kernel)"
+    if as_float:
+        pipeline += (" -> official transform on float tensors (torch antialiased resize "
+                     "clamped to [0, 1], crop, normalise)")
     if isinstance(taps, str):
         taps = [t.strip() for t in taps.split(",") if t.strip()]
     extra_taps = [t for t in dict.fromkeys(taps or []) if t != entry.tap]
@@ -334,7 +431,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                 raise VlmprobeError(f"{existing} exists but was made from different inputs: {why}. "
                                     "Pass --force to overwrite it, or --out another directory.")
 
-    images = _DecodedImages(data, fast or encoder.transform_)
+    images = _DecodedImages(data, fast or transform)
     channels_last = _channels_last(encoder)
     all_taps = [entry.tap, *extra_taps]
     dims = {entry.tap: entry.embed_dim}

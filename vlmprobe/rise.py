@@ -632,6 +632,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     from scipy.stats import spearmanr
 
     from .encoders import load_encoder
+    from .extract import input_transform
 
     cfg.check()
     labels = list(dict.fromkeys(labels))
@@ -653,6 +654,9 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
         raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
                             f"{cache.path}; re-extract the cache (vlmprobe extract --force).")
     root = paths.images_root(cache, root)
+    window = cache.attrs["dataset_entry"].get("dicom_window", "tags")
+    intensity = cache.attrs["dataset_entry"].get("intensity", "8bit")
+    transform = input_transform(encoder, intensity)  # a float cache is explained on float input
     digests = dict(zip(cache.files["relpath"], cache.files["digest"]))
     mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
     std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
@@ -677,8 +681,9 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
             if not path.is_file() or file_digest(path) != digests[rel]:
                 raise VlmprobeError(f"{path} is missing or differs from the file {cache.path} was "
                                     "extracted from; pass --root pointing at that dataset copy.")
-            image = read_sample(root, rel, cache.attrs["dataset_entry"].get("dicom_window", "tags"))
-            pixels = encoder.transform_(image).to(encoder.device)
+            image = read_sample(root, rel, window)  # 8-bit: drawn, and where text is sought
+            pixels = transform(image if intensity == "8bit"
+                               else read_sample(root, rel, window, intensity)).to(encoder.device)
             res = rise_saliency(score_fn, pixels, cfg, fill_value, progress=advance,
                                 groups=widths)
             geometry = encoder.geometry(*image.size)
