@@ -90,7 +90,8 @@ def test_float_decode_keeps_levels(tmp_path):
     assert np.abs(f - np.asarray(e) / 255).max() < LEVEL  # 8-bit: floor(x / 257)
     rgb = (_smooth_image(20, 30) * 255).round().astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb8.png")
-    np.testing.assert_array_equal(read_image(tmp_path / "rgb8.png", intensity="float"), rgb / np.float32(255))
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb8.png", intensity="float"),
+                                  rgb / np.float32(255))
     np.savez(tmp_path / "x.npz", train_images=rgb[None, ..., 0])
     np.testing.assert_array_equal(read_sample(tmp_path, "x.npz#train_images/0", intensity="float"),
                                   np.repeat(rgb[..., :1], 3, 2) / np.float32(255))
@@ -125,6 +126,10 @@ def test_float_refused_where_the_transform_is_not_torchvision(tiny_encoder):
     with pytest.raises(VlmprobeError, match=r"some_clip's official transform has a step "
                        r"ResizeKeepRatio\(size=\(64, 64\).*--intensity 8bit for some_clip"):
         float_transform(longest, "some_clip")
+    from torchvision import transforms as T
+    nearest = T.Compose([T.Resize(32, T.InterpolationMode.NEAREST), T.ToTensor()])
+    with pytest.raises(VlmprobeError, match=r"has a step Resize\(.*nearest"):
+        float_transform(nearest, "some_model")
     with pytest.raises(VlmprobeError, match="intensity 'fp'"):
         load_dataset("ctdicom", ".", intensity="fp")
     assert dataset_options(intensity="float") == {"intensity": "float"}

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmprobe.datasets import (INTENSITY_PIPELINE, LOADERS, NPZ_PIPELINE, DatasetEntry,
-                               fingerprint_files, load_dataset, read_image, read_sample)
+from vlmprobe.datasets import (FLOAT_PIPELINE, INTENSITY_PIPELINE, LOADERS, NPZ_PIPELINE,
+                               DatasetEntry, fingerprint_files, load_dataset, read_image,
+                               read_sample)
 from vlmprobe.extract import _DecodedImages
 from vlmprobe.validation import VlmprobeError
 
@@ -320,3 +321,39 @@ def test_isic_metadata_joined_on_image_with_lesion_groups(tmp_path):
         load_dataset("isic2019", tmp_path)
     meta.unlink()  # the metadata file is optional: no groups then
     assert all("group" not in s.metadata for s in load_dataset("isic2019", tmp_path).samples)
+
+
+def test_float_intensity_pipeline_view_and_decoders(tmp_path):
+    """intensity="float": its own pipeline string and cache view; DICOM monochrome (either
+    polarity), DICOM RGB, 16-bit PNG and npz decode to float32 RGB in [0, 1], unrounded."""
+    from vlmprobe.datasets import dicom_pipeline
+
+    for cls in ("COVID", "non-COVID"):
+        (tmp_path / cls).mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "COVID" / "a.dcm")
+    Image.fromarray((np.arange(16 * 16).reshape(16, 16) * 200).astype(np.uint16)).save(
+        tmp_path / "non-COVID" / "b.png")
+    flt = load_dataset("sarscov2ct", tmp_path, intensity="float")
+    assert flt.intensity_pipeline == f"{FLOAT_PIPELINE} + {dicom_pipeline('tags', 'float')}"
+    assert "no 8-bit rounding" in flt.intensity_pipeline
+    assert (load_dataset("sarscov2ct", tmp_path).cache_view, flt.cache_view) == ("", "float")
+    assert load_dataset("sarscov2ct", tmp_path, dicom_window="40,400",
+                        intensity="float").cache_view == "window=40,400;float"
+    png = flt.load_image(1)
+    assert png.dtype == np.float32 and png.shape == (16, 16, 3)
+    assert png[15, 15, 0] == np.float32(255 * 200 / 65535)
+    m2 = flt.load_image(0)
+    m1 = read_image(_dicom(tmp_path, "CT_small.dcm", PhotometricInterpretation="MONOCHROME1"),
+                    intensity="float")
+    np.testing.assert_allclose(m1, 1 - m2, atol=1e-6)
+    rgb = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    path = _dicom(tmp_path, "CT_small.dcm", PhotometricInterpretation="RGB", SamplesPerPixel=3,
+                  PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7,
+                  PixelRepresentation=0, PixelData=rgb.tobytes())
+    np.testing.assert_allclose(read_image(path, intensity="float"), rgb / 255, atol=1e-6)
+    _npz(tmp_path / "pneumoniamnist.npz")
+    npz = load_dataset("pneumoniamnist", tmp_path, intensity="float", dicom_window="minmax")
+    assert npz.cache_view == "float"  # no DICOM here: the window changes nothing, names nothing
+    assert npz.intensity_pipeline == "medmnist npz uint8 -> RGB -> float32 /255"
+    np.testing.assert_array_equal(npz.load_image(0) * 255, np.asarray(
+        load_dataset("pneumoniamnist", tmp_path).load_image(0), np.float32))

@@ -2,7 +2,9 @@
 
 Files: ``<cache dir>/<dataset>/<model>.h5``; a non-default label view (``--label-level``,
 ``--classes``) gets its own ``<model>@<view>.h5``, e.g. ``clip@level2-classes=Candida+Trichomonas.h5``
-(:func:`vlmprobe.paths.cache_path`), so views of one dataset coexist.
+(:func:`vlmprobe.paths.cache_path`), so views of one dataset coexist; so do intensity
+pipelines (``--intensity float``: ``<model>@float.h5``; ``--dicom-window minmax``:
+``<model>@window=minmax.h5``).
 
 Schema version 3 (``/`` is the file root)::
 

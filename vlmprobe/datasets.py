@@ -428,8 +428,9 @@ def load_dataset(name: str, root: str | Path | None = None, **options) -> ImageD
     entry = _label_level(replace(entry, **options))
     fixed_window(entry.dicom_window)  # a typo fails here, not once per image
     if entry.intensity not in INTENSITIES:
-        raise VlmprobeError(f"intensity {entry.intensity!r}: choose one of {', '.join(INTENSITIES)} "
-                            "(float: no 8-bit rounding before the model's transform).")
+        raise VlmprobeError(f"intensity {entry.intensity!r}: choose one of "
+                            f"{', '.join(INTENSITIES)} (float: no 8-bit rounding before the "
+                            "model's transform).")
     if entry.layout == "medmnist" and entry.size not in MEDMNIST_SIZES:
         raise VlmprobeError(f"size {entry.size} is not a MedMNIST size; choose one of "
                             f"{MEDMNIST_SIZES}.")
@@ -539,7 +540,8 @@ def dicom_pipeline(window: str, intensity: str = "8bit") -> str:
             + ("float32 RGB in [0, 1], no 8-bit rounding" if intensity == "float" else "8-bit RGB"))
 
 
-def read_dicom(path: Path, window: str = "tags", intensity: str = "8bit") -> Image.Image | np.ndarray:
+def read_dicom(path: Path, window: str = "tags",
+               intensity: str = "8bit") -> Image.Image | np.ndarray:
     """A single-frame DICOM as 8-bit RGB (or float32 [H, W, 3] in [0, 1] for
     ``intensity="float"``): modality rescale, window, MONOCHROME1 inversion.
 

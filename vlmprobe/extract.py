@@ -83,6 +83,15 @@ def _resize(step, pixels: torch.Tensor) -> torch.Tensor:
                     max_size=step.max_size, antialias=True)
 
 
+def _torch_resizable(step) -> bool:
+    """A torchvision bilinear/bicubic ``Resize``: torch's antialiased kernel matches PIL's to
+    about a grey level (nearest neighbours pick other pixels in torch than in PIL)."""
+    from torchvision import transforms as T
+
+    return isinstance(step, T.Resize) and step.interpolation in (
+        T.InterpolationMode.BILINEAR, T.InterpolationMode.BICUBIC)
+
+
 def fast_transform(transform):
     """:class:`FastResize` over ``transform``, or None when it does not begin with a torchvision
     bilinear/bicubic ``Resize`` (e.g. a transformers image processor): then there is nothing
@@ -90,10 +99,7 @@ def fast_transform(transform):
     from torchvision import transforms as T
 
     steps = getattr(transform, "transforms", None)
-    if not isinstance(transform, T.Compose) or not steps or not isinstance(steps[0], T.Resize):
-        return None
-    modes = (T.InterpolationMode.BILINEAR, T.InterpolationMode.BICUBIC)
-    if steps[0].interpolation not in modes:
+    if not isinstance(transform, T.Compose) or not steps or not _torch_resizable(steps[0]):
         return None
     return FastResize(steps[0], T.Compose(steps[1:]))
 
@@ -114,7 +120,8 @@ class FloatTransform:
 
 def _float_steps(transform) -> list | None:
     """The steps of an official transform that is a torchvision ``Compose`` (open_clip, timm,
-    upstream) or torchvision's ``ImageClassification`` preset (resize, crop, normalise), else None."""
+    upstream) or torchvision's ``ImageClassification`` preset (resize, crop, normalise), else
+    None."""
     from torchvision import transforms as T
     from torchvision.transforms._presets import ImageClassification
 
@@ -144,7 +151,7 @@ def _float_step(step, model: str):
     name = getattr(step, "__name__", type(step).__name__)
     if name in _PIL_ONLY:
         return None
-    if isinstance(step, T.Resize):
+    if _torch_resizable(step):
         return functools.partial(_clamped_resize, step)  # a partial pickles (spawned workers)
     if isinstance(step, (T.CenterCrop, T.Normalize, T.ConvertImageDtype)):
         return step  # tensor-native, and the same operation on a float image
