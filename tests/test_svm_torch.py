@@ -1,5 +1,7 @@
 """FastLinearSVC's torch backend (issue 15): the same Newton method as the NumPy path, checked
 against it and against liblinear run to tol=1e-8, on CPU torch (and CUDA where present)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,11 +9,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from test_probe_cli import _write
 from test_svm import _problem, primal_objective
+from typer.testing import CliRunner
 
+from vlmprobe.cli import app
 from vlmprobe.probe import ProbeConfig, fit_probe
 from vlmprobe.splits import SplitSpec, make_split
-from vlmprobe.svm import FastLinearSVC, fit_path, resolve_device
+from vlmprobe.svm import FastLinearSVC, fit_path, newton_system, resolve_device
 from vlmprobe.validation import VlmprobeError
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -47,6 +52,26 @@ def test_torch_matches_numpy_and_liblinear(n, d, k, noise, C, device):
     norms = np.linalg.norm(W, axis=1) + np.linalg.norm(W0, axis=1)
     assert np.all(np.linalg.norm(W - W0, axis=1) <= fast.tol * norms)
     assert fast.coef_.dtype == np.float64 and isinstance(fast.coef_, np.ndarray)
+
+
+def test_batched_gram_matrices_follow_any_active_sets():
+    """Each class's Gram matrix, rebuilt from its changed rows, its active rows or XᵀX minus its
+    inactive rows (whichever are fewest, per class within one batch), equals X_AᵀX_A."""
+    rng = np.random.default_rng(0)
+    Xb = torch.as_tensor(rng.normal(size=(60, 8)))
+    system = newton_system(Xb, 3)
+    act = torch.ones(3, 60, dtype=torch.float64)
+    # rows off per class: 3 (changed rows used) / 55 (the 5 active) / 30 (changed, a tie),
+    # then 2 and 4 fresh random rows (XᵀX minus the inactive rows, fewer than those that changed)
+    steps = [([0, 1, 2], [3, 55, 30]), ([2, 0], [2, 4])]
+    for cols, n_off in steps:
+        for c, n in zip(cols, n_off):
+            act[c] = 1.0
+            act[c, rng.choice(60, n, replace=False)] = 0.0
+        gram = system._sync(act[cols], torch.tensor(cols))
+        exact = torch.stack([Xb[act[c] > 0].T @ Xb[act[c] > 0] for c in cols])
+        assert torch.allclose(gram, exact, rtol=1e-12, atol=1e-10)
+    assert torch.equal(system.held, act)
 
 
 def _selected_t(models, X_val, y_val):
@@ -146,3 +171,17 @@ def test_probe_refuses_a_device_the_solver_cannot_use():
         fit_probe(X, y, test, fold, names, ProbeConfig(solver="sklearn", device="cpu"))
     with pytest.raises(VlmprobeError, match="--device: Unknown device 'gpu'"):
         fit_probe(X, y, test, fold, names, ProbeConfig(device="gpu"))
+
+
+def test_probe_command_passes_the_device_through(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 3
+    X = (rng.normal(size=(3, 16))[y] * 2 + rng.normal(size=(120, 16))).astype(np.float32)
+    path = _write(tmp_path, "medsiglip", X, y)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["probe", str(path), "--out", str(out), "--device", "cpu",
+                                      "--t-grid", "1,10", "--bootstrap", "20"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [res] = json.loads((out / "probe_results.json").read_text())["results"]
+    assert res["fits"]["settings"]["device"] == res["fits"]["settings"]["device_used"] == "cpu"

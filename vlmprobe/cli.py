@@ -296,6 +296,9 @@ def probe(
     solver: str = typer.Option("fast", "--solver", help="fast (vlmprobe.svm: LinearSVC's "
                                "objective by active-set Newton, ~24x faster) or sklearn "
                                "(LinearSVC itself, the reference)."),
+    device: str = typer.Option("auto", "--device", help="Where the fast solver runs: auto (a "
+                               "CUDA GPU when torch sees one, else numpy) | numpy | cpu (torch) "
+                               "| cuda[:i]. Recorded per fit."),
     repeats: int = typer.Option(1, "--repeats", help="Outer test splits (seeds seed, seed+1, "
                                 "...); tables then give mean ± sd over them."),
     shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Null control: permute "
@@ -325,7 +328,7 @@ def probe(
     from .paths import cache_dir, find_caches
     from .probe import ProbeConfig, probe_caches, write_table
 
-    cfg = ProbeConfig(solver=solver, repeats=repeats, shuffle_labels=shuffle_labels,
+    cfg = ProbeConfig(solver=solver, device=device, repeats=repeats, shuffle_labels=shuffle_labels,
                       subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
                       draws=draws, pca_dim=pca_dim, split=split)

@@ -169,24 +169,43 @@ class _SampleSystem:
 
 
 class _TorchFeatureSystem:
-    """Feature-space systems on torch, every class at once: the Gram matrices X_AᵀX_A formed
-    afresh by batched products (no rank updates: simpler, and on a GPU the products are cheap)
-    and factored by one batched Cholesky."""
-
-    batch_elements = 2 ** 27  # bound on the [classes, p, N] masked copy of X (1 GiB in float64)
+    """Feature-space systems on torch, every class at once: the Gram matrices X_AᵀX_A [K, p, p]
+    follow the active sets as in ``_FeatureSystem`` (per class from the fewest rows: those that
+    entered or left, the active ones, or the inactive ones), batched by padding every class's
+    rows to the longest list, and one batched Cholesky factors them."""
 
     def __init__(self, Xb, n_cols: int):
         self.Xb, self.ops = Xb, _TorchOps(Xb.device)
-        self.eye = self.ops.torch.eye(Xb.shape[1], dtype=Xb.dtype, device=Xb.device)
+        torch = self.ops.torch
+        self.full = Xb.T @ Xb
+        self.held = torch.ones((n_cols, len(Xb)), dtype=Xb.dtype, device=Xb.device)  # 0/1 [K, N]
+        self.gram = self.full.expand(n_cols, -1, -1).clone()  # every sample active at w = 0
+        self.eye = torch.eye(Xb.shape[1], dtype=Xb.dtype, device=Xb.device)
+
+    def _sync(self, act, cols):
+        """The Gram matrices of classes ``cols`` [k, p, p] brought to their active sets ``act``
+        [k, N]: from the held ones (mode 0), from zero (1) or from XᵀX (2)."""
+        torch, Xb = self.ops.torch, self.Xb
+        delta = act - self.held[cols]                                       # +1 in, -1 out
+        n_act = act.sum(1)
+        mode = torch.stack([(delta != 0).sum(1), n_act, len(Xb) - n_act]).argmin(0)
+        sign = torch.where((mode == 0)[:, None], delta,                     # ±1 on used rows
+                           torch.where((mode == 1)[:, None], act, act - 1))
+        n_rows = int((sign != 0).sum(1).max())
+        rows = sign.abs().argsort(1, descending=True)[:, :n_rows]           # [k, m], used first
+        Xr = Xb[rows]                                                       # [k, m, p]
+        gram = self.gram[cols]
+        gram[mode == 1], gram[mode == 2] = 0.0, self.full
+        gram.baddbmm_(Xr.transpose(1, 2) * sign.gather(1, rows)[:, None, :], Xr)
+        self.gram[cols], self.held[cols] = gram, act
+        return gram
 
     def minimizer(self, A, Y, C, cols):
         """As ``_FeatureSystem.minimizer``."""
         torch, Xb = self.ops.torch, self.Xb
         act = A[:, cols].T.to(Xb.dtype)                                    # [k, N]
         rhs = 2 * C * ((act * Y[:, cols].T) @ Xb)                          # [k, p]
-        chunk = max(1, self.batch_elements // Xb.numel())
-        gram = torch.cat([(Xb.T * a[:, None, :]) @ Xb for a in act.split(chunk)])
-        factor = torch.linalg.cholesky(self.eye + 2 * C * gram)
+        factor = torch.linalg.cholesky(torch.add(self.eye, self._sync(act, cols), alpha=2 * C))
         return torch.cholesky_solve(rhs[:, :, None], factor)[:, :, 0].T
 
 
