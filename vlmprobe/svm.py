@@ -12,8 +12,8 @@ active-set Newton method whose systems are p×p Cholesky solves on Gram matrices
 by rank updates (or |A|×|A| kernel solves when N < p), warm-started along an ascending C path.
 
 The same Newton loop and line search run on NumPy (the reference path) or on torch in float64
-(``device="cpu"``/``"cuda"``), where each step solves every class's system in one batched
-Cholesky: the probe's path on a GPU when one is present.
+(``device="cpu"``/``"cuda"``), where each step updates every class's Gram matrix in one batched
+product and factors them in one batched Cholesky: the probe's path on a GPU when one is present.
 """
 from __future__ import annotations
 
@@ -450,7 +450,8 @@ def fit_path(X, y, Cs, tol: float = 1e-3, max_iter: int = 200,
              blas_threads: int | None = 1, device: str | None = None) -> list[FastLinearSVC]:
     """One fitted FastLinearSVC per C (in the order given), each warm-started from the
     solution at the next smaller C and sharing one set of Newton systems (the Gram matrices
-    follow the active sets, which change little from one C to the next)."""
+    follow the active sets, which change little from one C to the next). ``device`` as in
+    FastLinearSVC; each model's ``device_`` says which backend ran."""
     params = dict(tol=tol, max_iter=max_iter, blas_threads=blas_threads, device=device)
     template = FastLinearSVC(**params)
     template._validate_params()
