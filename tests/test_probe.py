@@ -91,6 +91,20 @@ def test_fast_solver_gives_the_reference_protocol_result():
     assert svm["solver"] == "fast" and svm["converged"] and {"tol", "max_iter", "sklearn_version"} <= set(svm)
 
 
+def test_folds_in_parallel_give_the_serial_answer_bit_for_bit():
+    """n_jobs only changes how many folds are fitted at once (threads, one BLAS thread each)."""
+    X, y, test, fold = _problem(n=400, d=30, noise=2.0)
+    runs = [fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=20, n_jobs=j))
+            for j in (1, 3)]
+    (serial, p1), (parallel, p3) = runs
+    assert serial["val_macro_f1"] == parallel["val_macro_f1"]  # exact, not approx
+    assert serial["fits"]["records"] == parallel["fits"]["records"]
+    assert np.array_equal(p1.coef, p3.coef)
+    from vlmprobe.validation import VlmprobeError
+    with pytest.raises(VlmprobeError, match="n_jobs must be >= 0"):
+        fit_probe(X, y, test, fold, ["a", "b", "c"], ProbeConfig(n_bootstrap=20, n_jobs=-1))
+
+
 def test_unknown_solver_is_refused():
     from vlmprobe.validation import VlmprobeError
 

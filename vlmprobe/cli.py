@@ -299,6 +299,8 @@ def probe(
     device: str = typer.Option("auto", "--device", help="Where the fast solver runs: auto (a "
                                "CUDA GPU when torch sees one, else numpy) | numpy | cpu (torch) "
                                "| cuda[:i]. Recorded per fit."),
+    jobs: int = typer.Option(0, "--jobs", help="Folds fitted at once by the fast solver on "
+                             "numpy (0: one per core); answers do not depend on it."),
     repeats: int = typer.Option(1, "--repeats", help="Outer test splits (seeds seed, seed+1, "
                                 "...); tables then give mean ± sd over them."),
     shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="Null control: permute "
@@ -328,8 +330,9 @@ def probe(
     from .paths import cache_dir, find_caches
     from .probe import ProbeConfig, probe_caches, write_table
 
-    cfg = ProbeConfig(solver=solver, device=device, repeats=repeats, shuffle_labels=shuffle_labels,
-                      subgroups=tuple(subgroups or ()), n_bootstrap=n_bootstrap, seed=seed,
+    cfg = ProbeConfig(solver=solver, device=device, n_jobs=jobs, repeats=repeats,
+                      shuffle_labels=shuffle_labels, subgroups=tuple(subgroups or ()),
+                      n_bootstrap=n_bootstrap, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
                       draws=draws, pca_dim=pca_dim, split=split)
     loaded = [v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)]

@@ -16,6 +16,7 @@ shuffled labels (the null control).
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -62,6 +63,10 @@ class ProbeConfig:
     # where the fast solver runs: "auto" = torch on CUDA when a GPU is present, else the NumPy
     # path (bit-identical to "numpy"); "numpy", "cpu" (torch), "cuda[:i]"
     device: str = "auto"
+    # cross-validation folds of the fast SVM on NumPy fitted at once, in threads (each on one
+    # BLAS thread, so results are bit-identical to a serial run): 0 = one per core. The sklearn
+    # reference (whose convergence warnings are caught per fit) and torch devices run serially.
+    n_jobs: int = 0
     n_bootstrap: int = 2000  # seeded resamples of the test images, shared by every model
     seed: int = 0
     shuffle_labels: bool = False  # null control: training labels permuted, test labels kept
@@ -91,12 +96,9 @@ def _fit_grid(X, y, values, cfg: ProbeConfig) -> list[tuple[object, bool]]:
     if cfg.solver not in SOLVERS:
         raise VlmprobeError(f"Unknown solver {cfg.solver!r}; choose one of {', '.join(SOLVERS)}.")
     if cfg.probe == "svm" and cfg.solver == "fast":
-        from .svm import fit_path, resolve_device
+        from .svm import fit_path
 
-        try:
-            resolve_device(cfg.device)
-        except ValueError as err:
-            raise VlmprobeError(f"--device: {err}") from None
+        _fit_device(cfg)  # a bad or absent device fails here, with the option named
         return [(svm, svm.converged_) for svm in fit_path(X, y, values, device=cfg.device)]
     if cfg.device not in ("auto", "numpy"):
         raise VlmprobeError(f"--device {cfg.device} applies to the fast SVM solver only; use "
@@ -369,6 +371,35 @@ def _few_shot_sets(y, test, n_classes: int, cfg: ProbeConfig) -> list[tuple[np.n
     return sets
 
 
+def _map_folds(fit_set, fit_rows: list[np.ndarray], cfg: ProbeConfig) -> list:
+    """``fit_set`` on each fold's training rows, in order; the folds in threads (BLAS and
+    LAPACK release the GIL) with one BLAS thread each, so a 5-fold path on 5 cores takes the
+    time of one fold, and the answers do not depend on ``n_jobs``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    if cfg.n_jobs < 0:
+        raise VlmprobeError(f"n_jobs must be >= 0 (0: one per core); got {cfg.n_jobs}.")
+    jobs = min(len(fit_rows), cfg.n_jobs or os.cpu_count() or 1)
+    if jobs <= 1 or (cfg.probe, cfg.solver) != ("svm", "fast") or _fit_device(cfg) != "numpy":
+        return [fit_set(rows) for rows in fit_rows]
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(fit_set, fit_rows))
+
+
+def _fit_device(cfg: ProbeConfig) -> str:
+    """Where the fit runs: "numpy" unless the fast SVM runs on a torch device."""
+    if (cfg.probe, cfg.solver) != ("svm", "fast"):
+        return "numpy"
+    from .svm import resolve_device
+
+    try:
+        return resolve_device(cfg.device)
+    except ValueError as err:
+        raise VlmprobeError(f"--device: {err}") from None
+
+
 def _first_max(values: np.ndarray) -> int:
     """Index of the maximum; ties (within 1e-12) go to the first, i.e. the smallest t."""
     return int(np.flatnonzero(values >= values.max() - 1e-12)[0])
@@ -404,12 +435,16 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     val_preds = [[None] * len(sets) for _ in points]
     test_scores = [[None] * len(sets) for _ in points]
     unconverged, fit_log = 0, {}
-    for j, (fit, val) in enumerate(sets):
+
+    def fit_set(fit):
         scaler = _standardizer(cfg, X[fit])
-        Xf, Xt = scaler.transform(X[fit]), scaler.transform(X[test])
-        Xv = scaler.transform(X[val]) if val.any() else None
         values = _grid(cfg, d, int(fit.sum()))[:len(points)]
-        fits = _fit_grid(Xf, y[fit], values, cfg)
+        return scaler, values, _fit_grid(scaler.transform(X[fit]), y[fit], values, cfg)
+
+    for j, ((fit, val), (scaler, values, fits)) in enumerate(zip(sets, _map_folds(
+            fit_set, [f for f, _ in sets], cfg))):
+        Xt = scaler.transform(X[test])
+        Xv = scaler.transform(X[val]) if val.any() else None
         for i, (svm, ok) in enumerate(fits):
             unconverged += not ok
             _fit_record(fit_log, svm, ok, int(fit.sum()), j, points[i], scaler)
