@@ -174,6 +174,10 @@ def test_ctdicom_8bit_and_float_caches_side_by_side(tmp_path, tiny_model):  # no
     assert results[0].repeats[0]["split_file"] == results[1].repeats[0]["split_file"]
     probe = LinearProbe.load(probe_path(b, "class"))
     assert probe.info["cache_key"] == b.cache_key and probe.info["dataset"] == "ctdicom"
+    # the probe's outputs say how the pixels were decoded, not only the cache's name
+    assert [r.intensity_pipeline for r in results] == [a.attrs["intensity_pipeline"],
+                                                       b.attrs["intensity_pipeline"]]
+    assert probe.info["intensity_pipeline"] == b.attrs["intensity_pipeline"]
 
     i = 0
     rise = explain_cache(b, RiseConfig(n_masks=8, batch_size=8),

@@ -312,6 +312,7 @@ class ProbeResult:
     split: str = "paper"   # the grouping of the train/test split (vlmprobe.splits.GROUPINGS)
     pca_dim: int = 0   # the pixels baseline: PCA to this d inside each fold
     fits: dict = field(default_factory=dict)  # settings once + per (fold, t) C, n_iter, converged
+    intensity_pipeline: str = ""  # how the cache's pixels were decoded (8-bit, float, DICOM window)
     test_samples: dict = field(default_factory=dict, repr=False)  # arrays; not written to JSON
 
     @property
@@ -824,9 +825,11 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         result = ProbeResult(model=cache.model, dataset=cache.dataset + cache.view_tag,
                              label_view=view,
                              baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
+                             intensity_pipeline=cache.attrs.get("intensity_pipeline", ""),
                              **fields)
         if probe is not None:
             probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
+                               "intensity_pipeline": result.intensity_pipeline,
                                "cache_key": cache.cache_key, "split_file": str(split.path),
                                "protocol": asdict(job), "provenance": provenance(stage="probe")})
             result.probe_file = str(probe.save(path))
