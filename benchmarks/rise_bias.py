@@ -11,8 +11,8 @@ move each probe's decision more than filling a random box of the same size? Wher
 occlusion saliency can find the word. Results and the reading: benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/rise_bias.py [--r 0] [--n 300] [--n-masks 500] [--score decision]
-        [--fill mean|black|blur] [--blur-sigma 0.045] [--p 0.5] [--s 8] [--workdir DIR]
-        [--occlusion-only]
+        [--fill mean|black|blur] [--blur-sigma 0.045] [--p 0.5] [--s 8] [--tap last_stage_mean]
+        [--workdir DIR] [--occlusion-only]
 """
 from __future__ import annotations
 
@@ -35,16 +35,18 @@ MODEL = "efficientnet_lite0"
 
 
 def phantom_cache(workdir: Path, r: float = 0.0, n: int = 300, seed: int = 7,
-                  log=print) -> tuple[Cache, Path]:
-    """The phantom, its lite0 cache and the class and word probes in ``workdir`` (made once;
-    reused when ``workdir`` already holds them)."""
+                  tap: str | None = None, log=print) -> tuple[Cache, Path]:
+    """The phantom, its lite0 cache (``tap``: that further tap's view) and the class and word
+    probes in ``workdir`` (made once; reused when ``workdir`` already holds them)."""
     data, cache_dir = workdir / "data", workdir / "cache"
     path = cache_dir / "breastus_phantom" / f"{MODEL}.h5"
     if not path.is_file():
-        make_phantom("breastus", data, n=n, seed=seed, text_label_correlation=r, progress=False)
+        if not data.is_dir():
+            make_phantom("breastus", data, n=n, seed=seed, text_label_correlation=r,
+                         progress=False)
         path = extract(MODEL, "breastus_phantom", root=data, out=cache_dir, device="cpu",
-                       progress=False).path
-    cache = read_cache(path)
+                       progress=False, taps=[tap] if tap else None).path
+    cache = read_cache(path).tap_views(tap)[0]
     for label in ("class", "word"):
         if not probe_path(cache, label).with_name(probe_path(cache, label).name + ".npz").is_file():
             result = probe_caches([cache], label=None if label == "class" else label,
@@ -87,9 +89,10 @@ def occlusion_check(cache: Cache, root: Path, ids, cfg: RiseConfig, n_random: in
                     log=print) -> dict[str, np.ndarray]:
     """Is each probe's evidence local to the text? Fill the word's box with RISE's fill (``cfg``:
     mean colour, black or the blurred image, in the model's input) and compare the drop in the
-    explained class's decision with boxes of the same size placed at random: z = (text drop -
-    mean random drop) / sd, per probe and image. RISE can only find the text where occluding it
-    matters more than occluding anything else of its size."""
+    explained class's score (``cfg.score``: decision value or softmax probability) with boxes of
+    the same size placed at random: z = (text drop - mean random drop) / sd, per probe and
+    image. RISE can only find the text where occluding it matters more than occluding anything
+    else of its size."""
     import torch
 
     from vlmprobe.datasets import read_sample
@@ -97,13 +100,16 @@ def occlusion_check(cache: Cache, root: Path, ids, cfg: RiseConfig, n_random: in
     from vlmprobe.rise import _fill, _load_probe, _text_boxes
 
     probes = {label: _load_probe(cache, label, None) for label in ("class", "word")}
-    encoder = load_encoder(cache.model, "cpu")
+    model, _, tap = cache.model.partition("@")  # a further tap's view: "<model>@<tap>"
+    encoder = load_encoder(model, "cpu")
+    tap = tap or encoder.entry.tap
     mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
     std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
     fill_value = -mean / std if cfg.fill == "black" else None
     rng = np.random.default_rng(0)
     z = {label: [] for label in probes}
-    log(f"occlusion check ({cfg.fill} fill, {n_random} random boxes of the text box's size):")
+    log(f"occlusion check ({cfg.fill} fill, {cfg.score} score, {n_random} random boxes of the "
+        "text box's size):")
     for rel in ids:
         i = cache.relpaths.index(rel)
         image = read_sample(root, rel, "tags").convert("RGB")
@@ -120,10 +126,11 @@ def occlusion_check(cache: Cache, root: Path, ids, cfg: RiseConfig, n_random: in
         for k, (y, x) in enumerate(corners, start=1):
             keep[k, :, max(y, 0):y + bh, max(x, 0):x + bw] = 0
         with torch.no_grad():
-            emb = encoder.encode_images((pixels - fill) * keep + fill)
+            emb = encoder.encode_taps((pixels - fill) * keep + fill, [tap])[tap]
         line = []
         for label, probe in probes.items():
-            s = probe.decision_function(emb).numpy()
+            s = probe.decision_function(emb)
+            s = (s.softmax(dim=1) if cfg.score == "softmax" else s).numpy()
             t = int(np.argmax(s[0]))
             drop = s[0, t] - s[1:, t]
             z[label].append((drop[0] - drop[1:].mean()) / drop[1:].std())
@@ -148,11 +155,12 @@ def main() -> None:
     ap.add_argument("--s", type=int, default=8, help="mask grid cells per side")
     ap.add_argument("--fill", default="mean")
     ap.add_argument("--blur-sigma", type=float, default=RiseConfig.blur_sigma)
+    ap.add_argument("--tap", help="explain this further tap of lite0 (e.g. last_stage_mean)")
     ap.add_argument("--workdir", type=Path, help="reuse the phantom, cache and probes made here")
     ap.add_argument("--occlusion-only", action="store_true", help="skip RISE (the cheap screen)")
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rise_bias-"))
-    cache, data = phantom_cache(workdir, args.r, args.n, args.seed)
+    cache, data = phantom_cache(workdir, args.r, args.n, args.seed, args.tap)
     ids = word_test_ids(cache)
     cfg = RiseConfig(n_masks=args.n_masks, score=args.score, p=args.p, s=args.s, fill=args.fill,
                      blur_sigma=args.blur_sigma)

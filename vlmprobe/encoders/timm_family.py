@@ -21,6 +21,11 @@ _TAPS = {
     "cls_mean_patch": lambda model, tokens: torch.cat(
         [tokens[:, 0], tokens[:, model.num_prefix_tokens:].mean(dim=1)], dim=1),
 }
+#: taps of the last stage's output map (timm's forward_intermediates, NCHW), before the head's
+#: own layers: for an EfficientNet the 320-d map that conv_head then expands to 1,280 channels
+_STAGE_TAPS = {
+    "last_stage_mean": lambda stage: stage.mean(dim=(2, 3)),
+}
 
 
 def _package_file(source: str, relpath: str) -> Path:
@@ -57,7 +62,7 @@ def load_state_dict_in_order(model: torch.nn.Module, weights: dict, source: Path
 class TimmEncoder(Encoder):
     family = "timm"
     requires = ("timm",)
-    taps = _TAPS
+    taps = (*_TAPS, *_STAGE_TAPS)
 
     @classmethod
     def missing_requirement(cls, entry) -> str | None:
@@ -150,11 +155,16 @@ class TimmEncoder(Encoder):
         return create_transform(**cfg, is_training=False)
 
     def _forward(self, pixels):
-        return _TAPS[self.entry.tap](self.model_, self.model_.forward_features(pixels))
+        return self._forward_taps(pixels, [self.entry.tap])[self.entry.tap]
 
     def _forward_taps(self, pixels, taps):
-        tokens = self.model_.forward_features(pixels)  # every tap reads these: one pass for all
-        return {t: _TAPS[t](self.model_, tokens) for t in taps}
+        stage = None  # one pass for all taps: forward_intermediates also returns the features
+        if any(t in _STAGE_TAPS for t in taps):
+            tokens, (stage,) = self.model_.forward_intermediates(pixels, indices=1)
+        else:
+            tokens = self.model_.forward_features(pixels)
+        return {t: _STAGE_TAPS[t](stage) if t in _STAGE_TAPS else _TAPS[t](self.model_, tokens)
+                for t in taps}
 
     def _weights_sha256(self):
         if self._weights_path is not None:
