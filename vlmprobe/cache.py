@@ -106,8 +106,9 @@ class Cache:
 
     @property
     def view_tag(self) -> str:
-        """"@level1" etc. for a cache of a non-default label view (``<model>@<view>.h5``), else
-        "": stage outputs carry it, so two views' outputs never overwrite each other."""
+        """"@level1", "@float" etc. for a cache of a non-default view (label view or pixel
+        choices, ``<model>@<view>.h5``), else "": stage outputs carry it, so two views' outputs
+        never overwrite each other."""
         tag = Path(self.path or "").stem.partition("@")[2]
         return f"@{tag}" if tag else ""
 

@@ -35,11 +35,12 @@ def cache_dir(out: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_CACHE_DIR
 
 
-def cache_path(cache_root: Path, dataset: str, model: str, label_view: str = "") -> Path:
-    """Caches are laid out ``<cache_root>/<dataset>/<model>.h5``, and a non-default label view
-    (``Dataset.label_view``, e.g. ``level1;classes=a+b``) as ``<model>@level1-classes=a+b.h5``,
-    so caches of two views of one dataset sit side by side; stage outputs sit beside them."""
-    view = re.sub(r"[^A-Za-z0-9.+=-]+", "_", label_view.replace(";", "-"))
+def cache_path(cache_root: Path, dataset: str, model: str, view: str = "") -> Path:
+    """Caches are laid out ``<cache_root>/<dataset>/<model>.h5``, and a non-default view
+    (``ImageDataset.cache_view``: label view and pixel choices, e.g. ``level1;classes=a+b`` or
+    ``window=minmax;float``) as ``<model>@level1-classes=a+b.h5``, so caches of two views of one
+    dataset sit side by side; stage outputs sit beside them."""
+    view = re.sub(r"[^A-Za-z0-9.+=-]+", "_", view.replace(";", "-"))
     return Path(cache_root) / dataset / (f"{model}@{view}.h5" if view else f"{model}.h5")
 
 
