@@ -96,16 +96,11 @@ def occlusion_check(cache: Cache, root: Path, ids, cfg: RiseConfig, n_random: in
     import torch
 
     from vlmprobe.datasets import read_sample
-    from vlmprobe.encoders import load_encoder
-    from vlmprobe.rise import _fill, _load_probe, _text_boxes
+    from vlmprobe.rise import _fill, _load_probe, _text_boxes, black_fill_value, cache_encoder
 
     probes = {label: _load_probe(cache, label, None) for label in ("class", "word")}
-    model, _, tap = cache.model.partition("@")  # a further tap's view: "<model>@<tap>"
-    encoder = load_encoder(model, "cpu")
-    tap = tap or encoder.entry.tap
-    mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
-    std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
-    fill_value = -mean / std if cfg.fill == "black" else None
+    encoder, tap = cache_encoder(cache)
+    fill_value = black_fill_value(encoder) if cfg.fill == "black" else None
     rng = np.random.default_rng(0)
     z = {label: [] for label in probes}
     log(f"occlusion check ({cfg.fill} fill, {cfg.score} score, {n_random} random boxes of the "

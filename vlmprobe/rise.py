@@ -611,6 +611,26 @@ def _safe_name(relpath: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in relpath)
 
 
+def cache_encoder(cache: Cache, device="cpu", trust_remote_code: bool | None = None):
+    """(encoder, tap): the model that made ``cache`` (a further tap's view, ``<model>@<tap>``,
+    too) and the tap its embeddings are, refused when the weights are not the cache's."""
+    from .encoders import load_encoder
+
+    encoder = load_encoder(cache.model.partition("@")[0], device,
+                           trust_remote_code=trust_remote_code)
+    if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
+        raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
+                            f"{cache.path}; re-extract the cache (vlmprobe extract --force).")
+    return encoder, cache.tap or encoder.entry.tap
+
+
+def black_fill_value(encoder) -> torch.Tensor:
+    """``fill="black"``'s value: a raw 0 pixel in the encoder's normalized space, [3, 1, 1]."""
+    mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
+    std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
+    return (-mean / std).to(encoder.device)
+
+
 def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageChoice = ImageChoice(),
                   labels: Sequence[str] = ("class",), target: str | None = None,
                   root: Path | None = None, device: str = "auto", out: Path | None = None,
@@ -631,7 +651,6 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     """
     from scipy.stats import spearmanr
 
-    from .encoders import load_encoder
     from .extract import input_transform
 
     cfg.check()
@@ -647,20 +666,13 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     test = _test_relpaths(probes[0])
     picked = choose_images(cache, probes[0], choice, cfg.seed, test)
 
-    model, _, tap = cache.model.partition("@")  # a further tap's view: "<model>@<tap>"
-    encoder = load_encoder(model, device, trust_remote_code=trust_remote_code)
-    tap = tap or encoder.entry.tap
-    if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
-        raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
-                            f"{cache.path}; re-extract the cache (vlmprobe extract --force).")
+    encoder, tap = cache_encoder(cache, device, trust_remote_code)
     root = paths.images_root(cache, root)
     window = cache.attrs["dataset_entry"].get("dicom_window", "tags")
     intensity = cache.attrs["dataset_entry"].get("intensity", "8bit")
     transform = input_transform(encoder, intensity)  # a float cache is explained on float input
     digests = dict(zip(cache.files["relpath"], cache.files["digest"]))
-    mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
-    std = torch.tensor(encoder.preprocess_cfg.std).view(3, 1, 1)
-    fill_value = (-mean / std).to(encoder.device) if cfg.fill == "black" else None
+    fill_value = black_fill_value(encoder) if cfg.fill == "black" else None
     truth = [cache.label_view(_column(label)) for label in labels]
 
     def score_fn(batch):
