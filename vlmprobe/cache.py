@@ -113,6 +113,11 @@ class Cache:
         return f"@{tag}" if tag else ""
 
     @property
+    def output_name(self) -> str:
+        """``<model><view_tag>``: what every stage output of this cache is named after."""
+        return f"{self.model}{self.view_tag}"
+
+    @property
     def shard(self) -> str:
         return str(self.attrs.get("shard", ""))
 

@@ -273,7 +273,7 @@ def _stack_binary(f):
 def probe_path(cache: Cache, label_view: str, out_dir: Path | None = None) -> Path:
     suffix = "" if label_view == "class" else f".label-{label_view}"
     return (stage_dir(cache.path, cache.dataset, "probe", out_dir)
-            / f"{cache.model}{cache.view_tag}{suffix}")
+            / f"{cache.output_name}{suffix}")
 
 
 @dataclass

@@ -264,7 +264,7 @@ def fit_map(X: np.ndarray, cfg: UmapConfig, knn: tuple[np.ndarray, np.ndarray]) 
 
 
 def _coords_path(cache: Cache, cfg: UmapConfig, out: Path | None) -> Path:
-    return umap_dir(cache, out) / f"{cache.model}{cache.view_tag}.{cfg.tag()}.npz"
+    return umap_dir(cache, out) / f"{cache.output_name}.{cfg.tag()}.npz"
 
 
 def _load(path: Path, cache: Cache) -> np.ndarray | None:
@@ -474,17 +474,18 @@ def umap_caches(caches: list[Cache], grid: UmapGrid | UmapConfig = UmapGrid(),
         folder = umap_dir(cache, out)
         coords = grid_coords(cache, grid, out, jobs or os.cpu_count(), log)
         scores = map_scores(cache, grid, coords)
-        tables = write_scores(cache, grid, scores, folder / f"{cache.model}{cache.view_tag}.{grid.tag()}.metrics")
+        tables = write_scores(cache, grid, scores,
+                              folder / f"{cache.output_name}.{grid.tag()}.metrics")
         shown = read_thumbnails(cache, stratified_choice(cache.labels, thumbnails, grid.seed),
                                 root) if thumbnails else {}
         hover, preds = hover_images(cache, grid.seed, root), probe_predictions(cache, out)
         for cfg, c in zip(grid.configs(), coords):
-            stem = folder / f"{cache.model}{cache.view_tag}.{cfg.tag()}"
+            stem = folder / f"{cache.output_name}.{cfg.tag()}"
             pngs.append(plot_map(cache, c, cfg, stem, color_by, shown)[0])
             write_html(cache, c, cfg, stem, hover, preds, color_by)
         if len(coords) > 1:
             for col in [None, *color_by]:
-                stem = folder / f"{cache.model}{cache.view_tag}.{grid.tag()}.grid{f'.by-{col}' if col else ''}"
+                stem = folder / f"{cache.output_name}.{grid.tag()}.grid{f'.by-{col}' if col else ''}"
                 pngs.append(plot_grid(cache, grid, coords, scores, stem, col)[0])
         log(f"{cache.model} / {cache.dataset}: {len(coords)} maps (PNG, SVG, HTML) in {folder}, "
             f"metrics {tables[0]}")
