@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vlmprobe-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast test-science clean
 
 setup: $(STAMP)
 
@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,dicom]'
 	touch $(STAMP)
 
 demo: setup
@@ -22,8 +22,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+# Every module in a few minutes: no end-to-end runs (slow) and no checks of findings (science).
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not science"
+
+# What the study finds on phantoms: demo margin, RISE background bias, signal recovery.
+test-science: setup
+	$(PY) -m pytest -m science
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -11,7 +11,7 @@ seeded), in the ``brainmr`` imagefolder layout. On the same images and model it 
 - pure forward: all images decoded and transformed into memory first, then the model alone at the
   same batch size, thread count and precision, timed before and after the end-to-end runs (the
   machine's load drifts; the mean brackets them);
-- end-to-end: the whole ``vlmprobe.extract.extract`` call (fingerprint, model load, DataLoader
+- end-to-end: the whole ``vlmprobe.extraction.extract`` call (fingerprint, model load, DataLoader
   workers, chunk files, cache write), exact and ``--fast-decode``;
 - the per-image cosine between the exact and fast-decode caches.
 
@@ -33,10 +33,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from vlmprobe.cache_tools import compare_caches
-from vlmprobe.datasets import get_dataset_entry, load_dataset, read_image
+from vlmprobe.cache.tools import compare_caches
+from vlmprobe.data import load_dataset, read_image
+from vlmprobe.registry import get_dataset_entry
 from vlmprobe.encoders import load_encoder
-from vlmprobe.extract import default_workers, encode, extract, fast_transform
+from vlmprobe.encoders.transforms import fast_transform
+from vlmprobe.extraction import encode, extract
+from vlmprobe.extraction.batches import default_workers
 
 DATASET = "brainmr"  # imagefolder of JPEGs: <root>/<class>/*.jpg
 W, H, QUALITY = 1024, 768, 90

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from vlmprobe import probe as probe_mod
+from vlmprobe.probe import protocol as probe_mod
 from vlmprobe.probe import ProbeConfig, fit_probe
-from vlmprobe.splits import SplitSpec, make_split
+from vlmprobe.data.splits import SplitSpec, make_split
 
 
 def synthetic(n: int, d: int, k: int, seed: int = 0, rank: int = 16, sep: float = 1.1):

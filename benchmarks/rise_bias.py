@@ -25,11 +25,11 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from vlmprobe.cache import Cache, read_cache
-from vlmprobe.extract import extract
-from vlmprobe.phantom import make_phantom
+from vlmprobe.extraction import extract
+from vlmprobe.data.phantoms import make_phantom
 from vlmprobe.probe import LinearProbe, probe_caches, probe_path
 from vlmprobe.rise import ImageChoice, RiseConfig, explain_cache
-from vlmprobe.splits import read_split
+from vlmprobe.data.splits import read_split
 
 MODEL = "efficientnet_lite0"
 
@@ -95,8 +95,10 @@ def occlusion_check(cache: Cache, root: Path, ids, cfg: RiseConfig, n_random: in
     else of its size."""
     import torch
 
-    from vlmprobe.datasets import read_sample
-    from vlmprobe.rise import _fill, _load_probe, _text_boxes, black_fill_value, cache_encoder
+    from vlmprobe.data import read_sample
+    from vlmprobe.rise import cache_encoder
+    from vlmprobe.rise.explain import _load_probe, _text_boxes, black_fill_value
+    from vlmprobe.rise.saliency import _fill
 
     probes = {label: _load_probe(cache, label, None) for label in ("class", "word")}
     encoder, tap = cache_encoder(cache)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vlmprobe.cache import Cache, write_cache
-from vlmprobe.umap_maps import UmapGrid, neighbourhood_scores
+from vlmprobe.maps import UmapGrid, neighbourhood_scores
 
 LOOP = """
 import sys, numpy as np, umap

@@ -69,7 +69,7 @@ def sample_images() -> dict:
     from PIL import Image
     from skimage.data import chelsea
 
-    from vlmprobe.datasets import read_dicom
+    from vlmprobe.data import read_dicom
 
     return {"chelsea": Image.fromarray(chelsea()),
             "ct_dicom": read_dicom(pydicom.data.get_testdata_file("CT_small.dcm"), "tags")}
@@ -77,7 +77,7 @@ def sample_images() -> dict:
 
 def marker_positions(encoder, width: int, height: int):
     """Where a bright 4x4 marker lands after the encoder's official transform (intensity
-    centroid) and where vlmprobe.geometry says it lands, in input pixels."""
+    centroid) and where vlmprobe.encoders.geometry says it lands, in input pixels."""
     import numpy as np
     from PIL import Image
 

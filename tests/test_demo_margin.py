@@ -3,12 +3,13 @@ import numpy as np
 import pytest
 
 from vlmprobe.cache import read_cache
-from vlmprobe.extract import extract
-from vlmprobe.phantom import make_phantom
+from vlmprobe.extraction import extract
+from vlmprobe.data.phantoms import make_phantom
 from vlmprobe.probe import ProbeConfig, probe_caches
 
 
 @pytest.mark.slow
+@pytest.mark.science
 def test_pretrained_beats_random_baseline_on_phantom_seeds_0_to_4(tmp_path):
     margins = []
     for seed in range(5):

@@ -1,2 +1,2 @@
-"""vlmprobe."""
-__version__ = "0.1.0"
+"""vlmprobe: what medical vision-language encoders really see."""
+__version__ = "0.2.0"

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from . import __version__
 from .progress import console
 from .validation import VlmprobeError
 
@@ -34,6 +35,18 @@ TapOpt = typer.Option(None, "--tap", help="Which stored tap to use (caches extra
                       "further tap is named <model>@<tap>; default: the entry's own tap).")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"vlmprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print vlmprobe's version and exit.")):
+    """Measure what medical vision-language encoders really see."""
+
+
 def _output_dir(caches, out) -> Path | None:
     """--out is the output directory only when caches are named; else it is where they are."""
     return out if caches else None
@@ -57,8 +70,13 @@ def models(
                                "null baselines (same architecture, seeded random weights)."),
 ):
     """List the model registry (or check it, or compare two models' vision weights)."""
-    from .registry import (get_model_entry, load_registry, markdown_table, model_summary,
-                           random_twins)
+    from .registry.models import (
+        get_model_entry,
+        load_registry,
+        markdown_table,
+        model_summary,
+        random_twins,
+    )
 
     entries = load_registry(registry or ())
     derived = random_twins(entries)
@@ -114,7 +132,7 @@ def datasets(ctx: typer.Context):
     """List the dataset registry (datasets.yaml)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .datasets import load_datasets_file
+    from .registry import load_datasets_file
 
     table = Table("name", "paper name", "modality", "classes", "expected N", "layout", "groups")
     for e in load_datasets_file().values():
@@ -140,7 +158,7 @@ def make_phantom_cmd(
     size: int = typer.Option(28, "--size", help="MedMNIST image size (pneumoniamnist)."),
 ):
     """Write a phantom dataset in the real on-disk layout, with known ground truth."""
-    from .phantom import make_phantom
+    from .data.phantoms import make_phantom
 
     path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation,
                         size=size)
@@ -173,8 +191,8 @@ def check_cmd(
     """Verify a dataset copy: counts, unreadable files, duplicates, split leakage (exit 1 on errors)."""
     from collections import Counter
 
-    from .dataset_check import check_dataset
-    from .datasets import dataset_options
+    from .data import dataset_options
+    from .data.check import check_dataset
 
     r = check_dataset(dataset, root, split=split, strict=strict, near_threshold=near,
                       workers=workers, **dataset_options(label_level, classes, size, dicom_window))
@@ -216,8 +234,8 @@ def split_cmd(
     size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
 ):
     """Write the shared train/test split(s) of a dataset and report the groups that cross them."""
-    from .dataset_check import dataset_split
-    from .datasets import dataset_options
+    from .data import dataset_options
+    from .data.check import dataset_split
 
     for r in dataset_split(dataset, root, out, grouping=grouping, seed=seed, workers=workers,
                            repeats=repeats, **dataset_options(label_level, classes, size, dicom_window)):
@@ -261,8 +279,8 @@ def extract(
 ):
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
-    from .datasets import dataset_options
-    from .extract import extract as run
+    from .data import dataset_options
+    from .extraction import extract as run
 
     bs = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
     r = run(model, dataset, root=root, out=out, batch_size=bs, device=device,
@@ -293,7 +311,7 @@ def probe(
     split: str = typer.Option("paper", "--split", help="paper (stratified, ungrouped: the "
                               "paper's) | grouped (no patient id crosses train/test; needs the "
                               "cache's group column or a `datasets split --split grouped` file)."),
-    solver: str = typer.Option("fast", "--solver", help="fast (vlmprobe.svm: LinearSVC's "
+    solver: str = typer.Option("fast", "--solver", help="fast (vlmprobe.probe.svm: LinearSVC's "
                                "objective by active-set Newton, ~24x faster) or sklearn "
                                "(LinearSVC itself, the reference)."),
     device: str = typer.Option("auto", "--device", help="Where the fast solver runs: auto (a "
@@ -326,8 +344,7 @@ def probe(
     tap: Optional[str] = TapOpt,
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
-    from .cache import read_cache
-    from .paths import cache_dir, find_caches
+    from .cache import cache_dir, find_caches, read_cache
     from .probe import ProbeConfig, probe_caches, write_table
 
     cfg = ProbeConfig(solver=solver, device=device, n_jobs=jobs, repeats=repeats,
@@ -383,9 +400,8 @@ def umap(
 ):
     """UMAP maps of each cache over the n_neighbors x min_dist grid: maps (PNG, SVG, interactive
     HTML), grid figure, metrics; caches of one dataset also side by side."""
-    from .cache import read_cache
-    from .paths import find_caches
-    from .umap_maps import UmapGrid, umap_caches
+    from .cache import find_caches, read_cache
+    from .maps import UmapGrid, umap_caches
 
     grid = UmapGrid.parse(metric, n_neighbors, min_dist, seed, fast)
     umap_caches([v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)],
@@ -434,8 +450,7 @@ def rise(
     tap: Optional[str] = TapOpt,
 ):
     """RISE saliency through preprocessing -> encoder -> scaler -> SVM, on original images."""
-    from .cache import read_cache
-    from .paths import find_caches
+    from .cache import find_caches, read_cache
     from .rise import ImageChoice, RiseConfig, rise_caches
 
     cfg = RiseConfig(n_masks=n_masks, s=s, p=p, fill=fill, score=score, seed=seed,
@@ -455,7 +470,7 @@ def rise(
 def cache_info_cmd(cache: Path = typer.Argument(..., help="A cache (or shard) file."),
                    as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Provenance, counts, unreadable files and key of one cache."""
-    from .cache_tools import cache_info, format_info
+    from .cache.tools import cache_info, format_info
 
     info = cache_info(cache)
     print(json.dumps(info, indent=2, default=str) if as_json else format_info(info))
@@ -466,8 +481,8 @@ def cache_ls_cmd(directory: Optional[Path] = typer.Argument(None, help="Default:
                                                             "$VLMPROBE_CACHE."),
                  out: Optional[Path] = typer.Option(None, "--out", help="The cache directory.")):
     """Every cache, shard and interrupted extraction under a directory."""
-    from .cache_tools import list_caches
-    from .paths import cache_dir
+    from .cache import cache_dir
+    from .cache.tools import list_caches
 
     rows = list_caches(directory or cache_dir(out))
     table = Table("path", "model", "dataset", "n", "skipped", "dim", "precision", "status")
@@ -482,7 +497,7 @@ def cache_compare_cmd(a: Path = typer.Argument(..., help="Cache A (its saved pro
                       b: Path = typer.Argument(..., help="Cache B, of the same images."),
                       as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Per-image cosine similarity of two caches, and how many probe predictions change."""
-    from .cache_tools import compare_caches, format_compare
+    from .cache.tools import compare_caches, format_compare
 
     r = compare_caches(a, b)
     print(json.dumps(r, indent=2) if as_json else format_compare(r))
@@ -493,7 +508,7 @@ def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
                                                         "<model>.h5.shard-i-of-n, all n."),
                     keep: bool = typer.Option(False, "--keep", help="Keep the shard files.")):
     """Join the shard caches of one `extract --shard` run into one cache (checks keys, coverage)."""
-    from .extract import merge_shards
+    from .extraction import merge_shards
 
     console.print(f"Merged into {merge_shards(shards, remove=not keep)}")
 

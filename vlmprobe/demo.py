@@ -5,16 +5,15 @@ burnt-in word as a nuisance label) -> UMAP -> RISE -> a summary saying what was 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .cache import read_cache
-from .extract import extract
-from .phantom import make_phantom
+from .data.phantoms import make_phantom
+from .extraction import extract
+from .maps import UmapConfig, umap_caches
 from .probe import probe_caches, write_table
 from .progress import console
 from .rise import ImageChoice, RiseConfig, rise_caches
-from .umap_maps import UmapConfig, umap_caches
 
 MODEL = "efficientnet_lite0"
 BASELINE = "efficientnet_lite0_random"

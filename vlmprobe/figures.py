@@ -1,21 +1,29 @@
-"""Shared figure conventions: paper-ready style, PNG + SVG, provenance embedded in the PNG."""
+"""Shared figure conventions: paper-ready style, PNG + SVG, provenance embedded in the PNG.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects, never pyplot's: vlmprobe chooses no
+backend and registers nothing with pyplot, so a notebook's inline backend and a user's own figures
+are left as they were.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "figure.dpi": 100, "savefig.dpi": 200, "axes.spines.top": False,
          "axes.spines.right": False, "svg.fonttype": "none"}
 
 
-def save_figure(fig, path: Path, metadata: dict | None = None) -> list[Path]:
-    """Write ``<path>.png`` (provenance JSON in its Description) and ``<path>.svg``; close the figure.
+def styled(extra: dict | None = None):
+    """A context in which figures are drawn (and saved) in :data:`STYLE`, updated by ``extra``."""
+    return matplotlib.rc_context({**STYLE, **(extra or {})})
+
+
+def save_figure(fig: Figure, path: Path, metadata: dict | None = None) -> list[Path]:
+    """Write ``<path>.png`` (provenance JSON in its Description) and ``<path>.svg``.
 
     ``path`` is a stem: names like ``model.md0.1`` keep their dots.
     """
@@ -25,5 +33,4 @@ def save_figure(fig, path: Path, metadata: dict | None = None) -> list[Path]:
     png, svg = path.with_name(path.name + ".png"), path.with_name(path.name + ".svg")
     fig.savefig(png, bbox_inches="tight", metadata={"Description": desc, "Software": "vlmprobe"})
     fig.savefig(svg, bbox_inches="tight", metadata={"Description": desc[:2000]})
-    plt.close(fig)
     return [png, svg]

@@ -5,23 +5,23 @@ import os
 
 import torch
 
+from ..devices import resolve_device
 from ..registry import ModelEntry, get_model_entry
 from ..validation import VlmprobeError, unknown_key_error
+from . import (  # noqa: F401  (the families register themselves on import)
+    hf_family,
+    llava_family,
+    open_clip_family,
+    pixels_family,
+    timm_family,
+    torchvision_family,
+    upstream_family,
+)
 from .base import FAMILIES, Encoder, register_family
-from . import (hf_family, llava_family, open_clip_family, pixels_family,  # noqa: F401  (they
-               timm_family, torchvision_family, upstream_family)  # register themselves on import)
 
 __all__ = ["Encoder", "FAMILIES", "load_encoder", "register_family", "resolve_device"]
 
 TRUST_REMOTE_CODE_ENV = "VLMPROBE_TRUST_REMOTE_CODE"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise VlmprobeError("--device cuda was asked for, but torch sees no GPU; use --device cpu.")
-    return torch.device(device)
 
 
 def remote_code_allowed(trust_remote_code: bool | None = None) -> bool:
@@ -48,4 +48,4 @@ def load_encoder(model: str | ModelEntry, device: str = "auto",
             f"Model {entry.name!r} runs Python code from its hub repo {entry.source} "
             "(trust_remote_code). Read that code, then pass --trust-remote-code (or set "
             f"{TRUST_REMOTE_CODE_ENV}=1) to allow it.")
-    return FAMILIES[entry.family](entry, device=resolve_device(device)).load()
+    return FAMILIES[entry.family](entry, device=torch.device(resolve_device(device))).load()

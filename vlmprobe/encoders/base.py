@@ -13,9 +13,9 @@ from typing import Callable, ClassVar, Collection
 
 import torch
 
-from ..geometry import InputGeometry, input_geometry
 from ..registry import ModelEntry
 from ..validation import VlmprobeError
+from .geometry import InputGeometry, input_geometry
 
 FAMILIES: dict[str, type["Encoder"]] = {}
 

@@ -13,7 +13,6 @@ from ..validation import VlmprobeError
 from .base import Encoder, register_family, state_dict_sha256
 from .hub import hub_fix_hint
 
-
 _TAPS = {
     # the model's own head pooling (CLS token for ViTs, global average for CNNs)
     "pooled": lambda model, tokens: model.forward_head(tokens, pre_logits=True),

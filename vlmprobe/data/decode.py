@@ -1,0 +1,220 @@
+"""Decoding one sample to what the model's transform expects: 8-bit RGB (the default), or float32
+RGB in [0, 1] (``intensity="float"``); DICOM windowing; content digests and fingerprints.
+
+Not every image is a file: a MedMNIST sample is ``<file>.npz#<array key>/<index>``, so its relpath
+names the file it lives in plus where inside it (:func:`sample_file`, :func:`read_sample`).
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..validation import VlmprobeError
+
+#: How image files become the 8-bit RGB the official transforms expect; recorded in every cache.
+INTENSITY_PIPELINE = "pil-decode -> 16-bit scaled /257 -> 8-bit RGB (palette/RGBA/CMYK/L converted)"
+
+
+NPZ_PIPELINE = "medmnist npz uint8 -> RGB"
+
+
+#: The opt-in float path (``intensity="float"``): no rounding to 256 levels before the model.
+FLOAT_PIPELINE = ("pil-decode -> 16-bit /65535, 8-bit /255 -> float32 RGB in [0, 1], no 8-bit "
+                  "rounding (palette/RGBA/CMYK/L converted)")
+
+
+NPZ_FLOAT_PIPELINE = "medmnist npz uint8 -> RGB -> float32 /255"
+
+
+#: "8bit": every sample becomes 8-bit RGB before the official transform (the default, what the
+#: transform-equality tests check); "float": float32 RGB in [0, 1] for the float transform.
+INTENSITIES = ("8bit", "float")
+
+
+MEMBER_SEP = "#"  # "<file>.npz#train_images/17": the file, then the array key and index inside it
+
+
+# -- decoding and fingerprints ---------------------------------------------------------------
+def sample_file(relpath: str) -> str:
+    """The file a sample lives in: itself, or the npz it is a slot of."""
+    return relpath.split(MEMBER_SEP, 1)[0]
+
+
+def sample_kind(relpath: str) -> str:
+    suffix = Path(sample_file(relpath)).suffix.lower()
+    return {".npz": "npz", ".dcm": "dicom"}.get(suffix, "raster")
+
+
+def read_sample(root: Path, relpath: str, dicom_window: str = "tags",
+                intensity: str = "8bit") -> Image.Image | np.ndarray:
+    """Decode one sample (file, DICOM file or npz slot) to 8-bit RGB, or for
+    ``intensity="float"`` to float32 [H, W, 3] in [0, 1]."""
+    if MEMBER_SEP not in relpath:
+        return read_image(root / relpath, dicom_window, intensity=intensity)
+    file, member = relpath.split(MEMBER_SEP, 1)
+    key, index = member.rsplit("/", 1)
+    return _as_intensity(Image.fromarray(_npz_array(root / file, key)[int(index)]), intensity)
+
+
+def _as_intensity(image: Image.Image | np.ndarray, intensity: str) -> Image.Image | np.ndarray:
+    """8-bit RGB PIL for "8bit"; float32 [H, W, 3] in [0, 1] for "float". ``image``: a PIL image
+    of 8-bit levels, or a float array in [0, 1] ([H, W] or [H, W, 3]) not yet rounded."""
+    if isinstance(image, np.ndarray):
+        if intensity == "float":
+            return np.ascontiguousarray(np.broadcast_to(
+                image[..., None] if image.ndim == 2 else image, (*image.shape[:2], 3)),
+                dtype=np.float32)
+        return Image.fromarray(np.round(image * 255).astype(np.uint8)).convert("RGB")
+    image = image.convert("RGB")
+    return np.asarray(image, dtype=np.float32) / 255 if intensity == "float" else image
+
+
+@lru_cache(maxsize=2)
+def _npz_array(path: Path, key: str) -> np.ndarray:
+    """One array of an npz, kept: reading a key decompresses all of it, so once per worker."""
+    with np.load(path) as npz:
+        return npz[key]
+
+
+def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = None,
+               intensity: str = "8bit") -> Image.Image | np.ndarray:
+    """Decode an image file to 8-bit RGB (see :data:`INTENSITY_PIPELINE`, :func:`read_dicom`),
+    or with ``intensity="float"`` to float32 [H, W, 3] in [0, 1] (:data:`FLOAT_PIPELINE`).
+
+    PIL's decompression-bomb warning is an error here: a skipped image is reported, whereas
+    decoding a 30-gigapixel file in every worker takes the machine down. ``draft`` (pixels,
+    extract's ``--fast-decode``) lets a JPEG decode at the smallest DCT scale whose sides stay
+    >= ``draft``; other formats ignore it.
+    """
+    if Path(path).suffix.lower() == ".dcm":
+        return read_dicom(path, dicom_window, intensity)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if draft and im.format == "JPEG":
+                    im.draft(im.mode, (draft, draft))
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(im, dtype=np.float64)
+                    if intensity == "float":
+                        return _as_intensity(np.clip(arr / 65535.0, 0, 1), intensity)
+                    im = Image.fromarray(np.clip(arr / 257.0, 0, 255).astype(np.uint8))
+                return _as_intensity(im, intensity)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VlmprobeError(f"{path}: {e} Skipped as a possible decompression bomb; if the file "
+                            "is trusted, raise PIL.Image.MAX_IMAGE_PIXELS.") from None
+
+
+#: what installs the DICOM decoders (pyproject's ``dicom`` extra)
+DICOM_EXTRA = "pip install 'vlmprobe[dicom]'"
+
+
+def require_pydicom(who: Path | str):
+    """pydicom, or an error saying that ``who`` (a DICOM file, a phantom) needs it and which extra
+    installs it: a DICOM dataset without its decoder stops the run instead of having every file
+    skipped as unreadable."""
+    try:
+        import pydicom
+    except ImportError:
+        raise VlmprobeError(f"{who} needs pydicom to read DICOM, and pydicom is not installed "
+                            f"here: {DICOM_EXTRA}") from None
+    return pydicom
+
+
+def dicom_pipeline(window: str, intensity: str = "8bit") -> str:
+    return (f"dicom: RescaleSlope/Intercept -> window {window} (DICOM linear) -> "
+            "MONOCHROME1 inverted -> "
+            + ("float32 RGB in [0, 1], no 8-bit rounding" if intensity == "float" else "8-bit RGB"))
+
+
+def read_dicom(path: Path, window: str = "tags",
+               intensity: str = "8bit") -> Image.Image | np.ndarray:
+    """A single-frame DICOM as 8-bit RGB (or float32 [H, W, 3] in [0, 1] for
+    ``intensity="float"``): modality rescale, window, MONOCHROME1 inversion.
+
+    ``window``: "tags" uses WindowCenter/WindowWidth (the first pair), falling back to the
+    image's min-max where the tags are absent; "minmax" always uses min-max; "C,W" fixes one.
+    """
+    pydicom = require_pydicom(path)
+    from pydicom.pixels import apply_rescale
+
+    ds = pydicom.dcmread(path)
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise VlmprobeError(f"{path} has {ds.NumberOfFrames} frames; vlmprobe embeds single "
+                            "images. Export the frames you want as separate files.")
+    try:
+        arr = ds.pixel_array
+    except (RuntimeError, NotImplementedError) as e:
+        raise VlmprobeError(f"{path}: cannot decode transfer syntax "
+                            f"{ds.file_meta.TransferSyntaxUID.name} ({e}).") from None
+    photometric = ds.get("PhotometricInterpretation", "MONOCHROME2")
+    if photometric == "PALETTE COLOR":
+        raise VlmprobeError(f"{path} is PALETTE COLOR, which vlmprobe does not decode yet; "
+                            "convert it to RGB first.")
+    if not photometric.startswith("MONOCHROME"):  # colour: pydicom already gives RGB
+        return _as_intensity(arr / (2 ** int(ds.get("BitsStored", 8)) - 1), intensity)
+    x = apply_rescale(arr, ds).astype(np.float64)
+    centre, width = _window(ds, window, x)
+    y = np.clip((x - (centre - 0.5)) / max(width - 1, 1) + 0.5, 0, 1)
+    if photometric == "MONOCHROME1":
+        y = 1 - y
+    return _as_intensity(y, intensity)
+
+
+def fixed_window(window: str) -> tuple[float, float] | None:
+    """``(centre, width)`` for a "C,W" window, None for "tags" or "minmax"; else an error."""
+    if window in ("tags", "minmax"):
+        return None
+    try:
+        centre, width = (float(v) for v in window.split(","))
+    except ValueError:
+        raise VlmprobeError(f"dicom_window {window!r} is not 'tags', 'minmax' or 'CENTER,WIDTH' "
+                            "(e.g. '40,400').") from None
+    return centre, width
+
+
+def _window(ds, window: str, x: np.ndarray) -> tuple[float, float]:
+    from pydicom.multival import MultiValue
+
+    fixed = fixed_window(window)
+    if fixed:
+        return fixed
+    if window == "tags" and "WindowCenter" in ds and "WindowWidth" in ds:
+        centre, width = (v[0] if isinstance(v, MultiValue) else v  # several windows: the first
+                         for v in (ds.WindowCenter, ds.WindowWidth))
+        return float(centre), float(width)
+    lo, hi = float(x.min()), float(x.max())
+    return (lo + hi) / 2 + 0.5, hi - lo + 1
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint_files(root: Path, relpaths: list[str],
+                      labels: list[str] | None = None) -> tuple[list[int], list[str], str]:
+    """Sizes, content digests and the dataset fingerprint of ``relpaths`` (and ``labels``, if given).
+
+    No mtimes, so a copied dataset keeps its fingerprint; sorted, so listing order does not matter.
+    A slot of an npz gets its file's size and digest (read once), and its relpath names the slot,
+    so the fingerprint covers both the file and which samples of it are used.
+    """
+    files = sorted({sample_file(r) for r in relpaths})
+    known = {f: ((root / f).stat().st_size, file_digest(root / f)) for f in files}
+    sizes = [known[sample_file(r)][0] for r in relpaths]
+    digests = [known[sample_file(r)][1] for r in relpaths]
+    h = hashlib.sha256()
+    tails = [f"\t{x}" for x in labels] if labels is not None else [""] * len(relpaths)
+    for r, s, d, t in sorted(zip(relpaths, sizes, digests, tails)):
+        h.update(f"{r}\t{s}\t{d}{t}\n".encode())
+    return sizes, digests, h.hexdigest()

@@ -1,0 +1,13 @@
+"""Linear probing by the paper's protocol: the protocol on arrays (:mod:`.protocol`), its fast
+exact solver (:mod:`.svm`), bootstrap statistics (:mod:`.stats`), the saved probe
+(:mod:`.linear`), results and tables (:mod:`.results`, :mod:`.tables`), and the stage over caches
+(:mod:`.run`)."""
+from .linear import LinearProbe, probe_path
+from .protocol import PROBES, SOLVERS, T_GRID, ProbeConfig, c_value, fit_probe
+from .results import ProbeResult
+from .run import probe_caches
+from .tables import compare_models, compare_paper, write_table
+
+__all__ = ["LinearProbe", "PROBES", "ProbeConfig", "ProbeResult", "SOLVERS", "T_GRID", "c_value",
+           "compare_models", "compare_paper", "fit_probe", "probe_caches", "probe_path",
+           "write_table"]

@@ -1,0 +1,86 @@
+"""One probe result (a table row): every metric with its sd and CI, the selected t, the fits, and
+the per-image test scores that paired comparisons resample."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ProbeResult:
+    model: str
+    dataset: str
+    label_view: str
+    baseline: bool
+    class_names: list[str]
+    n_train: int
+    n_test: int
+    embed_dim: int
+    probe: str                         # svm (the paper's), logreg or knn
+    few_shot: int                      # k > 0: models are few-shot draws, not fold-models
+    t_grid: list[float]                # C = t·d/N; for kNN the k grid
+    val_macro_f1: list[float]          # mean over folds, per t
+    val_macro_f1_sd: list[float]
+    selected_t: float
+    saturated: bool
+    selected_per_fold: list[float]     # the t of each fold-model (all equal unless select=per_fold)
+    test: dict[str, float]             # metric -> mean over the 5 fold-models
+    test_sd: dict[str, float]          # ddof=0
+    test_ci95: dict[str, tuple[float, float]]  # bootstrap over test images of that mean
+    per_class: dict[str, list[float]]  # f1/sensitivity/specificity/auroc, fold-model mean
+    all_converged: bool
+    n_unconverged: int
+    refit_C: float                     # C of the refit linear model, k for kNN
+    refit_test: dict[str, float]
+    refit_test_macro_f1_ci95: tuple[float, float]
+    positive_class: str | None
+    subgroups: dict = field(default_factory=dict)  # column -> value -> n, test, test_sd, test_ci95
+    shuffled_labels: bool = False
+    probe_file: str = ""
+    predictions_file: str = ""
+    repeats: list[dict] = field(default_factory=list)   # one entry per outer test split
+    split: str = "paper"   # the grouping of the train/test split (vlmprobe.data.splits.GROUPINGS)
+    pca_dim: int = 0   # the pixels baseline: PCA to this d inside each fold
+    fits: dict = field(default_factory=dict)  # settings once + per (fold, t) C, n_iter, converged
+    intensity_pipeline: str = ""  # how the cache's pixels were decoded (8-bit, float, DICOM window)
+    test_samples: dict = field(default_factory=dict, repr=False)  # arrays; not written to JSON
+
+    @property
+    def name(self) -> str:
+        return (self.model + (" (baseline)" if self.baseline else "")
+                + (f" [PCA to {self.pca_dim}]" if self.pca_dim else "")
+                + ("" if self.probe == "svm" else f" [{self.probe}]")
+                + (f" [{self.few_shot}-shot]" if self.few_shot else "")
+                + (" (shuffled labels)" if self.shuffled_labels else ""))
+
+    @property
+    def selected(self) -> str:
+        return "saturated" if self.saturated else f"{'k' if self.probe == 'knn' else 't'}={self.selected_t:g}"
+
+    def cell(self, m: str, ci: bool = True) -> str:
+        """'mean ± sd [lo, hi]' in percent; over the outer splits when there are several."""
+        if m not in self.test:
+            return "n/a"
+        if len(self.repeats) > 1:
+            vals = [r["test"][m] for r in self.repeats]
+            return f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals):.1f} ({len(vals)} splits)"
+        lo, hi = self.test_ci95[m]
+        return (f"{100 * self.test[m]:.1f} ± {100 * self.test_sd[m]:.1f}"
+                + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if ci else ""))
+
+    def row(self) -> dict:
+        lo, hi = self.refit_test_macro_f1_ci95
+        return {"model": self.name,
+                "dataset": self.dataset, "label": self.label_view, "split": self.split,
+                "N_train": self.n_train,
+                "N_test": self.n_test, "d": self.embed_dim,
+                "selected": self.selected,
+                "accuracy %": self.cell("accuracy"), "macro-F1 %": self.cell("macro_f1"),
+                "weighted-F1 %": self.cell("weighted_f1"),
+                "binary-F1 %": self.cell("binary_f1") if self.positive_class else "n/a",
+                "balanced acc. %": self.cell("balanced_accuracy"),
+                "macro-AUROC %": self.cell("macro_auroc"),
+                "refit macro-F1 % [95% CI]": f"{100 * self.refit_test['macro_f1']:.1f} "
+                                             f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+                "converged": "yes" if self.all_converged else f"no ({self.n_unconverged} fits)"}

@@ -1,0 +1,160 @@
+"""The probe stage over caches: shared split files per dataset, one result per cache (and per
+baseline d), saved refit probes, per-image test predictions and confusion figures."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import Cache, describe_fingerprint_difference
+from ..data.splits import GROUPINGS, SplitSpec, load_or_create_split, split_path
+from ..provenance import provenance
+from ..validation import VlmprobeError
+from .figures import confusion_figure
+from .linear import probe_path
+from .protocol import ProbeConfig, fit_probe
+from .results import ProbeResult
+
+
+def _check_same_dataset_files(caches: list[Cache]) -> None:
+    """Caches of one dataset must come from identical files, or the shared split lies."""
+    first: dict[str, Cache] = {}
+    for c in caches:  # each label view (its own fingerprint and splits) on its own
+        ref = first.setdefault(c.dataset + c.view_tag, c)
+        if c.dataset_fingerprint != ref.dataset_fingerprint:
+            raise VlmprobeError(
+                f"Caches of dataset {c.dataset!r} were extracted from different files: {ref.path} "
+                f"vs {c.path}: {describe_fingerprint_difference(ref, c)}. Re-extract one of them "
+                "from the same dataset copy (vlmprobe extract ... --force).")
+
+
+def _write_predictions(path: Path, result_fields: dict, class_names: list[str]) -> Path:
+    """Per test image: true class, refit prediction and scores, each fold-model's prediction."""
+    s = result_fields["test_samples"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["relpath", "true", "refit_pred"] + [f"fold{j}_pred" for j in range(len(s["fold_pred"]))]
+                   + [f"refit_score_{c}" for c in class_names])
+        for i, rel in enumerate(s["ids"]):
+            w.writerow([rel, class_names[s["y"][i]], class_names[s["refit_pred"][i]]]
+                       + [class_names[p[i]] for p in s["fold_pred"]]
+                       + [f"{v:.6g}" for v in s["refit_scores"][i]])
+    return path
+
+
+PIXELS_FAMILY = "pixels"
+
+
+def _probe_jobs(caches: list[Cache], cfg: ProbeConfig) -> list[tuple[Cache, ProbeConfig]]:
+    """(cache, its config) per table row. A ``pixels`` cache is reduced by PCA inside each fold
+    to ``cfg.pca_dim``, or else to each distinct d of the model caches of its dataset (one row
+    per d; raw pixels when it is probed alone); other caches are never reduced."""
+    def is_pixels(c):
+        return c.attrs.get("encoder", {}).get("family") == PIXELS_FAMILY
+    jobs = []
+    for cache in caches:
+        if not is_pixels(cache):
+            jobs.append((cache, replace(cfg, pca_dim=0)))
+            continue
+        dims = [cfg.pca_dim] if cfg.pca_dim else sorted(
+            {c.embed_dim for c in caches if c.dataset == cache.dataset and not is_pixels(c)})
+        jobs += [(cache, replace(cfg, pca_dim=d)) for d in dims or [0]]
+    return jobs
+
+
+def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
+                  seed: int, repeats: int) -> tuple[list[str] | None, str]:
+    """The cache's patient ids (metadata "group") for the split, or None. A grouped split
+    without them is only possible from files ``vlmprobe datasets split`` already wrote (e.g.
+    near-duplicate clusters), one per seed; otherwise the error says how to get them."""
+    if grouping not in GROUPINGS:
+        raise VlmprobeError(f"split {grouping!r} is not available; use one of {GROUPINGS}.")
+    if "group" in cache.metadata:
+        entry = cache.attrs.get("dataset_entry", {})
+        return cache.metadata["group"], entry.get("group_key") or entry.get("group_column") or "group"
+    missing = [s for s in range(seed, seed + repeats) if grouping == "grouped" and not
+               split_path(split_dir, cache.dataset_fingerprint, SplitSpec(view, grouping, s)).is_file()]
+    if missing:
+        more = f" --repeats {repeats}" if repeats > 1 else ""
+        raise VlmprobeError(
+            f"{cache.path}: dataset {cache.dataset!r} has no group (patient id) column in the "
+            f"cache, so a grouped split cannot be made here, and {split_dir} has no grouped "
+            f"split for seed(s) {missing}. Run `vlmprobe datasets split {cache.dataset} --split "
+            f"grouped --seed {seed}{more}` (near-duplicate clusters where the dataset ships no "
+            f"patient ids), or use --split paper.")
+    return None, ""
+
+
+def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None = None,
+                 split_seed: int = 0, cfg: ProbeConfig = ProbeConfig(),
+                 log=print) -> list[ProbeResult]:
+    """Run the protocol on each cache, sharing split files per dataset (one per outer split,
+    seeds split_seed, split_seed+1, ...); save refit probes and per-image test predictions."""
+    if cfg.repeats < 1:
+        raise VlmprobeError(f"repeats must be >= 1; got {cfg.repeats}.")
+    if cfg.pca_dim < 0:
+        raise VlmprobeError(f"pca_dim must be >= 0 (0: the d of the compared caches); got "
+                            f"{cfg.pca_dim}.")
+    _check_same_dataset_files(caches)
+    for cache in caches:
+        missing = [c for c in cfg.subgroups if c not in cache.metadata]
+        if missing:
+            raise VlmprobeError(f"{cache.path}: no metadata column(s) {missing} for subgroups; "
+                                f"columns: {', '.join(sorted(cache.metadata)) or 'none'}.")
+    results = []
+    for cache, job in _probe_jobs(caches, cfg):
+        y, names, view = cache.label_view(label)
+        positive = cache.attrs.get("dataset_entry", {}).get("positive_class") if view == "class" else None
+        split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
+        patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed,
+                                              job.repeats)
+        runs = []
+        for r in range(job.repeats):
+            split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y,
+                                         names, SplitSpec(label_view=view, grouping=job.split,
+                                                          seed=split_seed + r),
+                                         source=str(cache.path), groups=patients,
+                                         group_source=group_source)
+            test, fold = split.align(cache.relpaths, str(cache.path))
+            rows = np.flatnonzero(test)
+            groups = {c: [cache.metadata[c][i] for i in rows] for c in job.subgroups}
+            runs.append((split, *fit_probe(cache.embeddings, y, test, fold, names, job, positive,
+                                           [cache.relpaths[i] for i in rows], groups)))
+        split, fields, probe = runs[0]
+        path = probe_path(cache, view, out)
+        path = path.with_name(path.name + ("" if job.probe == "svm" else f".{job.probe}")
+                              + (f".{job.few_shot}-shot" if job.few_shot else "")
+                              + (f".pca{job.pca_dim}" if job.pca_dim else "")
+                              + ("" if job.split == "paper" else f".{job.split}")
+                              + (".shuffled-labels" if job.shuffle_labels else ""))
+        result = ProbeResult(model=cache.model, dataset=cache.dataset + cache.view_tag,
+                             label_view=view,
+                             baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
+                             intensity_pipeline=cache.attrs.get("intensity_pipeline", ""),
+                             **fields)
+        if probe is not None:
+            probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
+                               "intensity_pipeline": result.intensity_pipeline,
+                               "cache_key": cache.cache_key, "split_file": str(split.path),
+                               "protocol": asdict(job), "provenance": provenance(stage="probe")})
+            result.probe_file = str(probe.save(path))
+        result.predictions_file = str(_write_predictions(
+            path.with_name(path.name + ".test_predictions.csv"), fields, names))
+        confusion_figure(fields, names, path.with_name(path.name + ".confusion"),
+                          f"{result.name} / {cache.dataset} [{view}]")
+        result.repeats = [{"split_seed": split_seed + r, "split_file": str(sp.path),
+                           # patients crossing train/test (0 for grouped; the leak for paper)
+                           "groups": json.loads(sp.path.with_suffix(".json").read_text()).get(
+                               "groups"),
+                           "selected_t": f["selected_t"], "test": f["test"]}
+                          for r, (sp, f, _) in enumerate(runs)]
+        log(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
+            f"{result.cell('macro_f1')}; refit ({'k' if job.probe == 'knn' else 'C'}="
+            f"{result.refit_C:.4g}) test macro-F1 {100 * result.refit_test['macro_f1']:.1f}"
+            + (f" -> {result.probe_file}" if result.probe_file else ""))
+        results.append(result)
+    return results

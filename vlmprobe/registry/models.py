@@ -1,0 +1,226 @@
+"""The model registry: ``model_registry.yaml`` entries, one per model, validated once.
+
+A model is data (source, tap, dim, preprocessing), its family is code (an adapter class in
+:mod:`vlmprobe.encoders`). Users add models by pointing ``$VLMPROBE_REGISTRY`` at extra YAML files
+(``:``-separated); a key defined twice is an error, as in eva's registry.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib.resources import files
+from pathlib import Path
+
+from ..validation import VlmprobeError, build_entry, read_yaml_entries, unknown_key_error
+
+REGISTRY_ENV = "VLMPROBE_REGISTRY"
+#: the built-in registry, shipped inside the package
+BUILTIN_REGISTRY = Path(str(files(__package__) / "model_registry.yaml"))
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_NAMED_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD),
+                "half": ((0.5,) * 3, (0.5,) * 3)}
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """What the model's official transform does, as facts (cf. timm's ``pretrained_cfg``).
+
+    resize: ``shortest`` (shortest side to ``resize_size``, then centre-crop ``image_size``),
+    ``squash`` (both sides to ``image_size``, aspect not kept), ``pad_square`` (pad to a square
+    with ``pad_color``, then as ``shortest``), ``longest_pad`` (longer side to ``image_size``,
+    aspect kept, then zero-pad right and bottom to a square: FLAIR).
+    """
+
+    image_size: int
+    resize: str = "shortest"
+    resize_size: int | None = None
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    pad_color: tuple[int, int, int] = (0, 0, 0)
+
+    RESIZE_MODES = ("shortest", "squash", "pad_square", "longest_pad")
+
+    @property
+    def crop_pct(self) -> float:
+        return self.image_size / (self.resize_size or self.image_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resize_size"] = self.resize_size or self.image_size
+        return d
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One ``model_registry.yaml`` entry."""
+
+    name: str
+    family: str
+    source: str
+    embed_dim: int
+    preprocess: PreprocessCfg
+    tap: str
+    architecture: str | None = None
+    revision: str | None = None
+    weights_file: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    medical: bool = False
+    baseline: bool = False
+    gated: bool = False
+    trust_remote_code: bool = False
+    licence: str = "unknown"
+    description: str = ""
+    seed: int | None = None
+    #: the entry's architecture with seeded random weights (a ``<model>_random`` null baseline)
+    random_init: bool = False
+    #: another hub repo whose preprocessor (and, for vision towers, config) the model uses
+    processor_source: str | None = None
+    #: the command that installs what the family needs beyond vlmprobe's extras
+    install: str | None = None
+    #: facts not known or not verified, said instead of invented
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        return d
+
+
+_REQUIRED = ("family", "source", "embed_dim", "preprocess", "tap")
+_TYPES = {"str": str, "int": int, "bool": bool, "dict": dict}
+
+
+def check_field_types(cls, path: Path, name: str, raw: dict) -> None:
+    """Refuse a field of the wrong YAML type (``embed_dim: "512"``), naming entry and field."""
+    for f in fields(cls):
+        if f.name not in raw or f.name == "preprocess":
+            continue
+        value, kinds = raw[f.name], str(f.type).replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        wanted = tuple(_TYPES[k] for k in kinds if k in _TYPES)
+        if wanted and (not isinstance(value, wanted) or (bool not in wanted
+                                                          and isinstance(value, bool))):
+            raise VlmprobeError(f"{path}: {cls.__name__} entry {name!r}: field {f.name!r} must "
+                                f"be {f.type}, got {value!r} ({type(value).__name__}).")
+
+
+def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
+    raw = dict(raw)
+    stats = raw.pop("stats", None)
+    if stats is not None:
+        if stats not in _NAMED_STATS:
+            raise VlmprobeError(f"{where}: model {name!r} has preprocess.stats={stats!r}; use one of "
+                                f"{sorted(_NAMED_STATS)} or give mean/std explicitly.")
+        raw.setdefault("mean", _NAMED_STATS[stats][0])
+        raw.setdefault("std", _NAMED_STATS[stats][1])
+    for key in ("mean", "std", "pad_color"):
+        if key in raw:
+            raw[key] = tuple(raw[key])
+    check_field_types(PreprocessCfg, where, name, raw)
+    try:
+        cfg = PreprocessCfg(**raw)
+    except TypeError as e:
+        raise VlmprobeError(f"{where}: model {name!r} has a bad preprocess block ({e}).") from None
+    if cfg.resize not in PreprocessCfg.RESIZE_MODES:
+        raise VlmprobeError(f"{where}: model {name!r} has preprocess.resize={cfg.resize!r}; "
+                            f"valid: {', '.join(PreprocessCfg.RESIZE_MODES)}.")
+    return cfg
+
+
+def _parse_file(path: Path) -> dict[str, ModelEntry]:
+    entries = {}
+    for name, raw in read_yaml_entries(path, "models").items():
+        missing = [k for k in _REQUIRED if k not in raw]
+        if missing:
+            raise VlmprobeError(f"{path}: model {name!r} lacks required field(s) {missing}.")
+        if not isinstance(raw["preprocess"], dict):
+            raise VlmprobeError(f"{path}: model {name!r}: field 'preprocess' must be a mapping "
+                                "(image_size, resize, interpolation, stats or mean/std).")
+        check_field_types(ModelEntry, path, name, raw)
+        raw = {**raw, "preprocess": _parse_preprocess(name, raw["preprocess"], path)}
+        entries[name] = build_entry(ModelEntry, path, name, raw)
+    return entries
+
+
+def registry_files(extra: list[Path] | tuple = ()) -> list[Path]:
+    env = [Path(p) for p in os.environ.get(REGISTRY_ENV, "").split(os.pathsep) if p]
+    return [BUILTIN_REGISTRY, *env, *map(Path, extra)]
+
+
+def load_registry(extra: list[Path] | tuple = ()) -> dict[str, ModelEntry]:
+    """All entries from the built-in registry, ``$VLMPROBE_REGISTRY`` files and ``extra``."""
+    entries: dict[str, ModelEntry] = {}
+    for path in registry_files(extra):
+        for name, entry in _parse_file(path).items():
+            if name in entries:
+                raise VlmprobeError(f"Model {name!r} is defined twice (again in {path}); rename one.")
+            entries[name] = entry
+    return entries
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return sorted(fnmatch.filter(load_registry(), pattern))
+
+
+RANDOM_SUFFIX = "_random"
+
+
+def random_twin(entry: ModelEntry, seed: int = 0) -> ModelEntry:
+    """``<model>_random``: the same architecture, tap and preprocessing with seeded random weights,
+    flagged as a baseline, derived so that no model needs a YAML twin."""
+    return replace(entry, name=entry.name + RANDOM_SUFFIX, random_init=True, baseline=True,
+                   seed=seed, medical=False,
+                   description=f"Null baseline: {entry.name}'s architecture with random weights "
+                               f"(seed {seed}).",
+                   notes="Loaded through the family's own path (so the checkpoint must be in the "
+                         "cache), then every weight replaced: encoders.base.randomize_weights.")
+
+
+def random_twins(entries: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+    """The derived ``<model>_random`` entry of every non-baseline model whose twin the registry
+    does not define itself: what ``vlmprobe models --twins`` lists beside the registry."""
+    return {e.name + RANDOM_SUFFIX: random_twin(e) for e in entries.values()
+            if not e.baseline and e.name + RANDOM_SUFFIX not in entries}
+
+
+def get_model_entry(name: str, entries: dict[str, ModelEntry] | None = None) -> ModelEntry:
+    """The entry ``name``; ``<model>_random`` resolves to :func:`random_twin` of ``<model>``
+    unless the registry defines that name itself."""
+    entries = load_registry() if entries is None else entries
+    base = name.removesuffix(RANDOM_SUFFIX)
+    if name not in entries and name.endswith(RANDOM_SUFFIX) and base in entries:
+        return random_twin(entries[base])
+    if name not in entries:
+        raise unknown_key_error("model", name, entries)
+    return entries[name]
+
+
+def model_summary(entry: ModelEntry) -> dict:
+    """The ``vlmprobe models --json`` object: the headline fields first, then the whole entry."""
+    head = {k: getattr(entry, k) for k in ("name", "family", "source", "revision", "tap",
+                                           "embed_dim")}
+    p = entry.preprocess
+    return {**head, "image_size": p.image_size, "gated": entry.gated,
+            "trust_remote_code": entry.trust_remote_code, "licence": entry.licence,
+            **entry.to_dict()}
+
+
+def markdown_table(entries: dict[str, ModelEntry] | None = None) -> str:
+    """The README's model table, generated from the registry (``vlmprobe models --markdown``)."""
+    entries = load_registry() if entries is None else entries
+    rows = ["| model | family | source | tap | dim | input | licence | gated | remote code |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for e in entries.values():
+        p = e.preprocess
+        rows.append(f"| `{e.name}`{' (medical)' if e.medical else ''} | {e.family} | "
+                    f"`{e.source}` | {e.tap} | {e.embed_dim} | {p.image_size} {p.resize} | "
+                    f"{e.licence} | {'yes' if e.gated else ''} | "
+                    f"{'yes' if e.trust_remote_code else ''} |")
+    return "\n".join(rows)
