@@ -1,4 +1,4 @@
-"""Benchmark (not a test): is extraction as fast as the model, or does decoding hold it back? (issue 14)
+"""Benchmark (not a test): is extraction as fast as the model, or does decoding hold it back?
 
 Corpus: ``--n`` (default 2,000) JPEGs of 1024×768 at quality 90, made from the real photographs
 bundled with scikit-image (randomly cropped, flipped, colour-jittered, with mild sensor noise;

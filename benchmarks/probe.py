@@ -1,4 +1,4 @@
-"""Benchmark (not a test): the full probe protocol with both solvers on the same data (issue 15).
+"""Benchmark (not a test): the full probe protocol with both solvers on the same data.
 
 Seeded synthetic embeddings, N=5,000, d=1,024, 9 classes: class means in a 16-dimensional
 subspace plus isotropic noise, scaled so test accuracy lies between 0.7 and 0.95 (neither

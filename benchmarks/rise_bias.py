@@ -1,5 +1,5 @@
 """Experiment: does RISE show that a probe for the burnt-in word looks at the text more than the
-class probe does? Issue 17's acceptance check (tests/test_rise_bias.py runs it where it passes).
+class probe does? The acceptance check tests/rise/test_rise_bias.py runs where it passes.
 
 Breastus phantom (``--n`` images, text-label correlation ``--r``) -> efficientnet_lite0 cache ->
 class probe and word probe (paper protocol) -> RISE with ``--n-masks`` masks on the first 10

@@ -1,4 +1,4 @@
-"""The opt-in float intensity path (issue 13): 12/16-bit and DICOM levels reach the model
+"""The opt-in float intensity path: 12/16-bit and DICOM levels reach the model
 unrounded, through a float version of the official transform, in caches beside the 8-bit ones.
 
 Tolerances, in pixel units (before Normalize): on a smooth 8-bit image the float transform is

@@ -1,4 +1,4 @@
-"""`vlmprobe probe` with the statistics options, on two small caches written to disk (issue 15)."""
+"""`vlmprobe probe` with the statistics options, on two small caches written to disk."""
 import csv
 
 import numpy as np

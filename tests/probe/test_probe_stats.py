@@ -1,4 +1,4 @@
-"""Weighted metrics equal scikit-learn's; bootstrap, paired comparison and Holm behave (issue 15)."""
+"""Weighted metrics equal scikit-learn's; bootstrap, paired comparison and Holm behave."""
 import numpy as np
 import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, f1_score, recall_score,

@@ -1,4 +1,4 @@
-"""Probe outputs a reviewer needs (issue 15): tables across caches with CIs, paired comparisons,
+"""Probe outputs a reviewer needs: tables across caches with CIs, paired comparisons,
 outer-split repeats, per-image predictions, the shuffled-label null control, bad input."""
 import csv
 

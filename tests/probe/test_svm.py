@@ -1,4 +1,4 @@
-"""FastLinearSVC solves LinearSVC's default objective (issue 15): checked against liblinear
+"""FastLinearSVC solves LinearSVC's default objective: checked against liblinear
 run to tol=1e-8 on small binary / 9-class, N<d / N>d, separable / overlapping problems."""
 import numpy as np
 import pytest

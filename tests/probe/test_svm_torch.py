@@ -1,4 +1,4 @@
-"""FastLinearSVC's torch backend (issue 15): the same Newton method as the NumPy path, checked
+"""FastLinearSVC's torch backend: the same Newton method as the NumPy path, checked
 against it and against liblinear run to tol=1e-8, on CPU torch (and CUDA where present)."""
 import json
 

@@ -1,4 +1,4 @@
-"""Issue 17's background-bias check: RISE of a word probe looks at the burnt-in word more than RISE
+"""The background-bias check: RISE of a word probe looks at the burnt-in word more than RISE
 of the class probe does. The experiment lives in benchmarks/rise_bias.py (also run by hand with
 other settings; benchmarks/RESULTS.md has every setting measured and why this tap is the one)."""
 import importlib.util
