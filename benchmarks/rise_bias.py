@@ -27,7 +27,7 @@ from scipy.stats import wilcoxon
 from vlmprobe.cache import Cache, read_cache
 from vlmprobe.extraction import extract
 from vlmprobe.data.phantoms import make_phantom
-from vlmprobe.probe import LinearProbe, probe_caches, probe_path
+from vlmprobe.probe import LinearProbe, run_probe, probe_path
 from vlmprobe.rise import ImageChoice, RiseConfig, explain_cache
 from vlmprobe.data.splits import read_split
 
@@ -49,8 +49,7 @@ def phantom_cache(workdir: Path, r: float = 0.0, n: int = 300, seed: int = 7,
     cache = read_cache(path).tap_views(tap)[0]
     for label in ("class", "word"):
         if not probe_path(cache, label).with_name(probe_path(cache, label).name + ".npz").is_file():
-            result = probe_caches([cache], label=None if label == "class" else label,
-                                  log=lambda *a: None)[0]
+            result = run_probe([cache], label=None if label == "class" else label)[0]
             log(f"{label} probe: test macro-F1 {result.test['macro_f1']:.3f}")
     return cache, data
 
@@ -74,15 +73,15 @@ class BiasResult:
         return self.wins >= 9 and self.p_value < 0.01
 
 
-def bias_check(cache: Cache, root: Path, ids, cfg: RiseConfig, log=print) -> BiasResult:
+def bias_check(cache: Cache, root: Path, ids, cfg: RiseConfig) -> BiasResult:
     """RISE of the class and word probes on the same masked embeddings of ``ids``."""
     res = explain_cache(cache, cfg, ImageChoice(ids=tuple(ids)), labels=["class", "word"],
-                        root=root, device="cpu", causal_steps=0, log=log)
-    mass = {p: np.array([r["text_mass"] for r in res["records"] if r["probe"] == p])
+                        root=root, device="cpu", causal_steps=0)
+    mass = {p: np.array([r["text_mass"] for r in res.records if r["probe"] == p])
             for p in ("class", "word")}
     return BiasResult(mass, int((mass["word"] > mass["class"]).sum()),
                       float(wilcoxon(mass["word"], mass["class"], alternative="greater").pvalue),
-                      float(np.mean([r["split_half_r"] for r in res["records"]])))
+                      float(np.mean([r["split_half_r"] for r in res.records])))
 
 
 def occlusion_check(cache: Cache, root: Path, ids, cfg: RiseConfig, n_random: int = 20,

@@ -5,7 +5,7 @@ import pytest
 from vlmprobe.cache import read_cache
 from vlmprobe.extraction import extract
 from vlmprobe.data.phantoms import make_phantom
-from vlmprobe.probe import ProbeConfig, probe_caches
+from vlmprobe.probe import ProbeConfig, run_probe
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ def test_pretrained_beats_random_baseline_on_phantom_seeds_0_to_4(tmp_path):
         caches = [read_cache(extract(m, "breastus_phantom", root=root, out=tmp_path / f"c{seed}",
                                      progress=False).path)
                   for m in ("efficientnet_lite0", "efficientnet_lite0_random")]
-        real, null = probe_caches(caches, cfg=ProbeConfig(n_bootstrap=10), log=lambda *_: None)
+        real, null = run_probe(caches, config=ProbeConfig(n_bootstrap=10))
         margins.append(real.test["macro_f1"] - null.test["macro_f1"])
     print("macro-F1 margins, seeds 0-4:", np.round(margins, 3))
     assert np.mean(margins) >= 0.10 and min(margins) >= 0.05, margins

@@ -2,15 +2,27 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .progress import console
+from .messages import console, show_messages
 from .validation import VlmprobeError
+
+#: results (tables, listings, where outputs went) go to standard output; messages and progress
+#: bars to standard error (vlmprobe.messages)
+stdout = Console()
+
+
+def _say(text: str) -> None:
+    """One line of results, printed as it is (paths may hold brackets rich takes for markup)."""
+    stdout.print(text, soft_wrap=True, highlight=False, markup=False)
 
 app = typer.Typer(help="Measure what medical vision-language encoders really see.",
                   pretty_exceptions_show_locals=False, no_args_is_help=True,
@@ -45,11 +57,7 @@ def _print_version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                        help="Print vlmprobe's version and exit.")):
     """Measure what medical vision-language encoders really see."""
-
-
-def _output_dir(caches, out) -> Path | None:
-    """--out is the output directory only when caches are named; else it is where they are."""
-    return out if caches else None
+    show_messages("INFO")
 
 
 @app.command()
@@ -70,13 +78,8 @@ def models(
                                "null baselines (same architecture, seeded random weights)."),
 ):
     """List the model registry (or check it, or compare two models' vision weights)."""
-    from .registry.models import (
-        get_model_entry,
-        load_registry,
-        markdown_table,
-        model_summary,
-        random_twins,
-    )
+    from .registry.models import (get_model_entry, load_registry, markdown_table, model_summary,
+                                  random_twins)
 
     entries = load_registry(registry or ())
     derived = random_twins(entries)
@@ -93,7 +96,7 @@ def models(
             raise VlmprobeError(f"--compare-weights needs two model keys, got {keys}.")
         r = compare(*(get_model_entry(k, entries) for k in keys),
                     trust_remote_code=trust_remote_code or None)
-        print(json.dumps(r.to_dict(), indent=2)) if as_json else console.print(
+        print(json.dumps(r.to_dict(), indent=2)) if as_json else _say(
             f"{r.a} ({r.n_a} vision tensors) vs {r.b} ({r.n_b}): {r.shared} identical at "
             f"float16 precision; max |a-b| over {r.n_same_name} same-name tensors: "
             f"{r.max_abs_diff} -> {r.verdict}")
@@ -110,7 +113,7 @@ def models(
         for r in results:
             files = f" ({len(r.missing_files)} file(s), see --json)" if r.missing_files else ""
             table.add_row(r.name, r.status, "; ".join(r.reasons) + files)
-        console.print(table)
+        stdout.print(table)
         return
     if as_json:
         print(json.dumps([model_summary(e) for e in entries.values()], indent=2, default=str))
@@ -124,7 +127,7 @@ def models(
         table.add_row(e.name, e.family, e.source, str(e.embed_dim),
                       f"{e.preprocess.image_size} {e.preprocess.resize}", "yes" if e.medical else "",
                       notes)
-    console.print(table)
+    stdout.print(table)
 
 
 @datasets_app.callback()
@@ -139,7 +142,7 @@ def datasets(ctx: typer.Context):
         n = sum(e.expected_counts.values()) if e.expected_counts else e.expected_total
         table.add_row(e.name, e.paper_name, e.modality, str(len(e.classes) or "from CSV"),
                       f"{n:,}" if n else "-", e.layout, (e.group_key or "-").split(" (")[0])
-    console.print(table)
+    stdout.print(table)
 
 
 @datasets_app.command("make-phantom")
@@ -162,7 +165,7 @@ def make_phantom_cmd(
 
     path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation,
                         size=size)
-    console.print(f"Phantom {dataset} (seed {seed}) written to {path}")
+    _say(f"Phantom {dataset} (seed {seed}) written to {path}")
 
 
 LabelLevelOpt = typer.Option(None, "--label-level", help="Level of a label hierarchy (HiCervix: "
@@ -196,24 +199,24 @@ def check_cmd(
 
     r = check_dataset(dataset, root, split=split, strict=strict, near_threshold=near,
                       workers=workers, **dataset_options(label_level, classes, size, dicom_window))
-    console.print(f"{dataset}: {r.n_images} images listed under {r.root}", soft_wrap=True)
+    _say(f"{dataset}: {r.n_images} images listed under {r.root}")
     table = Table("class", "found", "expected")
     for c, (n, e) in r.counts.items():
         style = "red" if n == 0 and e != 0 else "yellow" if e is not None and n != e else ""
         table.add_row(c, f"[{style}]{n:,}[/]" if style else f"{n:,}", "-" if e is None else f"{e:,}")
-    console.print(table)
+    stdout.print(table)
     colour = {"error": "bold red", "warning": "yellow", "info": "dim"}
     if r.findings:
         kinds = Counter((f.level, f.kind) for f in r.findings)
         summary = Table("level", "finding", "count", title="findings")
         for (level, kind), n in kinds.items():
             summary.add_row(f"[{colour[level]}]{level}[/]", kind, str(n))
-        console.print(summary)
+        stdout.print(summary)
     for f in r.findings:  # unwrapped, so each path stays one greppable line
-        console.print(f"[{colour[f.level]}]{f.level}[/] {f.kind}: {f.message}", soft_wrap=True,
-                      highlight=False)
-    console.print(f"{len(r.errors)} error(s), {len(r.warnings)} warning(s)"
-                  + (f"; split {r.split}" if r.split else ""))
+        stdout.print(f"[{colour[f.level]}]{f.level}[/] {f.kind}: {escape(f.message)}",
+                     soft_wrap=True, highlight=False)
+    _say(f"{len(r.errors)} error(s), {len(r.warnings)} warning(s)"
+         + (f"; split {r.split}" if r.split else ""))
     if not r.ok:
         raise typer.Exit(1)
 
@@ -239,9 +242,9 @@ def split_cmd(
 
     for r in dataset_split(dataset, root, out, grouping=grouping, seed=seed, workers=workers,
                            repeats=repeats, **dataset_options(label_level, classes, size, dicom_window)):
-        console.print(f"Split ({r.grouping}, seed {r.split.spec.seed}): {r.split.path}")
+        _say(f"Split ({r.grouping}, seed {r.split.spec.seed}): {r.split.path}")
         msg = f"{r.n_crossing} of {r.n_groups} groups ({r.group_source}) cross train/test"
-        console.print(f"[bold red]warning:[/] {msg}" if r.n_crossing else msg)
+        stdout.print(f"[bold red]warning:[/] {escape(msg)}" if r.n_crossing else escape(msg))
 
 
 @app.command()
@@ -280,18 +283,17 @@ def extract(
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
     from .data import dataset_options
+    from .extraction import ExtractConfig
     from .extraction import extract as run
 
-    bs = batch_size if batch_size == "auto" else _positive_int(batch_size, "--batch-size")
-    r = run(model, dataset, root=root, out=out, batch_size=bs, device=device,
-            num_workers=workers, force=force, precision=precision, shard=shard,
-            fast_decode=fast_decode, trust_remote_code=trust_remote_code or None,
+    cfg = ExtractConfig(batch_size=batch_size if batch_size == "auto"
+                        else _positive_int(batch_size, "--batch-size"),
+                        device=device, num_workers=workers, precision=precision, shard=shard,
+                        fast_decode=fast_decode, taps=tap)
+    r = run(model, dataset, root=root, out=out, config=cfg, force=force,
             dataset_options=dataset_options(label_level, classes, size, dicom_window, intensity),
-            taps=tap)
-    skipped = f", {r.n_skipped} unreadable file(s) skipped and recorded" if r.n_skipped else ""
-    console.print(f"Cache {r.status}: {r.path} ({r.n_images} images{skipped})")
-    if r.merged:
-        console.print(f"All shards present: merged into {r.merged}")
+            trust_remote_code=trust_remote_code or None)
+    _say(r.summary())
 
 
 def _positive_int(value: str, option: str) -> int:
@@ -344,25 +346,16 @@ def probe(
     tap: Optional[str] = TapOpt,
 ):
     """Linear-SVM probe by the paper's protocol; writes tables and the refit probes."""
-    from .cache import cache_dir, find_caches, read_cache
-    from .probe import ProbeConfig, probe_caches, write_table
+    from .probe import ProbeConfig, run_probe
 
     cfg = ProbeConfig(solver=solver, device=device, n_jobs=jobs, repeats=repeats,
                       shuffle_labels=shuffle_labels, subgroups=tuple(subgroups or ()),
                       n_bootstrap=n_bootstrap, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
                       draws=draws, pca_dim=pca_dim, split=split)
-    loaded = [v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)]
-    results = probe_caches(loaded, label=label, split_seed=seed, out=_output_dir(caches, out),
-                           cfg=cfg, log=console.print)
-    name = ("probe_results" + ("" if kind == "svm" else f".{kind}")
-            + (f".{few_shot}-shot" if few_shot else "")
-            + ("" if label is None else f".label-{label}")
-            + (".shuffled-labels" if shuffle_labels else "")
-            + ("" if split == "paper" else f".{split}"))
-    table_dir = out or (cache_dir(None) if not caches else Path(loaded[0].path).parent.parent)
-    md, csv_path = write_table(results, Path(table_dir), name, paper=compare_paper)
-    console.print(f"Table: {md} and {csv_path}")
+    md, csv_path = run_probe(caches, cfg, label=label, out=out, tap=tap).save(
+        compare_paper=compare_paper)
+    _say(f"Table: {md} and {csv_path}")
 
 
 def _t_grid(text: str) -> tuple[float, ...]:
@@ -400,13 +393,15 @@ def umap(
 ):
     """UMAP maps of each cache over the n_neighbors x min_dist grid: maps (PNG, SVG, interactive
     HTML), grid figure, metrics; caches of one dataset also side by side."""
-    from .cache import find_caches, read_cache
-    from .maps import UmapGrid, umap_caches
+    from .maps import UmapGrid, run_umap
 
-    grid = UmapGrid.parse(metric, n_neighbors, min_dist, seed, fast)
-    umap_caches([v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)],
-                grid, out=_output_dir(caches, out), color_by=color_by or [], jobs=jobs,
-                thumbnails=thumbnails, root=root, log=console.print)
+    run = run_umap(caches, UmapGrid.parse(metric, n_neighbors, min_dist, seed, fast), out=out,
+                   tap=tap, color_by=color_by or [], jobs=jobs, thumbnails=thumbnails, root=root)
+    for maps in run:
+        _say(f"Maps of {maps.cache.model} / {maps.cache.dataset}: {maps.figures[0].parent} "
+             f"(metrics {maps.metrics_files[0].name})")
+    for png in run.comparisons:
+        _say(f"Models side by side: {png}")
 
 
 @app.command()
@@ -450,20 +445,20 @@ def rise(
     tap: Optional[str] = TapOpt,
 ):
     """RISE saliency through preprocessing -> encoder -> scaler -> SVM, on original images."""
-    from .cache import find_caches, read_cache
-    from .rise import ImageChoice, RiseConfig, rise_caches
+    from .rise import ImageChoice, RiseConfig, run_rise
 
     cfg = RiseConfig(n_masks=n_masks, s=s, p=p, fill=fill, score=score, seed=seed,
                      batch_size=batch_size, blur_sigma=blur_sigma)
     choice = ImageChoice(k=images, ids=tuple(x.strip() for x in ids.split(",") if x.strip())
                          if ids else (), misclassified=misclassified)
-    loaded = [v for c in find_caches(caches, out) for v in read_cache(c).tap_views(tap)]
-    if not include_baselines:
-        loaded = [c for c in loaded if not c.baseline] or loaded
-    rise_caches(loaded, cfg, choice=choice, labels=label or ["class"], target=target, root=root,
-                device=device, out=_output_dir(caches, out), text_box_file=text_boxes,
-                detect_text=detect_text, causal_steps=causal_steps,
-                trust_remote_code=trust_remote_code or None, log=console.print)
+    run = run_rise(caches, cfg, choice=choice, labels=label or ["class"], target=target,
+                   root=root, device=device, out=out, text_boxes=text_boxes,
+                   detect_text=detect_text, causal_steps=causal_steps,
+                   include_baselines=include_baselines,
+                   trust_remote_code=trust_remote_code or None, tap=tap)
+    for maps in run:
+        _say(f"RISE of {maps.cache.model} / {maps.cache.dataset}: overview {maps.figure}, "
+             f"panels {maps.panels}, numbers {maps.table}")
 
 
 @cache_app.command("info")
@@ -489,7 +484,7 @@ def cache_ls_cmd(directory: Optional[Path] = typer.Argument(None, help="Default:
     for r in rows:
         table.add_row(*(str(r.get(k, "")) for k in ("path", "model", "dataset", "n", "skipped",
                                                     "dim", "precision", "status")))
-    console.print(table)
+    stdout.print(table)
 
 
 @cache_app.command("compare")
@@ -510,7 +505,7 @@ def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
     """Join the shard caches of one `extract --shard` run into one cache (checks keys, coverage)."""
     from .extraction import merge_shards
 
-    console.print(f"Merged into {merge_shards(shards, remove=not keep)}")
+    _say(f"Merged into {merge_shards(shards, remove=not keep)}")
 
 
 @app.command()
@@ -524,12 +519,16 @@ def demo(
     """The offline demo: phantom BUSI -> extract -> probe -> umap -> rise -> summary."""
     from .demo import run_demo
 
-    run_demo(out, n=n, seed=seed, n_masks=n_masks, n_images=images)
+    summary = run_demo(out, n=n, seed=seed, n_masks=n_masks, n_images=images)
+    console.rule("summary")
+    _say(summary.read_text())
+    _say(f"Demo finished. Summary: {summary}")
 
 
 def main() -> None:
+    logging.captureWarnings(True)  # Python warnings (e.g. unreadable thumbnails) as messages
     try:
         app()
     except VlmprobeError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise SystemExit(2) from None

@@ -5,56 +5,53 @@ burnt-in word as a nuisance label) -> UMAP -> RISE -> a summary saying what was 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from .cache import read_cache
 from .data.phantoms import make_phantom
 from .extraction import extract
-from .maps import UmapConfig, umap_caches
-from .probe import probe_caches, write_table
-from .progress import console
-from .rise import ImageChoice, RiseConfig, rise_caches
+from .maps import UmapConfig, run_umap
+from .probe import run_probe
+from .rise import ImageChoice, RiseConfig, run_rise
 
 MODEL = "efficientnet_lite0"
 BASELINE = "efficientnet_lite0_random"
 DATASET = "breastus_phantom"
 
+log = logging.getLogger(__name__)
+
 
 def run_demo(out: Path, n: int = 600, seed: int = 0, n_masks: int = 1024, n_images: int = 3) -> Path:
+    """Every stage on a phantom BUSI under ``out``; returns the path of ``SUMMARY.md``."""
     out = Path(out)
     data_root, cache_root = out / "data" / DATASET, out / "cache"
-    say = console.print
-    say(f"[bold]1/5 phantom[/] {n} BUSI-like images (seed {seed}) -> {data_root}")
+    log.info(f"1/5 phantom: {n} BUSI-like images (seed {seed}) -> {data_root}")
     if not (data_root / "phantom.json").is_file():
         make_phantom("breastus", data_root, n=n, seed=seed)
     else:
-        say("  already there, reused")
+        log.info("  already there, reused")
 
-    say("[bold]2/5 extract[/] pretrained encoder and its random-weight null baseline")
+    log.info("2/5 extract: pretrained encoder and its random-weight null baseline")
+    caches = []
     for model in (MODEL, BASELINE):
         r = extract(model, DATASET, root=data_root, out=cache_root)
-        say(f"  {model}: {r.status} {r.path}")
-    caches = [read_cache(cache_root / DATASET / f"{m}.h5") for m in (MODEL, BASELINE)]
+        log.info(f"  {model}: {r.status} {r.path}")
+        caches.append(r.read())
 
-    say("[bold]3/5 probe[/] paper protocol: LinearSVC, C = t·d/N, 5-fold CV, 20% test")
-    by_class = probe_caches(caches, log=say)
-    by_word = probe_caches(caches, label="word", log=say)
-    tables = [write_table(by_class, cache_root, "probe_results"),
-              write_table(by_word, cache_root, "probe_results.label-word")]
+    log.info("3/5 probe: paper protocol, LinearSVC objective, C = t·d/N, 5-fold CV, 20% test")
+    by_class, by_word = run_probe(caches), run_probe(caches, label="word")
+    tables = [by_class.save(), by_word.save()]
 
-    say("[bold]4/5 umap[/] cosine, n_neighbors=15, min_dist=0.1, coloured by class and by word")
-    maps = umap_caches(caches, UmapConfig(), color_by=["word"], log=say)
+    log.info("4/5 umap: cosine, n_neighbors=15, min_dist=0.1, coloured by class and by word")
+    maps = run_umap(caches, UmapConfig(), color_by=["word"])
 
-    say(f"[bold]5/5 rise[/] {n_images} test images x {n_masks} masks through encoder + saved probe")
-    rise = rise_caches(caches[:1], RiseConfig(n_masks=n_masks), choice=ImageChoice(k=n_images),
-                       labels=["class", "word"], log=say)
+    log.info(f"5/5 rise: {n_images} test images x {n_masks} masks through encoder + saved probe")
+    rise = run_rise(caches[:1], RiseConfig(n_masks=n_masks), choice=ImageChoice(k=n_images),
+                    labels=["class", "word"])
 
-    summary = _summary(by_class, by_word, rise, tables, maps, data_root, cache_root)
     path = out / "SUMMARY.md"
-    path.write_text(summary)
-    console.rule("summary")
-    console.print(summary, markup=False, highlight=False)
-    say(f"[bold green]Demo finished.[/] Summary: {path}")
+    path.write_text(_summary(by_class, by_word, rise, tables, maps.figures, data_root,
+                             cache_root))
     return path
 
 
@@ -77,13 +74,13 @@ def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> st
         "(random). A classifier on these features can use the text as a shortcut.",
     ]
     for r in rise:
-        cls, word = r["by_probe"]["class"], r["by_probe"]["word"]
+        cls, word = r.by_probe["class"], r.by_probe["word"]
         reliable = cls["mean_split_half_r"] >= 0.5
         lines.append(
-            f"- **Where the probes look (RISE, {r['n_images']} test images, {r['n_masks']} masks "
-            f"each, class and word probes scored on the same masked images).** Share of positive "
-            f"saliency ÷ share of image area (1 = no preference): class probe: lesion "
-            f"{cls['mean_lesion_enrichment']:.2f}, burnt-in word box "
+            f"- **Where the probes look (RISE, {len(r.relpaths)} test images, "
+            f"{r.config.n_masks} masks each, class and word probes scored on the same masked "
+            f"images).** Share of positive saliency ÷ share of image area (1 = no preference): "
+            f"class probe: lesion {cls['mean_lesion_enrichment']:.2f}, burnt-in word box "
             f"{cls['mean_text_enrichment']:.2f}; word probe: word box "
             f"{word['mean_text_enrichment']:.2f}. Deletion / insertion AUC of the class maps "
             f"{cls['mean_deletion_auc']:.2f} / {cls['mean_insertion_auc']:.2f} (class "
@@ -105,8 +102,8 @@ def _summary(by_class, by_word, rise, tables, maps, data_root, cache_root) -> st
             lines.append(f"- UMAP map: `{png}` (+ .svg; interactive `{png.with_suffix('.html').name}`"
                          " and coordinates `.npz` beside it)")
     for r in rise:
-        lines.append(f"- RISE overview: `{r['figure']}` (+ .svg), one figure per image in "
-                     f"`{r['panels']}`, per-image numbers `{r['table']}`, maps `.maps.npz` beside")
+        lines.append(f"- RISE overview: `{r.figure}` (+ .svg), one figure per image in "
+                     f"`{r.panels}`, per-image numbers `{r.table}`, maps `{r.maps_file.name}` beside")
     lines.append(f"- caches, split file and saved probes: `{cache_root}`")
     lines.append("")
     lines.append("Every output carries provenance (versions, git commit, command line, seeds): "

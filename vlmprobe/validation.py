@@ -6,8 +6,9 @@ value and says what to do; the CLI prints it without a traceback and exits non-z
 from __future__ import annotations
 
 import difflib
+import functools
 from collections import Counter
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,6 +25,34 @@ def unknown_key_error(kind: str, key: str, valid: Iterable[str]) -> VlmprobeErro
     close = difflib.get_close_matches(key, valid, n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return VlmprobeError(f"Unknown {kind} {key!r}.{hint} Valid {kind}s: {', '.join(valid)}.")
+
+
+def config(cls):
+    """A frozen dataclass of a stage's settings whose constructor (and so ``dataclasses.replace``)
+    refuses an unknown field with a :class:`VlmprobeError` naming the class, the close matches and
+    every valid field, instead of Python's bare TypeError."""
+    cls = dataclass(frozen=True)(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        known = [f.name for f in fields(cls)]
+        for name in kwargs:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=2)
+                hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise VlmprobeError(f"{cls.__name__} has no setting {name!r}.{hint} Its settings: "
+                                    f"{', '.join(known)}.")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = checked_init
+    return cls
+
+
+def with_options(settings, options: dict):
+    """``settings`` (a :func:`config` object) with ``options`` changed: keyword options of a stage
+    function land in its config, checked like the config's own fields."""
+    return replace(settings, **options) if options else settings
 
 
 def check_dir(path: Path, what: str, expected_layout: str) -> Path:

@@ -96,18 +96,18 @@ def test_extract_records_the_view_and_keeps_views_apart(hicervix, tmp_path, lite
                  dataset_options={"label_level": 2, "class_subset": ["Squamous", "Microbe"]})
     assert r2.path.name.startswith("efficientnet_lite0@level2-classes=")
     from vlmprobe.cache import find_caches
-    from vlmprobe.probe import ProbeConfig, probe_caches
+    from vlmprobe.probe import ProbeConfig, run_probe
     found = find_caches([tmp_path / "a"])
     assert sorted(found) == sorted([r1.path, r2.path, r3.path])
-    res = probe_caches([read_cache(p) for p in (r1.path, r3.path)], out=tmp_path / "p",
-                       cfg=ProbeConfig(n_bootstrap=20), log=lambda *a: None)
+    res = run_probe([read_cache(p) for p in (r1.path, r3.path)], out=tmp_path / "p",
+                    config=ProbeConfig(n_bootstrap=20))
     assert [r.class_names for r in res] == [c1.class_names, read_cache(r3.path).class_names]
     assert [r.dataset for r in res] == ["hicervix@level1", "hicervix"]
     assert len({r.probe_file for r in res}) == 2
-    from vlmprobe.maps import UmapConfig, umap_caches
+    from vlmprobe.maps import UmapConfig, run_umap
 
-    pngs = umap_caches([read_cache(p) for p in (r1.path, r3.path)], UmapConfig(n_neighbors=5),
-                       out=tmp_path / "p", log=lambda *a: None)
+    pngs = run_umap([read_cache(p) for p in (r1.path, r3.path)], UmapConfig(n_neighbors=5),
+                    out=tmp_path / "p").figures
     assert sorted(p.name.split(".")[0] for p in pngs) == sorted(
         p.name.split(".")[0] for p in (r1.path, r3.path))  # two views: no side-by-side figure
 

@@ -110,14 +110,14 @@ def test_probe_grouped_split_keeps_patients_apart_and_paper_is_unchanged(tmp_pat
     split stays the file it was (groups only add the leak count to its sidecar)."""
     import json
 
-    from vlmprobe.probe import ProbeConfig, probe_caches
+    from vlmprobe.probe import ProbeConfig, run_probe
     from vlmprobe.data.splits import read_split
     cache = _grouped_cache(tmp_path)
     paper_ref = make_split(cache.relpaths, cache.labels, SplitSpec(seed=0))
     cfg = dict(n_bootstrap=50)
-    quiet = dict(out=tmp_path / "out", log=lambda *a: None)
-    (paper,) = probe_caches([cache], cfg=ProbeConfig(**cfg), **quiet)
-    (grouped,) = probe_caches([cache], cfg=ProbeConfig(split="grouped", **cfg), **quiet)
+    quiet = dict(out=tmp_path / "out")
+    (paper,) = run_probe([cache], config=ProbeConfig(**cfg), **quiet)
+    (grouped,) = run_probe([cache], config=ProbeConfig(split="grouped", **cfg), **quiet)
     paper_file, grouped_file = (Path(r.repeats[0]["split_file"]) for r in (paper, grouped))
     assert paper_file.name.startswith("class-paper-") and grouped_file.name.startswith("class-grouped-")
     ps = read_split(paper_file)
@@ -143,16 +143,16 @@ def test_probe_grouped_split_keeps_patients_apart_and_paper_is_unchanged(tmp_pat
 
 
 def test_probe_grouped_split_without_groups_says_what_to_do(tmp_path):
-    from vlmprobe.probe import ProbeConfig, probe_caches
+    from vlmprobe.probe import ProbeConfig, run_probe
     with pytest.raises(VlmprobeError, match="'toy' has no group.*datasets split toy --split grouped"):
-        probe_caches([_grouped_cache(tmp_path, with_groups=False)],
-                     cfg=ProbeConfig(split="grouped"), log=lambda *a: None)
+        run_probe([_grouped_cache(tmp_path, with_groups=False)],
+                     config=ProbeConfig(split="grouped"))
 
 
 def test_probe_grouped_repeats_need_one_written_split_per_seed(tmp_path):
     """Without a group column, `probe --split grouped --repeats R` reads the R files `datasets
     split --repeats R` writes; a missing seed is named, not silently replaced by an ungrouped split."""
-    from vlmprobe.probe import ProbeConfig, probe_caches
+    from vlmprobe.probe import ProbeConfig, run_probe
     from vlmprobe.data.splits import load_or_create_split
     cache = _grouped_cache(tmp_path, with_groups=False)
     patients = _grouped_cache(tmp_path).metadata["group"]
@@ -165,8 +165,8 @@ def test_probe_grouped_repeats_need_one_written_split_per_seed(tmp_path):
     write(0)
     cfg = ProbeConfig(split="grouped", repeats=3, n_bootstrap=20)
     with pytest.raises(VlmprobeError, match=r"seed\(s\) \[1, 2\].*--seed 0 --repeats 3"):
-        probe_caches([cache], cfg=cfg, log=lambda *a: None)
+        run_probe([cache], config=cfg)
     written = {write(s).path for s in (1, 2)} | {write(0).path}
-    (result,) = probe_caches([cache], cfg=cfg, log=lambda *a: None)
+    (result,) = run_probe([cache], config=cfg)
     assert {Path(r["split_file"]) for r in result.repeats} == written
     assert all(r["groups"]["n_crossing_train_test"] == 0 for r in result.repeats)

@@ -54,14 +54,14 @@ def test_rerun_is_up_to_date_and_changed_dataset_is_refused(extracted):
 
 
 def test_probe_refuses_caches_of_one_dataset_from_different_files(extracted, tmp_path):
-    from vlmprobe.probe import probe_caches
+    from vlmprobe.probe import run_probe
 
     r, root, out = extracted
     (root / "benign" / "benign (99).png").unlink()
     other = extract("efficientnet_lite0_random", "breastus", root=root, out=out, num_workers=0,
                     progress=False)
     with pytest.raises(VlmprobeError, match="different files.*benign \\(99\\)"):
-        probe_caches([read_cache(r.path), read_cache(other.path)], log=lambda *_: None)
+        run_probe([read_cache(r.path), read_cache(other.path)])
 
 
 def test_corrupt_cache_file_gives_a_clear_error(tmp_path):

@@ -26,12 +26,13 @@ def test_two_ranks_write_shards_and_the_merge_equals_one_process_bitwise(busi, t
     single = read_cache(extract(MODEL, DATASET, root=busi, out=tmp_path / "one", batch_size=BS,
                                 num_workers=0, progress=False).path)
     out = tmp_path / "two"
-    procs = [subprocess.Popen(extract_cmd(busi, out, BS), stderr=subprocess.PIPE, text=True,
+    procs = [subprocess.Popen(extract_cmd(busi, out, BS), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2",
                                    "LOCAL_RANK": str(r)}) for r in range(2)]
-    logs = [p.communicate()[1] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs
-    assert sum("merged into" in log for log in logs) == 1  # the last to finish merged
+    outputs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert sum("merged into" in stdout for stdout, _ in outputs) == 1  # the last to finish merged
     merged = read_cache(target(out))
     assert merged.embeddings.tobytes() == single.embeddings.tobytes()
     assert merged.relpaths == single.relpaths and merged.skipped == single.skipped

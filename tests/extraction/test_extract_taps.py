@@ -96,7 +96,7 @@ def test_probe_and_umap_pick_a_tap(tiny_busi, tiny_model, tmp_path):
         "--bootstrap", "10")
     probes = tmp_path / "o" / DATASET / "probe"
     assert {p.name for p in probes.glob("*.json")} == {f"{VIT}.json", f"{VIT}@{CMP}.json"}
-    assert f"{VIT}@{CMP}" in (tmp_path / "o" / "probe_results.csv").read_text()
+    assert f"{VIT}@{CMP}" in (tmp_path / "o" / "probe_results.t-grid-1.n-bootstrap-10.csv").read_text()
     run("umap", "--tap", CMP, "--n-neighbors", "5", "--min-dist", "0.1")
     maps = list((tmp_path / "o" / DATASET / "umap").glob("*.npz"))
     assert [p.name for p in maps] == [f"{VIT}@{CMP}.cosine-nn5-md0.1-seed0.npz"]

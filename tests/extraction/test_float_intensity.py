@@ -138,7 +138,7 @@ def test_ctdicom_8bit_and_float_caches_side_by_side(tmp_path, tiny_model):  # no
     """Both caches coexist (float under @float), keys differ, probe reads both on one split, and
     RISE explains the float cache on float inputs (its base scores are the float embeddings')."""
     from vlmprobe.data.phantoms import make_phantom
-    from vlmprobe.probe import LinearProbe, probe_caches, probe_path
+    from vlmprobe.probe import LinearProbe, run_probe, probe_path
     from vlmprobe.rise import ImageChoice, RiseConfig, explain_cache
 
     root = make_phantom("ctdicom", tmp_path / "ct", n=40, progress=False)
@@ -168,7 +168,7 @@ def test_ctdicom_8bit_and_float_caches_side_by_side(tmp_path, tiny_model):  # no
         np.linalg.norm(b.embeddings, axis=1)
     assert cos.min() > 0.99 and not np.array_equal(a.embeddings, b.embeddings)
 
-    results = probe_caches([a, b], log=lambda *_: None)
+    results = run_probe([a, b])
     assert [r.dataset for r in results] == ["ctdicom", "ctdicom@float"]
     assert results[0].repeats[0]["split_file"] == results[1].repeats[0]["split_file"]
     probe = LinearProbe.load(probe_path(b, "class"))
@@ -181,8 +181,8 @@ def test_ctdicom_8bit_and_float_caches_side_by_side(tmp_path, tiny_model):  # no
     i = 0
     rise = explain_cache(b, RiseConfig(n_masks=8, batch_size=8),
                          ImageChoice(ids=(b.relpaths[i],)), root=root, device="cpu",
-                         out=tmp_path / "rise", causal_steps=0, log=lambda *_: None)
-    row = next(csv.DictReader(open(rise["table"])))
+                         out=tmp_path / "rise", causal_steps=0)
+    row = next(csv.DictReader(open(rise.table)))
     scores = {name: probe.decision_function(torch.from_numpy(c.embeddings[i:i + 1]))[0]
               for name, c in (("8bit", a), ("float", b))}
     target = probe.class_names.index(row["target"])

@@ -8,7 +8,8 @@ import pytest
 from sklearn.manifold import trustworthiness
 
 from vlmprobe.cache import Cache
-from vlmprobe.maps import (UmapConfig, UmapGrid, check_input, fit_map, knn_graph, neighbourhood_scores, umap_caches)
+from vlmprobe.maps import (UmapConfig, UmapGrid, check_input, fit_map, knn_graph,
+                           neighbourhood_scores, run_umap)
 from vlmprobe.validation import VlmprobeError
 
 GRID = UmapGrid(n_neighbors=(5, 15), min_dist=(0.0, 0.5), seed=0)  # 4 fits: numba is slow
@@ -34,7 +35,7 @@ def grid_run(tmp_path_factory):
     """One grid over a clustered cache, shared by the tests that read its outputs."""
     tmp = tmp_path_factory.mktemp("grid")
     cache = make_cache(tmp, *clustered())
-    pngs = umap_caches([cache], GRID, color_by=["site"], log=lambda *_: None)
+    pngs = run_umap([cache], GRID, color_by=["site"]).figures
     return cache, tmp / "umap", pngs
 
 
@@ -55,8 +56,8 @@ def test_sliced_knn_graph_and_map_equal_a_fresh_fit():
 
 def test_same_seed_same_coordinates(grid_run, tmp_path):
     cache, folder, _ = grid_run
-    again = umap_caches([make_cache(tmp_path, cache.embeddings, cache.labels)],
-                        UmapConfig(n_neighbors=5, min_dist=0.5), log=lambda *_: None)
+    again = run_umap([make_cache(tmp_path, cache.embeddings, cache.labels)],
+                     UmapConfig(n_neighbors=5, min_dist=0.5)).figures
     assert len(again) == 1  # one configuration (as the demo asks): one map, no grid figure
     first = np.load(folder / "toy.cosine-nn5-md0.5-seed0.npz")["coords"]
     second = np.load(tmp_path / "umap" / "toy.cosine-nn5-md0.5-seed0.npz")["coords"]
@@ -71,11 +72,11 @@ def test_saved_coordinates_are_reused_not_recomputed(grid_run, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("UMAP refitted an unchanged configuration")
 
-    monkeypatch.setattr(umap, "UMAP", refuse)
-    assert umap_caches([cache], GRID, color_by=["site"], log=lambda *_: None) == pngs
+    monkeypatch.setattr(umap, "UMAP", refuse)  # in this process: jobs=1 fits here
+    assert run_umap([cache], GRID, color_by=["site"], jobs=1).figures == pngs
     changed = make_cache(cache.path.parent, cache.embeddings, cache.labels, key="other")
     with pytest.raises(AssertionError, match="refitted"):  # another cache_key is another input
-        umap_caches([changed], GRID, log=lambda *_: None)
+        run_umap([changed], GRID, jobs=1)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -141,13 +142,13 @@ def test_bad_input_is_refused_before_any_fit(tmp_path):
     X, y = clustered(n_per=10)
     cache = make_cache(tmp_path, X, y)
     with pytest.raises(VlmprobeError, match="between 2 and 29"):
-        umap_caches([cache], UmapGrid(n_neighbors=(5, 30)))
+        run_umap([cache], UmapGrid(n_neighbors=(5, 30)))
     with pytest.raises(VlmprobeError, match="identical"):
-        umap_caches([make_cache(tmp_path, np.ones_like(X), y)], UmapGrid(n_neighbors=(5,)))
+        run_umap([make_cache(tmp_path, np.ones_like(X), y)], UmapGrid(n_neighbors=(5,)))
     with pytest.raises(VlmprobeError, match="no metadata column 'plane'; columns: site"):
-        umap_caches([cache], UmapGrid(n_neighbors=(5,)), color_by=["plane"])
+        run_umap([cache], UmapGrid(n_neighbors=(5,)), color_by=["plane"])
     with pytest.raises(VlmprobeError, match="'cosin' is not one both umap-learn and scikit"):
-        umap_caches([cache], UmapGrid(metric="cosin", n_neighbors=(5,)))
+        run_umap([cache], UmapGrid(metric="cosin", n_neighbors=(5,)))
     dup = X.copy()
     dup[1] = dup[0]
     with pytest.warns(UserWarning, match="1 of 30 embeddings duplicate"):
@@ -160,8 +161,7 @@ def test_bad_input_is_refused_before_any_fit(tmp_path):
 @pytest.mark.slow
 def test_coordinates_do_not_depend_on_jobs(grid_run, tmp_path):
     cache, folder, _ = grid_run
-    umap_caches([make_cache(tmp_path, cache.embeddings, cache.labels)], GRID, jobs=2,
-                log=lambda *_: None)
+    run_umap([make_cache(tmp_path, cache.embeddings, cache.labels)], GRID, jobs=2)
     for cfg in GRID.configs():
         name = f"toy.{cfg.tag()}.npz"
         np.testing.assert_array_equal(np.load(folder / name)["coords"],

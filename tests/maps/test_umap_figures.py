@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from vlmprobe.maps.figures import (RASTER_ABOVE, plot_compare, plot_map, point_style, read_thumbnails, scatter, stratified_choice)
 from vlmprobe.maps.html import MAX_IMAGES, hover_images, probe_predictions, write_html
-from vlmprobe.maps import UmapConfig, umap_caches
+from vlmprobe.maps import UmapConfig, run_umap
 from vlmprobe.validation import VlmprobeError
 
 from test_umap import clustered
@@ -137,14 +137,14 @@ def test_html_shows_the_probe_predictions_of_test_images(tmp_path):
     assert len(data["images"]) == len(X)
 
 
-def test_models_side_by_side_and_other_datasets_apart(tmp_path):
+def test_models_side_by_side_and_other_datasets_apart(tmp_path, caplog):
     X, y = clustered(n_per=20)
     a = npz_cache(tmp_path, X, y, model="m1")
     b = npz_cache(tmp_path, X[:, ::-1].copy(), y, model="m2")
     other = npz_cache(tmp_path, X, y, model="m1", dataset="other")
-    log = []
-    pngs = umap_caches([a, b, other], UmapConfig(n_neighbors=5), color_by=["site"],
-                       thumbnails=3, log=log.append)
+    caplog.set_level("INFO", logger="vlmprobe")
+    pngs = run_umap([a, b, other], UmapConfig(n_neighbors=5), color_by=["site"],
+                    thumbnails=3).figures
     folder = tmp_path / "toyset" / "umap"
     compare = [p for p in pngs if p.name.startswith("compare.")]
     assert [p.name for p in compare] == ["compare.cosine-nn5-md0.1-seed0.png",
@@ -153,17 +153,17 @@ def test_models_side_by_side_and_other_datasets_apart(tmp_path):
     meta = json.loads(Image.open(compare[0]).info["Description"])
     assert meta["models"] == ["m1", "m2"] and len(meta["metrics"]) == 2
     assert not list((tmp_path / "other" / "umap").glob("compare.*"))
-    assert any("only within a dataset" in line for line in log)
+    assert "only within a dataset" in caplog.text
     for model in ("m1", "m2"):
         data = _payload((folder / f"{model}.cosine-nn5-md0.1-seed0.html").read_text())
         assert data["columns"]["site"] == a.metadata["site"]  # --color-by values on hover
     with pytest.raises(VlmprobeError, match="--thumbnails -1"):
-        umap_caches([a], UmapConfig(n_neighbors=5), thumbnails=-1)
+        run_umap([a], UmapConfig(n_neighbors=5), thumbnails=-1)
     with pytest.raises(VlmprobeError, match="no metadata column 'plane'"):
-        umap_caches([a], UmapConfig(n_neighbors=5), color_by=["plane"])
+        run_umap([a], UmapConfig(n_neighbors=5), color_by=["plane"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the images are there: no warning
-        umap_caches([a], UmapConfig(n_neighbors=5), thumbnails=3, log=log.append)
+        run_umap([a], UmapConfig(n_neighbors=5), thumbnails=3)
 
 
 NODE_HARNESS = """

@@ -70,7 +70,7 @@ def test_fast_maps_are_unseeded_and_saved_apart(tmp_path):
                   class_names=["a", "b"], model="toy", dataset="toyset", dataset_fingerprint="f",
                   cache_key="k", path=tmp_path / "toy.h5")
     grid = UmapGrid(n_neighbors=(5,), min_dist=(0.1,), fast=True)
-    (coords,) = grid_coords(cache, grid, log=lambda *_: None)
+    (coords,) = grid_coords(cache, grid)
     assert coords.shape == (80, 2) and np.isfinite(coords).all()
     saved = np.load(tmp_path / "umap" / "toy.cosine-nn5-md0.1-fast.npz")
     assert '"fast": true' in str(saved["config"])

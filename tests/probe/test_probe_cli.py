@@ -31,12 +31,14 @@ def test_probe_command_writes_tables_comparisons_and_paper_cells(tmp_path):
                                       "site", "--t-grid", "1,10", "--bootstrap", "100"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    name = "probe_results.t-grid-1_10.n-bootstrap-100.repeats-2"  # every setting off the paper's
+    assert f"Table: {out / name}.md" in result.stdout
     for suffix in ("md", "table.md", "table.tex", "comparisons.csv", "paper.csv", "subgroups.csv",
-                   "json"):
-        assert (out / f"probe_results.{suffix}").is_file(), suffix
-    with open(out / "probe_results.paper.csv") as f:
+                   "json", "samples.npz"):
+        assert (out / f"{name}.{suffix}").is_file(), suffix
+    with open(out / f"{name}.paper.csv") as f:
         assert {r["model"] for r in csv.DictReader(f)} == {"medsiglip", "biomedclip"}
-    assert "(2 splits)" in (out / "probe_results.table.md").read_text()
+    assert "(2 splits)" in (out / f"{name}.table.md").read_text()
 
 
 def test_bad_t_grid_is_refused():

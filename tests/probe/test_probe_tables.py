@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vlmprobe.cache import Cache
-from vlmprobe.probe import ProbeConfig, fit_probe, probe_caches, write_table
+from vlmprobe.probe import ProbeConfig, fit_probe, run_probe, write_table
 from vlmprobe.data.splits import SplitSpec, make_split
 from vlmprobe.validation import VlmprobeError
 
@@ -65,8 +65,7 @@ def test_caches_table_comparisons_repeats_and_predictions(tmp_path):
     X, y = _data(n=300)
     noise = np.random.default_rng(5).normal(size=X.shape).astype(np.float32)
     caches = [_cache(tmp_path, X, y, "good"), _cache(tmp_path, noise, y, "noise")]
-    results = probe_caches(caches, out=tmp_path / "out", cfg=ProbeConfig(repeats=2, **FAST),
-                           log=lambda *_: None)
+    results = run_probe(caches, out=tmp_path / "out", config=ProbeConfig(repeats=2, **FAST))
     good, bad = results
     assert len(good.repeats) == 2
     assert good.repeats[0]["split_file"] != good.repeats[1]["split_file"]
@@ -89,9 +88,8 @@ def test_caches_table_comparisons_repeats_and_predictions(tmp_path):
 def test_shuffled_probe_does_not_overwrite_the_real_one(tmp_path):
     X, y = _data(n=150)
     cache = _cache(tmp_path, X, y, "m")
-    [real] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(**FAST), log=lambda *_: None)
-    [null] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(shuffle_labels=True, **FAST),
-                          log=lambda *_: None)
+    [real] = run_probe([cache], out=tmp_path, config=ProbeConfig(**FAST))
+    [null] = run_probe([cache], out=tmp_path, config=ProbeConfig(shuffle_labels=True, **FAST))
     assert real.probe_file != null.probe_file and "shuffled" in null.probe_file
     assert null.name == "m (shuffled labels)"
 
@@ -113,8 +111,7 @@ def test_metrics_per_subgroup_and_confusion_figure(tmp_path):
     X, y = _data(n=240)
     cache = _cache(tmp_path, X, y, "m")
     cache.metadata = {"sex": ["F" if (i // 3) % 3 else "M" for i in range(len(X))]}
-    [r] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(subgroups=("sex",), **FAST),
-                       log=lambda *_: None)
+    [r] = run_probe([cache], out=tmp_path, config=ProbeConfig(subgroups=("sex",), **FAST))
     groups = r.subgroups["sex"]
     assert set(groups) == {"F", "M"} and groups["F"]["n"] + groups["M"]["n"] == r.n_test
     for g in groups.values():
@@ -124,14 +121,14 @@ def test_metrics_per_subgroup_and_confusion_figure(tmp_path):
     assert "sex" in (tmp_path / "t" / "probe_results.subgroups.csv").read_text()
     assert (tmp_path / "toyset" / "probe" / "m.confusion.png").is_file()
     with pytest.raises(VlmprobeError, match="no metadata column.*'site'"):
-        probe_caches([cache], out=tmp_path, cfg=ProbeConfig(subgroups=("site",), **FAST))
+        run_probe([cache], out=tmp_path, config=ProbeConfig(subgroups=("site",), **FAST))
 
 
 def test_compare_paper_sets_our_cells_against_the_shipped_tables(tmp_path):
     X, y = _data(n=150)
     cache = _cache(tmp_path, X, y, "medsiglip")
     cache.dataset = "breastus"  # a cell of the paper's Table 3: accuracy 82, F1 79
-    [r] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(**FAST), log=lambda *_: None)
+    [r] = run_probe([cache], out=tmp_path, config=ProbeConfig(**FAST))
     write_table([r], tmp_path / "t", paper=True)
     with open(tmp_path / "t" / "probe_results.paper.csv") as f:
         rows = {(row["paper metric"], row["our metric"]): row for row in csv.DictReader(f)}
@@ -146,8 +143,7 @@ def test_compare_paper_sets_our_cells_against_the_shipped_tables(tmp_path):
 def test_other_probes_run_the_same_protocol(tmp_path, kind):
     X, y = _data(n=240)
     cache = _cache(tmp_path, X, y, "m")
-    [r] = probe_caches([cache], out=tmp_path, cfg=ProbeConfig(probe=kind, n_bootstrap=100),
-                       log=lambda *_: None)
+    [r] = run_probe([cache], out=tmp_path, config=ProbeConfig(probe=kind, n_bootstrap=100))
     assert r.test["accuracy"] > 0.8 and r.probe == kind and r.name == f"m [{kind}]"
     assert r.selected.startswith("k=" if kind == "knn" else "t=") or r.saturated
     if kind == "logreg":  # linear: saved for RISE, beside (not over) the SVM probe
@@ -176,14 +172,14 @@ def test_pixels_cache_is_probed_at_each_compared_models_d(tmp_path):
                 dataset_fingerprint="f", cache_key="pixels", path=tmp_path / "pixels.h5",
                 attrs={"baseline": True, "encoder": {"family": "pixels"}})
     models = [_cache(tmp_path, X[:, :d], y, f"m{d}") for d in (6, 12)]
-    res = probe_caches([*models, pix], out=tmp_path / "out", cfg=ProbeConfig(**FAST), log=lambda *a: None)
+    res = run_probe([*models, pix], out=tmp_path / "out", config=ProbeConfig(**FAST))
     rows = {r.name: r for r in res}
     assert set(rows) == {"m6", "m12", "pixels (baseline) [PCA to 6]", "pixels (baseline) [PCA to 12]"}
     for d in (6, 12):
         r = rows[f"pixels (baseline) [PCA to {d}]"]
         assert r.embed_dim == d and r.fits["records"][0]["pca_components"] == d
     assert rows["m6"].pca_dim == 0 and "pca_components" not in rows["m6"].fits["records"][0]
-    alone = probe_caches([pix], out=tmp_path / "o2", cfg=ProbeConfig(**FAST), log=lambda *a: None)
+    alone = run_probe([pix], out=tmp_path / "o2", config=ProbeConfig(**FAST))
     assert [r.pca_dim for r in alone] == [0] and alone[0].embed_dim == 48
     md = write_table(res, tmp_path / "t")
     assert any("PCA to 6" in p.read_text() for p in md if p.suffix == ".md")

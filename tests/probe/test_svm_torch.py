@@ -184,5 +184,6 @@ def test_probe_command_passes_the_device_through(tmp_path):
                                       "--t-grid", "1,10", "--bootstrap", "20"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    [res] = json.loads((out / "probe_results.json").read_text())["results"]
+    [res] = json.loads((out / "probe_results.t-grid-1_10.n-bootstrap-20.json").read_text())[
+        "results"]  # the device is not in the name: it does not change the numbers
     assert res["fits"]["settings"]["device"] == res["fits"]["settings"]["device_used"] == "cpu"

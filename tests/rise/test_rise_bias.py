@@ -43,12 +43,10 @@ def test_word_probe_looks_at_the_word_more_than_the_class_probe(tmp_path):
     word, both probes on the same masked embeddings: the word probe's share of positive saliency
     inside the word's box beats the class probe's in >= 9 of 10 images, one-sided paired
     Wilcoxon p < 0.01. Measured: 9/10, p = 0.0029 (RESULTS.md, with the settings that fail)."""
-    cache, data = rise_bias.phantom_cache(tmp_path, r=0.0, n=300, seed=7, tap=TAP,
-                                          log=lambda *a: None)
+    cache, data = rise_bias.phantom_cache(tmp_path, r=0.0, n=300, seed=7, tap=TAP)
     ids = rise_bias.word_test_ids(cache)
     assert len(ids) == 10
-    res = rise_bias.bias_check(cache, data, ids, RiseConfig(n_masks=500, p=0.8, fill="blur"),
-                                 log=lambda *a: None)
+    res = rise_bias.bias_check(cache, data, ids, RiseConfig(n_masks=500, p=0.8, fill="blur"))
     print(f"word {np.round(res.mass['word'], 3)}\nclass {np.round(res.mass['class'], 3)}\n"
           f"wins {res.wins}/10, p = {res.p_value:.4f}")
     assert res.wins >= 9 and res.p_value < 0.01

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from vlmprobe.cache import read_cache
-from vlmprobe.probe import LinearProbe, probe_caches, probe_path
+from vlmprobe.probe import LinearProbe, run_probe, probe_path
 from vlmprobe.rise import ImageChoice, RiseConfig, choose_images, explain_cache, random_probe
 from vlmprobe.validation import VlmprobeError
 
@@ -22,8 +22,8 @@ def small(shared_phantom, shared_cache, tmp_path_factory):
     copy.parent.mkdir(parents=True)
     shutil.copy2(shared_cache, copy)
     cache = read_cache(copy)
-    probe_caches([cache], log=lambda *a: None)
-    probe_caches([cache], label="word", log=lambda *a: None)
+    run_probe([cache])
+    run_probe([cache], label="word")
     return shared_phantom, cache
 
 
@@ -62,9 +62,9 @@ def test_explain_two_probes_on_the_same_masks(small, tiny_model, tmp_path):
     out = tmp_path / "out"
     res = explain_cache(cache, RiseConfig(n_masks=40, batch_size=16), ImageChoice(ids=ids),
                         labels=["class", "word"], target="benign", root=data, device="cpu",
-                        out=out, causal_steps=4, log=lambda *a: None)
+                        out=out, causal_steps=4)
     # probes written beside the cache are found although outputs go to --out
-    rows = list(csv.DictReader(open(res["table"])))
+    rows = list(csv.DictReader(open(res.table)))
     assert [(r["relpath"], r["probe"]) for r in rows] == [(i, p) for i in ids for p in ("class", "word")]
     for r in rows:
         assert r["text_box_source"] == "dataset" and 0 <= float(r["text_mass"]) <= 1
@@ -75,19 +75,19 @@ def test_explain_two_probes_on_the_same_masks(small, tiny_model, tmp_path):
     assert all(0 <= float(r[k]) <= 1 for r in cls for k in ("deletion_auc", "insertion_auc"))
     words = [r for r in rows if r["probe"] == "word"]
     assert all(r["true"] in ("BREAST", "AXILLA") and r["random_probe_rank_r"] == "" for r in words)
-    maps = np.load(res["table"].with_name(f"{cache.model}.maps.npz"))
+    maps = np.load(res.table.with_name(f"{cache.model}.maps.npz"))
     assert list(maps["probes"]) == ["class", "word"] and list(maps["relpaths"]) == list(ids)
     w, h = Image.open(data / ids[0]).size
     assert maps["original_0"].shape == (2, h, w) and maps["input_0"].shape == (2, 64, 64)
-    assert res["figure"].is_file() and len(list(res["panels"].glob("*.png"))) == 2
-    meta = json.loads(Image.open(res["figure"]).info["Description"])
+    assert res.figure.is_file() and len(list(res.panels.glob("*.png"))) == 2
+    meta = json.loads(Image.open(res.figure).info["Description"])
     assert meta["rise"]["n_masks"] == 40 and meta["target"] == "benign"
-    assert set(res["by_probe"]) == {"class", "word"}
+    assert set(res.by_probe) == {"class", "word"}
 
 
 def test_stage_bad_input(small, tiny_model, tmp_path):
     data, cache = small
-    kw = dict(root=data, device="cpu", log=lambda *a: None)
+    kw = dict(root=data, device="cpu")
     with pytest.raises(VlmprobeError, match="not a class of the 'class' probe; classes: normal, benign"):
         explain_cache(cache, RiseConfig(n_masks=8), target="cyst", **kw)
     with pytest.raises(VlmprobeError, match=r"No saved .site. probe .* `vlmprobe probe --label site`"):

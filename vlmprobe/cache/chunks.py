@@ -169,8 +169,8 @@ class WorkDir:
                 self.read(k)
                 good.add(k)
             except VlmprobeError:
-                warn(f"[yellow]Chunk {self.chunk_path(k)} is corrupt (checksum mismatch); "
-                     "recomputing it.[/]")
+                warn(f"Chunk {self.chunk_path(k)} is corrupt (checksum mismatch); "
+                     "recomputing it.")
                 self.chunk_path(k).unlink(missing_ok=True)
         return good
 

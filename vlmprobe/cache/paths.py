@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from ..validation import VlmprobeError
+from .schema import Cache, read_cache
 
 CACHE_ENV = "VLMPROBE_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/vlmprobe").expanduser()
@@ -50,3 +51,29 @@ def find_caches(paths: list[str | Path] | None, out: str | Path | None = None) -
             f"--dataset D` first, or set ${CACHE_ENV} / pass --out to where the caches are."
         )
     return found
+
+
+def stage_inputs(caches=None, out: str | Path | None = None,
+                 tap: str | None = None) -> tuple[list, Path | None]:
+    """What a stage works on and where it writes, one rule for every stage.
+
+    ``caches``: :class:`~vlmprobe.cache.Cache` objects, cache files or folders of them (one or a
+    list); outputs go to ``out`` if given, else beside each cache. Without ``caches``: every cache
+    under the cache directory ``out`` (default ``$VLMPROBE_CACHE``), outputs beside them.
+    ``tap``: a further tap stored in the caches, or "all" (:meth:`Cache.tap_views`).
+    """
+    if caches is None or (isinstance(caches, (list, tuple)) and not caches):
+        loaded, outputs = [read_cache(p) for p in find_caches(None, out)], None
+    else:
+        loaded = []
+        for item in (caches if isinstance(caches, (list, tuple)) else [caches]):
+            if isinstance(item, Cache):
+                loaded.append(item)
+            elif isinstance(item, (str, Path)):
+                loaded += [read_cache(p) for p in find_caches([item])]
+            else:
+                raise VlmprobeError(f"A stage takes caches (vlmprobe.Cache objects, or cache files "
+                                    f"and folders), not {type(item).__name__}: {item!r}. Read one "
+                                    "with vlmprobe.read_cache(path).")
+        outputs = Path(out) if out is not None else None
+    return [view for cache in loaded for view in cache.tap_views(tap)], outputs

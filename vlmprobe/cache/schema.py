@@ -77,11 +77,86 @@ class Cache:
     attrs: dict = field(default_factory=dict)  # JSON-decoded extra attributes
     path: Path | None = None
     taps: dict[str, np.ndarray] = field(default_factory=dict)  # further taps (/taps), by name
+    schema_version: int = SCHEMA_VERSION
+
+    # -- the attributes, each with its one default (version 1 files lack some) ------------------
+    @property
+    def encoder(self) -> dict:
+        """How the encoder was described when the cache was made: entry, transform, weights."""
+        return self.attrs.get("encoder", {})
+
+    @property
+    def entry(self) -> dict:
+        """The registry entry as it was when the cache was made."""
+        return self.encoder.get("entry", {})
+
+    @property
+    def family(self) -> str | None:
+        return self.encoder.get("family")
+
+    @property
+    def weights_sha256(self) -> str | None:
+        return self.encoder.get("weights_sha256")
+
+    @property
+    def registry_key(self) -> str:
+        """The model's registry key: ``model`` without a further tap's ``@<tap>``."""
+        return self.model.partition("@")[0]
+
+    @property
+    def dataset_entry(self) -> dict:
+        """The dataset entry as used: with the run's choices (window, intensity, classes)."""
+        return self.attrs.get("dataset_entry", {})
+
+    @property
+    def dicom_window(self) -> str:
+        return self.dataset_entry.get("dicom_window", "tags")
+
+    @property
+    def intensity(self) -> str:
+        """"8bit" or "float": what the model's transform was given."""
+        return self.dataset_entry.get("intensity", "8bit")
+
+    @property
+    def positive_class(self) -> str | None:
+        return self.dataset_entry.get("positive_class")
+
+    @property
+    def group_source(self) -> str:
+        """What the metadata column "group" is (e.g. "patient"), in words."""
+        entry = self.dataset_entry
+        return entry.get("group_key") or entry.get("group_column") or "group"
+
+    @property
+    def intensity_pipeline(self) -> str:
+        return self.attrs.get("intensity_pipeline", "")
+
+    @property
+    def precision(self) -> str:
+        """fp32 | fp16 | bf16 (version 1 files, which do not say, were fp32)."""
+        return self.attrs.get("precision", "fp32")
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.attrs.get("batch_size")
+
+    @property
+    def dataset_root(self) -> str | None:
+        """The folder the images were read from when the cache was made."""
+        return self.attrs.get("dataset_root") or None
+
+    @property
+    def provenance(self) -> dict:
+        return self.attrs.get("provenance", {})
+
+    @property
+    def merged_from(self) -> list[str] | None:
+        return self.attrs.get("merged_from")
 
     @property
     def tap(self) -> str | None:
         """The tap in ``embeddings``: the one picked by :meth:`with_tap`, else the entry's own."""
-        return self.attrs.get("tap") or self.attrs.get("encoder", {}).get("entry", {}).get("tap")
+        return self.attrs.get("tap") or self.entry.get("tap")
 
     def with_tap(self, tap: str) -> "Cache":
         """This cache with ``tap``'s embeddings in ``embeddings``, named ``<model>@<tap>`` so
@@ -254,6 +329,7 @@ def _read(path: Path) -> Cache:
                 skipped={k: _strings(f["skipped"][k]) for k in ("relpath", "error")},
                 attrs={k: json.loads(v) for k, v in f.attrs.items() if k not in _CORE_ATTRS},
                 path=path, taps={name: _checked(path, ds) for name, ds in f.get("taps", {}).items()},
+                schema_version=version,
             )
     except (OSError, KeyError, ValueError, RuntimeError) as e:  # h5py's ways of saying "damaged"
         raise VlmprobeError(f"{path} is not a readable vlmprobe cache ({e}). Delete it and re-run "

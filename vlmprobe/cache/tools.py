@@ -17,7 +17,7 @@ from .schema import Cache, read_cache
 def cache_info(path: str | Path) -> dict:
     """Provenance, counts, failures and key of one cache (or shard) as a JSON-able dict."""
     c = read_cache(path)
-    enc, prov = c.attrs.get("encoder", {}), c.attrs.get("provenance", {})
+    prov = c.provenance
     return {
         "path": str(c.path), "model": c.model, "dataset": c.dataset,
         "shard": c.shard or None, "n_embeddings": len(c.relpaths), "embed_dim": c.embed_dim,
@@ -26,12 +26,12 @@ def cache_info(path: str | Path) -> dict:
         "skipped": [{"relpath": r, "error": e}
                     for r, e in zip(c.skipped["relpath"], c.skipped["error"])],
         "class_counts": {n: int((c.labels == i).sum()) for i, n in enumerate(c.class_names)},
-        "precision": c.attrs.get("precision", "fp32 (schema 1)"),
-        "batch_size": c.attrs.get("batch_size"), "baseline": c.baseline,
+        "precision": c.precision + (" (schema 1)" if c.schema_version == 1 else ""),
+        "batch_size": c.batch_size, "baseline": c.baseline,
         "cache_key": c.cache_key, "dataset_fingerprint": c.dataset_fingerprint,
-        "intensity_pipeline": c.attrs.get("intensity_pipeline"),
-        "weights_sha256": enc.get("weights_sha256"), "dataset_root": c.attrs.get("dataset_root"),
-        "merged_from": c.attrs.get("merged_from"),
+        "intensity_pipeline": c.intensity_pipeline or None,
+        "weights_sha256": c.weights_sha256, "dataset_root": c.dataset_root,
+        "merged_from": c.merged_from,
         "provenance": {k: prov.get(k) for k in ("vlmprobe_version", "git_commit", "time_utc",
                                                  "command_line", "device", "channels_last",
                                                  "fast_decode") if k in prov},
@@ -61,7 +61,7 @@ def list_caches(directory: str | Path) -> list[dict]:
             c = read_cache(p)
             rows.append({"path": str(p.relative_to(root)), "model": c.model, "dataset": c.dataset,
                          "n": len(c.relpaths), "skipped": len(c.skipped["relpath"]),
-                         "dim": c.embed_dim, "precision": c.attrs.get("precision", "fp32"),
+                         "dim": c.embed_dim, "precision": c.precision,
                          "status": f"shard {c.shard}" if c.shard else "ok"})
         except VlmprobeError as e:
             rows.append({"path": str(p.relative_to(root)), "status": f"unreadable: {e}"})
@@ -107,7 +107,7 @@ def compare_caches(a: str | Path | Cache, b: str | Path | Cache) -> dict:
     out = {
         "a": str(ca.path), "b": str(cb.path), "n_common": len(common),
         "only_in_a": len(ca.relpaths) - len(common), "only_in_b": len(cb.relpaths) - len(common),
-        "precision": [ca.attrs.get("precision", "fp32"), cb.attrs.get("precision", "fp32")],
+        "precision": [ca.precision, cb.precision],
         "cosine": {"min": float(cos.min()), "p01": float(np.quantile(cos, 0.01)),
                    "median": float(np.median(cos)), "mean": float(cos.mean())},
         "n_below_0.999": int((cos < 0.999).sum()),

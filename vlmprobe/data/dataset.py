@@ -12,19 +12,9 @@ from PIL import Image
 
 from ..registry import DatasetEntry, get_dataset_entry
 from ..validation import VlmprobeError, check_dir
-from .decode import (
-    FLOAT_PIPELINE,
-    INTENSITIES,
-    INTENSITY_PIPELINE,
-    NPZ_FLOAT_PIPELINE,
-    NPZ_PIPELINE,
-    dicom_pipeline,
-    fingerprint_files,
-    fixed_window,
-    read_sample,
-    require_pydicom,
-    sample_kind,
-)
+from .decode import (FLOAT_PIPELINE, INTENSITIES, INTENSITY_PIPELINE, NPZ_FLOAT_PIPELINE,
+                     NPZ_PIPELINE, dicom_pipeline, fingerprint_files, fixed_window, read_sample,
+                     require_pydicom, sample_kind)
 from .loaders import LOADERS, MEDMNIST_SIZES, Sample, assign_groups, join_metadata, manifest_classes
 
 DATA_ENV = "VLMPROBE_DATA"
@@ -43,7 +33,7 @@ def images_root(cache, root: str | Path | None = None) -> Path:
     still there, else the dataset's default data folder (RISE and UMAP thumbnails read images)."""
     if root is not None:
         return Path(root)
-    hint = cache.attrs.get("dataset_root")
+    hint = cache.dataset_root
     return Path(hint) if hint and Path(hint).is_dir() else data_root(cache.dataset)
 
 

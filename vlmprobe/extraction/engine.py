@@ -9,6 +9,7 @@ Shards of one extraction are joined by :mod:`.shards`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -22,30 +23,50 @@ from ..cache.chunks import Chunk, WorkDir, WriterLock, chunk_batches
 from ..data import ImageDataset, load_dataset
 from ..encoders import Encoder, load_encoder
 from ..encoders.transforms import fast_transform, input_transform
-from ..progress import console, progress_bar
+from ..messages import progress_bar
 from ..provenance import provenance
 from ..registry import get_model_entry
-from ..validation import VlmprobeError
-from .batches import (
-    _channels_last,
-    _collate,
-    _DecodedImages,
-    _first_sample,
-    auto_batch_size,
-    check_precision,
-    default_workers,
-    encode,
-)
+from ..validation import VlmprobeError, config, with_options
+from .batches import (_channels_last, _collate, _DecodedImages, _first_sample, auto_batch_size,
+                      check_precision, default_workers, encode)
 from .shards import _merge_if_complete, parse_shard, shard_path
+
+log = logging.getLogger(__name__)
+
+
+@config
+class ExtractConfig:
+    """How an extraction runs. ``precision``, ``fast_decode`` and ``taps`` change the embeddings
+    and are part of the cache key; the others change only speed and memory."""
+
+    batch_size: int | str = 32  # or "auto": GPU the largest that fits, CPU the fastest (timed)
+    device: str = "auto"
+    num_workers: int | None = None  # decoding processes (None: one per core but one, at most 4)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 needs a GPU)
+    shard: str | tuple[int, int] | None = None  # "i/n": every n-th batch into a shard cache
+    fast_decode: bool = False  # the first resize by torch's uint8 kernel (encoders.transforms)
+    taps: str | tuple[str, ...] | list[str] | None = None  # further taps of the same pass
 
 
 @dataclass
 class ExtractResult:
+    """What :func:`extract` did, and where the cache is."""
+
     path: Path
     status: str  # "written" | "up to date" | "shard written"
     n_images: int
     n_skipped: int
     merged: Path | None = None  # the whole cache, when this shard completed a set
+
+    def read(self, tap: str | None = None) -> Cache:
+        """The cache written (the merged one when this shard completed a set)."""
+        return read_cache(self.merged or self.path, tap)
+
+    def summary(self) -> str:
+        skipped = (f", {self.n_skipped} unreadable file(s) skipped and recorded"
+                   if self.n_skipped else "")
+        merged = f"; all shards present, merged into {self.merged}" if self.merged else ""
+        return f"Cache {self.status}: {self.path} ({self.n_images} images{skipped}){merged}"
 
 
 def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeline: str,
@@ -55,20 +76,19 @@ def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeli
     if sorted(old.taps) != sorted(extra_taps):
         reasons.append(f"further taps {sorted(old.taps) or 'none'} -> "
                        f"{sorted(extra_taps) or 'none'}")
-    if "precision" not in old.attrs:
+    if old.schema_version == 1:
         reasons.append("written by an older vlmprobe (cache schema 1)")
     if old.dataset_fingerprint != fingerprint:
         reasons.append(f"dataset files changed (fingerprint {old.dataset_fingerprint[:12]} -> "
                        f"{fingerprint[:12]})")
-    old_enc = old.attrs.get("encoder", {})
-    if old_enc.get("weights_sha256") != encoder.weights_sha256_:
+    if old.weights_sha256 != encoder.weights_sha256_:
         reasons.append("model weights differ")
-    if old_enc.get("entry") != json.loads(json.dumps(encoder.entry.to_dict(), default=str)):
+    if old.entry != json.loads(json.dumps(encoder.entry.to_dict(), default=str)):
         reasons.append("registry entry (tap, preprocessing or source) differs")
-    if old.attrs.get("intensity_pipeline") != pipeline:
+    if old.intensity_pipeline != pipeline:
         reasons.append("intensity pipeline (or --fast-decode) differs")
-    if old.attrs.get("precision", precision) != precision:
-        reasons.append(f"precision {old.attrs['precision']} -> {precision}")
+    if old.schema_version > 1 and old.precision != precision:
+        reasons.append(f"precision {old.precision} -> {precision}")
     return "; ".join(reasons) or "vlmprobe version or transform changed"
 
 
@@ -95,14 +115,14 @@ def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cach
 
 
 def extract(model: str, dataset: str, root: str | Path | None = None,
-            out: str | Path | None = None, batch_size: int | str = 32, device: str = "auto",
-            num_workers: int | None = None, force: bool = False, progress: bool = True,
-            precision: str = "fp32", shard: str | tuple[int, int] | None = None,
-            fast_decode: bool = False, dataset_options: dict | None = None,
-            trust_remote_code: bool | None = None,
-            taps: str | list[str] | None = None) -> ExtractResult:
+            out: str | Path | None = None, config: ExtractConfig | None = None, *,
+            dataset_options: dict | None = None, force: bool = False, progress: bool = True,
+            trust_remote_code: bool | None = None, **options) -> ExtractResult:
     """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` (``<model>@<view>.h5``
     for a non-default label view, see :func:`vlmprobe.cache.cache_path`) and returns it.
+
+    ``config`` (:class:`ExtractConfig`) says how it runs; keyword ``options`` change single
+    settings of it (``extract(m, d, batch_size="auto", device="cuda")``).
 
     Re-running after a crash continues from the chunks on disk. ``batch_size="auto"`` picks
     one (see :func:`auto_batch_size`); a resumed run keeps the batch size it started with.
@@ -115,6 +135,10 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     ``taps``: further taps (the family's names, a list or "a,b") computed in the same forward
     pass as the entry's own and stored beside it (``/taps/<tap>``, see :mod:`vlmprobe.cache`).
     """
+    cfg = with_options(config or ExtractConfig(), options)
+    batch_size, device, num_workers, precision = (cfg.batch_size, cfg.device, cfg.num_workers,
+                                                  cfg.precision)
+    shard, fast_decode, taps = cfg.shard, cfg.fast_decode, cfg.taps
     entry = get_model_entry(model)
     data = load_dataset(dataset, root, **(dataset_options or {}))
     relpaths = [s.relpath for s in data.samples]
@@ -124,7 +148,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
         raise VlmprobeError(f"--batch-size {batch_size!r}: give a positive integer or 'auto'.")
 
-    console.print(f"Fingerprinting {len(relpaths)} files under {data.root} ...")
+    log.info(f"Fingerprinting {len(relpaths)} files under {data.root} ...")
     sizes, digests, fingerprint = data.fingerprint()  # a label level / class subset included
     local_rank = os.environ.get("LOCAL_RANK")
     if part and local_rank is not None and device in ("auto", "cuda") and torch.cuda.is_available():
@@ -136,7 +160,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     transform = input_transform(encoder, data.entry.intensity)  # refuses float if it cannot
     fast = fast_transform(encoder.transform_) if fast_decode and not as_float else None
     if fast_decode and fast is None:
-        console.print(f"[yellow]--fast-decode has no effect for {model}[/]: "
+        log.warning(f"--fast-decode has no effect for {model}: "
                       + ("--intensity float resizes float tensors already." if as_float else
                          "its transform does not start with a torchvision bilinear/bicubic "
                          "Resize; decoding exactly."))
@@ -181,19 +205,19 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
         if resumed:
             bs = resumed["batch_size"]
             if batch_size not in ("auto", bs):
-                console.print(f"[yellow]Resuming with batch size {bs}[/] (the interrupted run's), "
+                log.warning(f"Resuming with batch size {bs} (the interrupted run's), "
                               f"not {batch_size}, so the batch boundaries stay the same.")
         elif batch_size == "auto":
             bs = auto_batch_size(encoder, _first_sample(images), precision, channels_last)
-            console.print(f"--batch-size auto: {bs} on {encoder.device}")
+            log.info(f"--batch-size auto: {bs} on {encoder.device}")
         else:
             bs = batch_size
         work.start(dict(want, batch_size=bs))
         i, n = part or (0, 1)
         mine = [k for k in range(math.ceil(len(data) / bs)) if k % n == i]
-        todo = sorted(set(mine) - work.done_verified(console.print))
+        todo = sorted(set(mine) - work.done_verified(log.warning))
         if len(todo) < len(mine):
-            console.print(f"Resuming: {len(mine) - len(todo)} of {len(mine)} chunks already done "
+            log.info(f"Resuming: {len(mine) - len(todo)} of {len(mine)} chunks already done "
                           f"in {work.path}")
         batches = chunk_batches(len(data), bs, todo)
         loader = torch.utils.data.DataLoader(
@@ -234,7 +258,7 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
         write_cache(target, cache)
         work.clear()
     for rel, err in zip(cache.skipped["relpath"], cache.skipped["error"]):
-        console.print(f"[yellow]skipped unreadable image[/] {data.root / rel}: {err}")
+        log.warning(f"skipped unreadable image {data.root / rel}: {err}")
     if not part:
         return ExtractResult(target, "written", len(cache.relpaths), n_skipped)
     return ExtractResult(target, "shard written", len(cache.relpaths), n_skipped,

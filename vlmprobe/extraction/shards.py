@@ -76,11 +76,11 @@ def merge_shards(shard_files: list[str | Path], target: str | Path | None = None
             raise VlmprobeError(f"{p} was made from other inputs than {files[0]} (cache keys "
                                 f"{c.cache_key[:12]} vs {first.cache_key[:12]}); shards of one "
                                 "merge must come from the same extract command.")
-        same_bs = c.attrs.get("batch_size") == first.attrs.get("batch_size")
+        same_bs = c.batch_size == first.batch_size
         if not same_bs or not c.shard.endswith(f"/{n}"):
-            raise VlmprobeError(f"{p} (shard {c.shard}, batch size {c.attrs.get('batch_size')}) "
+            raise VlmprobeError(f"{p} (shard {c.shard}, batch size {c.batch_size}) "
                                 f"does not belong with {files[0]} (shard {first.shard}, batch size "
-                                f"{first.attrs.get('batch_size')}).")
+                                f"{first.batch_size}).")
     have = sorted(int(c.shard.split("/")[0]) for c in shards)
     if have != list(range(n)):
         missing = sorted(set(range(n)) - set(have))

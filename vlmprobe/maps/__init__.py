@@ -30,7 +30,7 @@ from .config import METRICS, UmapConfig, UmapGrid
 from .knn import knn_graph
 from .layout import fit_map, grid_coords
 from .metrics import map_scores, neighbourhood_scores
-from .run import check_input, umap_caches
+from .run import UmapMaps, UmapRun, check_input, run_umap
 
-__all__ = ["METRICS", "UmapConfig", "UmapGrid", "check_input", "fit_map", "grid_coords",
-           "knn_graph", "map_scores", "neighbourhood_scores", "umap_caches"]
+__all__ = ["METRICS", "UmapConfig", "UmapGrid", "UmapMaps", "UmapRun", "check_input", "fit_map",
+           "grid_coords", "knn_graph", "map_scores", "neighbourhood_scores", "run_umap"]

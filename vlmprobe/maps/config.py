@@ -5,16 +5,15 @@ packed to spread out).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, config
 
 # Real-valued, parameter-free metrics that umap-learn and scikit-learn (the metrics) both know. A
 # fixed list, not umap-learn's table, so checking it does not import (and compile) umap-learn.
 METRICS = ("cosine", "correlation", "euclidean", "manhattan", "chebyshev", "braycurtis", "canberra")
 
 
-@dataclass(frozen=True)
+@config
 class UmapConfig:
     """One map."""
 
@@ -37,7 +36,7 @@ def seed_text(cfg) -> str:
     return "unseeded (--fast)" if cfg.fast else f"seed={cfg.seed}"
 
 
-@dataclass(frozen=True)
+@config
 class UmapGrid:
     """Every (n_neighbors, min_dist) pair, one seed and metric; the module docstring says why 3×3."""
 

@@ -97,7 +97,7 @@ def read_thumbnails(cache: Cache, indices, root: Path | None = None,
     """Thumbnails (longest side ``px``) of these samples, by index; those that cannot be read are
     left out with one warning that names the folder searched and how to point at the images."""
     folder = images_root(cache, root)
-    dicom = cache.attrs.get("dataset_entry", {}).get("dicom_window", "tags")
+    dicom = cache.dicom_window
     out, missing = {}, []
     for i in indices:
         rel = cache.relpaths[i]
@@ -110,7 +110,7 @@ def read_thumbnails(cache: Cache, indices, root: Path | None = None,
         image.thumbnail((px, px))
         out[int(i)] = image
     if missing:
-        hint = cache.attrs.get("dataset_root")
+        hint = cache.dataset_root
         gone = (f" (the cache was extracted from {hint}, which is not there)"
                 if root is None and hint and not Path(hint).is_dir() else "")
         warnings.warn(f"{cache.path}: {len(missing)} of {len(indices)} images to show could not "

@@ -10,6 +10,7 @@ while the cache is unchanged, never recomputed.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import warnings
 from dataclasses import asdict
@@ -20,6 +21,8 @@ import numpy as np
 from ..cache import Cache, stage_dir
 from .config import UmapConfig, UmapGrid
 from .knn import knn_graph
+
+log = logging.getLogger(__name__)
 
 
 def umap_dir(cache: Cache, out: Path | None) -> Path:
@@ -56,8 +59,8 @@ def _load(path: Path, cache: Cache) -> np.ndarray | None:
     return None
 
 
-def grid_coords(cache: Cache, grid: UmapGrid, out: Path | None = None, jobs: int = 1,
-                log=print) -> list[np.ndarray]:
+def grid_coords(cache: Cache, grid: UmapGrid, out: Path | None = None,
+                jobs: int = 1) -> list[np.ndarray]:
     """Coordinates of every configuration: saved ones read back, the rest fitted on one kNN graph.
 
     Configurations run in ``jobs`` processes (each pays numba's compilation once); every one is
@@ -75,7 +78,7 @@ def grid_coords(cache: Cache, grid: UmapGrid, out: Path | None = None, jobs: int
     X = np.asarray(cache.embeddings, np.float32)
     t0 = time.perf_counter()
     knn = knn_graph(X, max(configs[i].n_neighbors for i in todo), grid.metric, grid.seed)
-    log(f"{cache.model} / {cache.dataset}: kNN graph (k={knn[0].shape[1]}, N={len(X)}) in "
+    log.info(f"{cache.model} / {cache.dataset}: kNN graph (k={knn[0].shape[1]}, N={len(X)}) in "
         f"{time.perf_counter() - t0:.1f} s; fitting {len(todo)} of {len(configs)} maps")
     jobs = 1 if grid.fast else min(jobs, len(todo))  # unseeded, each fit uses every core
     fits = Parallel(n_jobs=jobs, return_as="generator")(
@@ -85,5 +88,5 @@ def grid_coords(cache: Cache, grid: UmapGrid, out: Path | None = None, jobs: int
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, coords=c, relpaths=np.array(cache.relpaths), cache_key=cache.cache_key,
                  config=json.dumps(asdict(configs[i])))
-        log(f"  {configs[i].tag()} saved at {time.perf_counter() - t0:.1f} s")
+        log.info(f"  {configs[i].tag()} saved at {time.perf_counter() - t0:.1f} s")
     return coords

@@ -2,19 +2,24 @@
 interactive HTML, metrics), and the models of one dataset side by side."""
 from __future__ import annotations
 
+import logging
 import os
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..cache import Cache
-from ..validation import VlmprobeError
+from ..cache import Cache, stage_inputs
+from ..validation import VlmprobeError, with_options
 from .config import METRICS, UmapConfig, UmapGrid
 from .figures import plot_compare, plot_grid, plot_map, read_thumbnails, stratified_choice
 from .html import hover_images, probe_predictions, write_html
 from .layout import grid_coords, umap_dir
 from .metrics import map_scores, write_scores
+
+log = logging.getLogger(__name__)
 
 
 def check_input(cache: Cache, grid: UmapGrid) -> None:
@@ -43,73 +48,128 @@ def check_input(cache: Cache, grid: UmapGrid) -> None:
                       stacklevel=2)
 
 
-def umap_caches(caches: list[Cache], grid: UmapGrid | UmapConfig = UmapGrid(),
-                out: Path | None = None, color_by: list[str] = (), jobs: int = 1,
-                thumbnails: int = 0, root: Path | None = None, log=print) -> list[Path]:
-    """Every configuration of ``grid`` per cache: maps (PNG, SVG, HTML), grid figures, metrics,
-    and models side by side for caches of one dataset; returns the PNGs.
+@dataclass
+class UmapMaps:
+    """One cache's maps: coordinates and numbers per configuration, and the files drawn."""
 
-    ``jobs=0`` uses one process per CPU core; ``thumbnails`` example images per map, read from
-    ``root`` or the folder the cache was extracted from.
+    cache: Cache
+    grid: UmapGrid
+    coords: list[np.ndarray]  # [N, 2] per configuration, in grid.configs() order
+    scores: list[dict]        # its metrics (docs/protocol.md, UMAP), same order
+    figures: list[Path]       # PNG (SVG beside) per configuration, then the grid figures
+    pages: list[Path]         # the interactive HTML per configuration
+    metrics_files: list[Path]
+
+    def to_frame(self):
+        """One row per configuration: its parameters and metrics."""
+        import pandas as pd
+
+        return pd.DataFrame([{"model": self.cache.model, "dataset": self.cache.dataset, **s}
+                             for s in self.scores])
+
+
+@dataclass
+class UmapRun(Sequence):
+    """The UMAP stage's results: :class:`UmapMaps` per cache (a sequence of them), and the figures
+    putting the models of one dataset side by side."""
+
+    maps: list[UmapMaps]
+    comparisons: list[Path] = field(default_factory=list)
+
+    def __getitem__(self, i):
+        return self.maps[i]
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    @property
+    def figures(self) -> list[Path]:
+        """Every PNG written: each cache's maps and grids, then the side-by-side figures."""
+        return [f for m in self.maps for f in m.figures] + self.comparisons
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.concat([m.to_frame() for m in self.maps], ignore_index=True)
+
+
+def run_umap(caches=None, grid: UmapGrid | UmapConfig | None = None, *,
+             out: str | Path | None = None, tap: str | None = None, color_by: Sequence[str] = (),
+             jobs: int = 0, thumbnails: int = 0, root: str | Path | None = None,
+             **options) -> UmapRun:
+    """Every configuration of ``grid`` per cache: maps (PNG, SVG, HTML), grid figures, metrics,
+    and models side by side for caches of one dataset (docs/protocol.md, UMAP).
+
+    ``caches``: as :func:`vlmprobe.cache.stage_inputs` takes them. ``grid``: a
+    :class:`UmapGrid` (default 3 × 3) or one :class:`UmapConfig`; keyword ``options`` change its
+    settings (``run_umap(caches, metric="euclidean", n_neighbors=(15,))``). ``color_by``: also
+    colour by these metadata columns. ``jobs=0``: one process per CPU core. ``thumbnails``:
+    example images per map, read from ``root`` or the folder the cache was extracted from.
     """
-    if isinstance(grid, UmapConfig):
-        grid = UmapGrid.single(grid)
+    grid = UmapGrid.single(grid) if isinstance(grid, UmapConfig) else grid or UmapGrid()
+    grid = with_options(grid, options)
+    caches, out = stage_inputs(caches, out, tap)
+    color_by = list(color_by)
     if thumbnails < 0:
         raise VlmprobeError(f"--thumbnails {thumbnails}: give a number of images >= 0.")
     for cache in caches:  # all input checked before the first (slow) fit
         check_input(cache, grid)
         for col in color_by:
             cache.label_view(col)
-    pngs, done = [], []
+    done = []
     for cache in caches:
         folder = umap_dir(cache, out)
-        coords = grid_coords(cache, grid, out, jobs or os.cpu_count(), log)
+        coords = grid_coords(cache, grid, out, jobs or os.cpu_count())
         scores = map_scores(cache, grid, coords)
         tables = write_scores(cache, grid, scores,
                               folder / f"{cache.output_name}.{grid.tag()}.metrics")
         shown = read_thumbnails(cache, stratified_choice(cache.labels, thumbnails, grid.seed),
                                 root) if thumbnails else {}
         hover, preds = hover_images(cache, grid.seed, root), probe_predictions(cache, out)
+        pngs, pages = [], []
         for cfg, c in zip(grid.configs(), coords):
             stem = folder / f"{cache.output_name}.{cfg.tag()}"
             pngs.append(plot_map(cache, c, cfg, stem, color_by, shown)[0])
-            write_html(cache, c, cfg, stem, hover, preds, color_by)
+            pages.append(write_html(cache, c, cfg, stem, hover, preds, color_by))
         if len(coords) > 1:
             for col in [None, *color_by]:
                 stem = folder / f"{cache.output_name}.{grid.tag()}.grid{f'.by-{col}' if col else ''}"
                 pngs.append(plot_grid(cache, grid, coords, scores, stem, col)[0])
-        log(f"{cache.model} / {cache.dataset}: {len(coords)} maps (PNG, SVG, HTML) in {folder}, "
-            f"metrics {tables[0]}")
-        done.append((cache, coords, scores, shown))
-    return pngs + _compare(done, grid, out, color_by, log)
+        log.info(f"{cache.model} / {cache.dataset}: {len(coords)} maps (PNG, SVG, HTML) in "
+                 f"{folder}, metrics {tables[0]}")
+        done.append((UmapMaps(cache, grid, coords, scores, pngs, pages, tables), shown))
+    return UmapRun([m for m, _ in done], _compare(done, grid, out, color_by))
 
 
-def _compare(done: list[tuple], grid: UmapGrid, out: Path | None, color_by: list[str],
-             log) -> list[Path]:
+def _compare(done: list[tuple[UmapMaps, dict]], grid: UmapGrid, out: Path | None,
+             color_by: list[str]) -> list[Path]:
     """One figure per configuration (and --color-by column) with every cache of a dataset side by
-    side; caches of different datasets, or of one dataset with different images, are not mixed."""
-    groups: dict[tuple, list[tuple]] = {}
-    for d in done:
-        groups.setdefault((d[0].dataset, d[0].view_tag, tuple(d[0].relpaths)), []).append(d)
+    side; caches of different datasets, or of one dataset with different images, are not mixed.
+    ``done``: each cache's maps with the thumbnails drawn on them."""
+    groups: dict[tuple, list[tuple[UmapMaps, dict]]] = {}
+    for maps, shown in done:
+        c = maps.cache
+        groups.setdefault((c.dataset, c.view_tag, tuple(c.relpaths)), []).append((maps, shown))
     datasets = sorted({ds for ds, _, _ in groups})
     if len(datasets) > 1:
-        log(f"caches of {len(datasets)} datasets ({', '.join(datasets)}): models are compared "
-            "side by side only within a dataset")
+        log.info(f"caches of {len(datasets)} datasets ({', '.join(datasets)}): models are "
+                 "compared side by side only within a dataset")
     pngs = []
     for (dataset, view, _), members in groups.items():
         if sum(key[:2] == (dataset, view) for key in groups) > 1:
-            log(f"{dataset}: caches with different image lists (e.g. {members[0][0].path}) are "
-                "not put side by side; re-extract them from the same dataset copy to compare")
+            log.warning(f"{dataset}: caches with different image lists (e.g. "
+                        f"{members[0][0].cache.path}) are not put side by side; re-extract them "
+                        "from the same dataset copy to compare")
         if len(members) < 2:
             continue
-        caches = [m[0] for m in members]
+        caches = [m.cache for m, _ in members]
         folder = umap_dir(caches[0], out)
         for j, cfg in enumerate(grid.configs()):
             for col in [None, *color_by]:
                 stem = folder / f"compare{view}.{cfg.tag()}{f'.by-{col}' if col else ''}"
-                pngs.append(plot_compare(caches, [m[1][j] for m in members],
-                                         [m[2][j] for m in members], cfg, stem, col,
-                                         members[0][3])[0])
-        log(f"{dataset}: {len(caches)} models side by side "
-            f"({', '.join(c.model for c in caches)}) in {folder}/compare.*.png")
+                pngs.append(plot_compare(caches, [m.coords[j] for m, _ in members],
+                                         [m.scores[j] for m, _ in members], cfg, stem, col,
+                                         members[0][1])[0])
+        log.info(f"{dataset}: {len(caches)} models side by side "
+                 f"({', '.join(c.model for c in caches)}) in {folder}/compare.*.png")
     return pngs

@@ -5,9 +5,9 @@ exact solver (:mod:`.svm`), bootstrap statistics (:mod:`.stats`), the saved prob
 from .linear import LinearProbe, probe_path
 from .protocol import PROBES, SOLVERS, T_GRID, ProbeConfig, c_value, fit_probe
 from .results import ProbeResult
-from .run import probe_caches
-from .tables import compare_models, compare_paper, write_table
+from .run import ProbeRun, run_probe
+from .tables import compare_models, compare_paper, read_table, table_name, write_table
 
-__all__ = ["LinearProbe", "PROBES", "ProbeConfig", "ProbeResult", "SOLVERS", "T_GRID", "c_value",
-           "compare_models", "compare_paper", "fit_probe", "probe_caches", "probe_path",
-           "write_table"]
+__all__ = ["LinearProbe", "PROBES", "ProbeConfig", "ProbeResult", "ProbeRun", "SOLVERS", "T_GRID",
+           "c_value", "compare_models", "compare_paper", "fit_probe", "probe_path", "read_table",
+           "run_probe", "table_name", "write_table"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import sklearn
@@ -31,7 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from ..devices import resolve_device
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, config
 from . import stats
 from .linear import LinearProbe, stack_binary
 
@@ -52,8 +51,10 @@ PROBES = ("svm", "logreg", "knn")
 K_GRID = (1, 5, 10, 20, 50)
 
 
-@dataclass(frozen=True)
+@config
 class ProbeConfig:
+    """The probe's settings (docs/protocol.md, the probe): the paper's unless changed."""
+
     t_grid: tuple[float, ...] = T_GRID
     # "fast" (.svm: LinearSVC's objective, its own convergence test) passes the
     # equivalence tests and runs the full protocol 24x faster at N=5k, d=1k, 9 classes

@@ -84,3 +84,34 @@ class ProbeResult:
                 "refit macro-F1 % [95% CI]": f"{100 * self.refit_test['macro_f1']:.1f} "
                                              f"[{100 * lo:.1f}, {100 * hi:.1f}]",
                 "converged": "yes" if self.all_converged else f"no ({self.n_unconverged} fits)"}
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What a table row is of: (model as named in tables, dataset, label view). A later run
+        with the same key replaces the row."""
+        return self.name, self.dataset, self.label_view
+
+    @property
+    def split_files(self) -> list[str]:
+        """The split file of each outer split (one unless ``repeats``)."""
+        return [r["split_file"] for r in self.repeats]
+
+    def to_record(self) -> dict:
+        """One flat row of numbers (fractions, not percent) for a data frame."""
+        record = {"model": self.model, "name": self.name, "dataset": self.dataset,
+                  "label": self.label_view, "split": self.split, "probe": self.probe,
+                  "baseline": self.baseline, "n_train": self.n_train, "n_test": self.n_test,
+                  "d": self.embed_dim, "selected_t": self.selected_t,
+                  "saturated": self.saturated}
+        for m, value in self.test.items():
+            lo, hi = self.test_ci95[m]
+            record.update({m: value, f"{m}_sd": self.test_sd[m], f"{m}_ci_low": lo,
+                           f"{m}_ci_high": hi})
+        record.update(refit_macro_f1=self.refit_test["macro_f1"], refit_C=self.refit_C,
+                      converged=self.all_converged, n_splits=max(1, len(self.repeats)))
+        return record
+
+    @classmethod
+    def from_dict(cls, fields_: dict, test_samples: dict | None = None) -> "ProbeResult":
+        """A result read back from a table's JSON (and its per-image samples)."""
+        return cls(**{**fields_, "test_samples": test_samples or {}})

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, replace
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from ..cache import Cache, describe_fingerprint_difference
+from ..cache import Cache, describe_fingerprint_difference, stage_inputs
 from ..data.splits import GROUPINGS, SplitSpec, load_or_create_split, split_path
 from ..provenance import provenance
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, with_options
 from .figures import confusion_figure
 from .linear import probe_path
 from .protocol import ProbeConfig, fit_probe
 from .results import ProbeResult
+from .tables import merge_results, read_table, table_name, write_table
+
+log = logging.getLogger(__name__)
 
 
 def _check_same_dataset_files(caches: list[Cache]) -> None:
@@ -54,7 +59,7 @@ def _probe_jobs(caches: list[Cache], cfg: ProbeConfig) -> list[tuple[Cache, Prob
     to ``cfg.pca_dim``, or else to each distinct d of the model caches of its dataset (one row
     per d; raw pixels when it is probed alone); other caches are never reduced."""
     def is_pixels(c):
-        return c.attrs.get("encoder", {}).get("family") == PIXELS_FAMILY
+        return c.family == PIXELS_FAMILY
     jobs = []
     for cache in caches:
         if not is_pixels(cache):
@@ -74,8 +79,7 @@ def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
     if grouping not in GROUPINGS:
         raise VlmprobeError(f"split {grouping!r} is not available; use one of {GROUPINGS}.")
     if "group" in cache.metadata:
-        entry = cache.attrs.get("dataset_entry", {})
-        return cache.metadata["group"], entry.get("group_key") or entry.get("group_column") or "group"
+        return cache.metadata["group"], cache.group_source
     missing = [s for s in range(seed, seed + repeats) if grouping == "grouped" and not
                split_path(split_dir, cache.dataset_fingerprint, SplitSpec(view, grouping, s)).is_file()]
     if missing:
@@ -89,11 +93,63 @@ def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
     return None, ""
 
 
-def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None = None,
-                 split_seed: int = 0, cfg: ProbeConfig = ProbeConfig(),
-                 log=print) -> list[ProbeResult]:
-    """Run the protocol on each cache, sharing split files per dataset (one per outer split,
-    seeds split_seed, split_seed+1, ...); save refit probes and per-image test predictions."""
+@dataclass
+class ProbeRun(Sequence):
+    """The probe stage's results, one :class:`ProbeResult` per table row (a sequence of them),
+    and what is needed to write their tables: :meth:`save` (what the CLI does),
+    :meth:`to_frame` (for a notebook)."""
+
+    results: list[ProbeResult]
+    config: ProbeConfig
+    label: str | None = None
+    table_dir: Path | None = None  # where save() writes by default: the output or cache folder
+
+    def __getitem__(self, i):
+        return self.results[i]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    @property
+    def table_name(self) -> str:
+        return table_name(self.config, self.label)
+
+    def to_frame(self):
+        """One row of numbers per result (metrics as fractions, with sd and CI bounds)."""
+        import pandas as pd
+
+        return pd.DataFrame([r.to_record() for r in self.results])
+
+    def save(self, directory: str | Path | None = None, compare_paper: bool = False) -> list[Path]:
+        """Write the tables (:func:`write_table`) under ``directory`` (default ``table_dir``),
+        named after every setting that changes their numbers (:func:`table_name`). Rows already
+        in that table for other models, datasets or taps are kept; rows with the same key are
+        replaced. Returns the Markdown and CSV paths of the main table."""
+        directory = Path(directory) if directory is not None else self.table_dir
+        if directory is None:
+            raise VlmprobeError("ProbeRun.save needs a directory: these caches have no path to "
+                                "put tables beside. Pass save(directory=...).")
+        existing = directory / f"{self.table_name}.json"
+        old = read_table(existing) if existing.is_file() else []
+        return list(write_table(merge_results(old, self.results), directory, self.table_name,
+                                paper=compare_paper))
+
+
+def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | None = None,
+              out: str | Path | None = None, tap: str | None = None, **options) -> ProbeRun:
+    """The paper's linear probe on each cache (docs/protocol.md, the probe).
+
+    ``caches``: :class:`~vlmprobe.cache.Cache` objects, cache files or folders (default: every
+    cache under the cache directory ``out``), see :func:`vlmprobe.cache.stage_inputs`.
+    ``config`` (:class:`ProbeConfig`) holds the protocol's settings; keyword ``options`` change
+    single ones (``run_probe(caches, solver="sklearn")``). ``label``: probe a metadata column
+    instead of the class. Split files are shared per dataset (one per outer split, seeds
+    ``config.seed``, +1, ...); the refit probes, per-image test predictions and confusion figures
+    are written beside each cache (or under ``out``), the tables by :meth:`ProbeRun.save`.
+    """
+    cfg = with_options(config or ProbeConfig(), options)
+    caches, outputs = stage_inputs(caches, out, tap)
+    split_seed, out = cfg.seed, outputs
     if cfg.repeats < 1:
         raise VlmprobeError(f"repeats must be >= 1; got {cfg.repeats}.")
     if cfg.pca_dim < 0:
@@ -108,7 +164,7 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
     results = []
     for cache, job in _probe_jobs(caches, cfg):
         y, names, view = cache.label_view(label)
-        positive = cache.attrs.get("dataset_entry", {}).get("positive_class") if view == "class" else None
+        positive = cache.positive_class if view == "class" else None
         split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
         patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed,
                                               job.repeats)
@@ -134,7 +190,7 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
         result = ProbeResult(model=cache.model, dataset=cache.dataset + cache.view_tag,
                              label_view=view,
                              baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
-                             intensity_pipeline=cache.attrs.get("intensity_pipeline", ""),
+                             intensity_pipeline=cache.intensity_pipeline,
                              **fields)
         if probe is not None:
             probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
@@ -152,9 +208,11 @@ def probe_caches(caches: list[Cache], label: str | None = None, out: Path | None
                                "groups"),
                            "selected_t": f["selected_t"], "test": f["test"]}
                           for r, (sp, f, _) in enumerate(runs)]
-        log(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
+        log.info(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
             f"{result.cell('macro_f1')}; refit ({'k' if job.probe == 'knn' else 'C'}="
             f"{result.refit_C:.4g}) test macro-F1 {100 * result.refit_test['macro_f1']:.1f}"
             + (f" -> {result.probe_file}" if result.probe_file else ""))
         results.append(result)
-    return results
+    first = caches[0].path
+    return ProbeRun(results, cfg, label,
+                    outputs if outputs is not None else Path(first).parent.parent if first else None)

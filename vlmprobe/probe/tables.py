@@ -4,12 +4,17 @@ each as Markdown, CSV and LaTeX."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
+
+from ..cache.chunks import write_atomic
 from ..provenance import provenance
+from ..validation import VlmprobeError
 from . import stats
 from .results import ProbeResult
 
@@ -78,7 +83,10 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
     metric), ``<name>.table.{md,csv,tex}`` (Tables-3/4 style: rows models, columns datasets,
     accuracy and macro-F1 with sd and CI, pairwise differences marked), ``<name>.comparisons.{md,csv,tex}``
     and ``<name>.json`` (everything, with provenance); with ``paper``, ``<name>.paper.{md,csv,tex}``
-    (see ``compare_paper``). Returns the first two paths."""
+    (see ``compare_paper``), and ``<name>.samples.npz`` (the per-image test scores that paired
+    comparisons need, so a later run can add rows: :func:`read_table`). Returns the first two
+    paths."""
+    check_one_split(results, out_dir / f"{name}.json")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r.row() for r in results]
     cols = list(rows[0])
@@ -136,11 +144,98 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
                     "Per subgroup of the test set: the same fold-models and bootstrap resamples, "
                     "restricted to the subgroup's images. Macro metrics count every class, so a "
                     "class absent from a small subgroup pulls its macro-F1 down.")
-    (out_dir / f"{name}.json").write_text(json.dumps(
+    write_atomic(out_dir / f"{name}.samples.npz", _samples_bytes(results))
+    write_atomic(out_dir / f"{name}.json", json.dumps(
         {"results": [{k: v for k, v in asdict(r).items() if k != "test_samples"} for r in results],
          "comparisons": comparisons, "provenance": provenance(stage="probe")},
-        indent=2, default=str))
+        indent=2, default=str).encode())
     return md, csv_path
+
+
+def table_name(config, label: str | None = None) -> str:
+    """``probe_results`` plus every setting that changes the table's numbers, so runs with other
+    settings write other tables (rows of one setting merge: :func:`merge_results`)."""
+    default = type(config)()
+    parts = ["probe_results"]
+    parts += [config.probe] if config.probe != "svm" else []
+    parts += [f"{config.few_shot}-shot"] if config.few_shot else []
+    parts += [f"label-{label}"] if label is not None else []
+    parts += ["shuffled-labels"] if config.shuffle_labels else []
+    parts += [config.split] if config.split != "paper" else []
+    named = {"probe", "few_shot", "shuffle_labels", "split"}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in named | _SAME_NUMBERS or value == getattr(default, f.name):
+            continue
+        text = "_".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+            if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{f.name.replace('_', '-')}-{text}")
+    return ".".join(parts)
+
+
+#: settings that leave every number of a table as it is (where and how fast it is computed,
+#: which subgroup breakdowns are added)
+_SAME_NUMBERS = {"device", "n_jobs", "subgroups"}
+
+
+def check_one_split(results: list[ProbeResult], where: Path) -> None:
+    """One dataset and label view, one split: rows scored on other test images cannot share a
+    table column (their comparisons and † marks would be meaningless)."""
+    seen: dict[tuple, ProbeResult] = {}
+    for r in results:
+        first = seen.setdefault((r.dataset, r.label_view), r)
+        if r.split_files != first.split_files:
+            raise VlmprobeError(
+                f"{where}: {r.name} on {r.dataset} [{r.label_view}] was scored on split "
+                f"{', '.join(r.split_files)}, but {first.name} on split "
+                f"{', '.join(first.split_files)}; one table holds one split per dataset. Write "
+                f"these results to another directory (--out), or delete {where.name} and its "
+                "sibling files to start the table afresh.")
+
+
+def _samples_bytes(results: list[ProbeResult]) -> bytes:
+    """Every result's per-image test arrays, flattened to ``<row>/<key>[/<sub>]`` (no pickle)."""
+    arrays = {}
+    for i, r in enumerate(results):
+        for key, value in r.test_samples.items():
+            for sub, v in (value.items() if isinstance(value, dict) else [("", value)]):
+                arrays[f"{i}/{key}" + (f"/{sub}" if sub else "")] = np.asarray(v)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_table(json_path: Path) -> list[ProbeResult]:
+    """The results a table holds (its JSON and per-image samples), as :class:`ProbeResult`."""
+    try:
+        doc = json.loads(Path(json_path).read_text())
+        samples = np.load(Path(json_path).with_suffix(".samples.npz"), allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VlmprobeError(f"{json_path} (with its .samples.npz) is not a readable probe table "
+                            f"({e}); delete it to start the table afresh.") from None
+    nested: dict[int, dict] = {}
+    for name in samples.files:
+        i, key, *sub = name.split("/")
+        row = nested.setdefault(int(i), {})
+        if sub:
+            row.setdefault(key, {})[sub[0]] = samples[name]
+        else:
+            row[key] = samples[name]
+    for row in nested.values():
+        if "ids" in row:
+            row["ids"] = row["ids"].tolist()
+    try:
+        return [ProbeResult.from_dict(fields_, nested.get(i, {}))
+                for i, fields_ in enumerate(doc["results"])]
+    except TypeError as e:
+        raise VlmprobeError(f"{json_path} was written by another vlmprobe version ({e}); delete "
+                            "it (and its sibling files) to start the table afresh.") from None
+
+
+def merge_results(old: list[ProbeResult], new: list[ProbeResult]) -> list[ProbeResult]:
+    """``old`` rows with those of ``new`` replacing the ones with the same key, in table order."""
+    keys = {r.key for r in new}
+    return [r for r in old if r.key not in keys] + list(new)
 
 
 #: the paper's Tables 3 and 4 (percent, as printed), shipped inside the package

@@ -4,6 +4,7 @@ level, class subset) a run may override. Loaders and decoding live in :mod:`vlmp
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -64,3 +65,8 @@ def get_dataset_entry(name: str) -> DatasetEntry:
     if name not in entries:
         raise unknown_key_error("dataset", name, entries)
     return entries[name]
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """The dataset keys matching ``pattern`` (fnmatch), sorted."""
+    return sorted(fnmatch.filter(load_datasets_file(), pattern))

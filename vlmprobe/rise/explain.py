@@ -4,35 +4,33 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..cache import Cache, stage_dir
+from ..cache import Cache, stage_dir, stage_inputs
 from ..data import file_digest, images_root, read_sample, sample_file
 from ..data.splits import read_split
 from ..encoders.transforms import input_transform
 from ..probe import LinearProbe, probe_path
-from ..progress import progress_bar
+from ..messages import progress_bar
 from ..provenance import provenance
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, config, with_options
 from .figures import plot_rise_grid, plot_rise_panels
-from .saliency import (
-    RiseConfig,
-    deletion_insertion_auc,
-    mass_in_region,
-    pointing_game,
-    rise_saliency,
-)
+from .saliency import (RiseConfig, deletion_insertion_auc, mass_in_region, pointing_game,
+                       rise_saliency)
 from .text_boxes import Box, boxes_mask, detect_text_boxes, read_box_file
+
+log = logging.getLogger(__name__)
 
 
 # -- the stage: caches + saved probes -> maps on original images, numbers, figures ----------
-@dataclass(frozen=True)
+@config
 class ImageChoice:
     """Which images RISE explains.
 
@@ -169,9 +167,9 @@ def cache_encoder(cache: Cache, device="cpu", trust_remote_code: bool | None = N
     too) and the tap its embeddings are, refused when the weights are not the cache's."""
     from ..encoders import load_encoder  # imported late: torch models
 
-    encoder = load_encoder(cache.model.partition("@")[0], device,
+    encoder = load_encoder(cache.registry_key, device,
                            trust_remote_code=trust_remote_code)
-    if encoder.weights_sha256_ != cache.attrs["encoder"]["weights_sha256"]:
+    if encoder.weights_sha256_ != cache.weights_sha256:
         raise VlmprobeError(f"The weights of {cache.model!r} differ from those that made "
                             f"{cache.path}; re-extract the cache (vlmprobe extract --force).")
     return encoder, cache.tap or encoder.entry.tap
@@ -184,12 +182,181 @@ def black_fill_value(encoder) -> torch.Tensor:
     return (-mean / std).to(encoder.device)
 
 
+@dataclass
+class RiseMaps:
+    """One cache's RISE maps: per explained image the map of every probe, in the model's input
+    coordinates and on the original image, the numbers per image and probe, and the files."""
+
+    cache: Cache
+    config: RiseConfig
+    probes: list[str]                 # the labels explained: "class", or metadata columns
+    relpaths: list[str]               # the images explained
+    maps_input: list[np.ndarray]      # per image [probes, h, w]: centred map, model input
+    maps_original: list[np.ndarray]   # per image [probes, H, W]: the same on the image (NaN unseen)
+    records: list[dict]               # per image and probe: region numbers and sanity checks
+    by_probe: dict[str, dict]         # per probe: the mean of each number over the images
+    figure: Path                      # overview (rows per class), PNG with SVG beside
+    panels: Path                      # folder of one figure per image
+    table: Path                       # records as CSV (JSON with provenance beside)
+    maps_file: Path                   # maps_input and maps_original as npz
+
+    def to_frame(self):
+        """One row per image and probe."""
+        import pandas as pd
+
+        return pd.DataFrame(self.records)
+
+
+@dataclass
+class RiseRun(Sequence):
+    """The RISE stage's results: :class:`RiseMaps` per cache (a sequence of them)."""
+
+    maps: list[RiseMaps]
+
+    def __getitem__(self, i):
+        return self.maps[i]
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.concat([m.to_frame().assign(model=m.cache.model, dataset=m.cache.dataset)
+                          for m in self.maps], ignore_index=True)
+
+
+@dataclass
+class _Explainer:
+    """What every image of one cache is explained with: the probes side by side in one score
+    vector (the asked ones, then the first one's random-direction twin: the sanity check), the
+    encoder and its input transform, and the choices that hold for every image."""
+
+    cache: Cache
+    cfg: RiseConfig
+    labels: list[str]
+    probes: list[LinearProbe]
+    heads: list[LinearProbe]
+    encoder: object
+    tap: str
+    transform: object
+    root: Path
+    test: set[str]
+    target: str | None
+    fill_value: torch.Tensor | None
+    box_file: dict | None
+    detect_text: bool
+    causal_steps: int
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.cumsum([0] + [len(h.class_names) for h in self.heads])
+
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        emb = self.encoder.encode_taps(batch, [self.tap])[self.tap]
+        return torch.cat([h.decision_function(emb) for h in self.heads], dim=1)
+
+    def primary_scores(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.scores(batch)[:, :len(self.probes[0].class_names)]
+
+    def pixels(self, rel: str):
+        """(the 8-bit image, drawn and searched for text; the model's input tensor, float for a
+        float cache), after checking the file is the one the cache was made from."""
+        path = self.root / sample_file(rel)
+        digest = dict(zip(self.cache.files["relpath"], self.cache.files["digest"]))[rel]
+        if not path.is_file() or file_digest(path) != digest:
+            raise VlmprobeError(f"{path} is missing or differs from the file {self.cache.path} "
+                                "was extracted from; pass --root pointing at that dataset copy.")
+        window, intensity = self.cache.dicom_window, self.cache.intensity
+        image = read_sample(self.root, rel, window)
+        source = image if intensity == "8bit" else read_sample(self.root, rel, window, intensity)
+        return image, self.transform(source).to(self.encoder.device)
+
+
+def _explainer(cache: Cache, cfg: RiseConfig, labels: Sequence[str], target: str | None,
+               root: Path | None, device: str, out: Path | None, text_box_file: Path | None,
+               detect_text: bool, causal_steps: int,
+               trust_remote_code: bool | None) -> _Explainer:
+    labels = list(dict.fromkeys(labels))
+    probes = [_load_probe(cache, label, out) for label in labels]
+    if target is not None and target not in probes[0].class_names:
+        raise VlmprobeError(f"--target {target!r} is not a class of the {labels[0]!r} probe; "
+                            f"classes: {', '.join(probes[0].class_names)}.")
+    encoder, tap = cache_encoder(cache, device, trust_remote_code)
+    return _Explainer(
+        cache, cfg, labels, probes, probes + [random_probe(probes[0], cfg.seed)], encoder, tap,
+        input_transform(encoder, cache.intensity),  # a float cache is explained on float input
+        images_root(cache, root), _test_relpaths(probes[0]), target,
+        black_fill_value(encoder) if cfg.fill == "black" else None,
+        read_box_file(text_box_file) if text_box_file is not None else None, detect_text,
+        causal_steps)
+
+
+def _explain_image(ex: _Explainer, i: int, advance) -> tuple[list[dict], np.ndarray, np.ndarray,
+                                                               dict]:
+    """One image: RISE over every head at once, the maps back on the image, the numbers per
+    probe, and the row its figures are drawn from."""
+    from scipy.stats import spearmanr
+
+    cache, cfg, offsets = ex.cache, ex.cfg, ex.offsets
+    rel = cache.relpaths[i]
+    image, pixels = ex.pixels(rel)
+    res = rise_saliency(ex.scores, pixels, cfg, ex.fill_value, progress=advance,
+                        groups=[len(h.class_names) for h in ex.heads])
+    geometry = ex.encoder.geometry(*image.size)
+    lesion = _lesion_mask(cache, i, ex.root, image.size)
+    boxes, box_source = _text_boxes(cache, i, image, ex.box_file, ex.detect_text)
+    text = boxes_mask(boxes, image.size) if boxes else None
+    centred = res.centred()
+    predicted = [int(np.argmax(res.base_scores[offsets[j]:offsets[j + 1]]))
+                 for j in range(len(ex.probes))]
+    targets = ([ex.probes[0].class_names.index(ex.target)] if ex.target is not None
+               else predicted[:1]) + predicted[1:]
+    maps_in = [centred[offsets[j] + t] for j, t in enumerate(targets)]
+    random_in = centred[offsets[len(ex.probes)] + targets[0]]
+    rank_r = float(spearmanr(maps_in[0].ravel(), random_in.ravel()).statistic)
+    maps_orig = [geometry.to_original(m) for m in maps_in]
+    causal = ({f"{name}_auc": v for name, v in deletion_insertion_auc(
+        ex.primary_scores, pixels, maps_in[0], targets[0], replace(cfg, score="softmax"),
+        ex.fill_value, steps=ex.causal_steps).items()} if ex.causal_steps else {})
+    records = []
+    for j, (label, probe) in enumerate(zip(ex.labels, ex.probes)):
+        y, names, _ = cache.label_view(_column(label))
+        c = offsets[j] + targets[j]
+        records.append({
+            "relpath": rel, "split": "test" if rel in ex.test else "train", "probe": label,
+            "true": names[y[i]], "target": probe.class_names[targets[j]],
+            "predicted": probe.class_names[predicted[j]],
+            "score": float(res.base_scores[c]), "split_half_r": float(res.split_half_r[c]),
+            "unseen_fraction": geometry.unseen_fraction,
+            **_region_numbers(maps_orig[j], lesion, "lesion"),
+            **_region_numbers(maps_orig[j], text, "text"), "text_box_source": box_source,
+            "random_probe_rank_r": rank_r if j == 0 else None,
+            "deletion_auc": causal.get("deletion_auc") if j == 0 else None,
+            "insertion_auc": causal.get("insertion_auc") if j == 0 else None})
+    first = records[0]
+    log.info(f"  {rel}: true {first['true']}, explained {first['target']}; split-half r = "
+             f"{first['split_half_r']:.2f}; rank r with a random-weight probe's map = {rank_r:.2f}")
+    maps = [{"saliency": m, "title": f"{label}: {ex.probes[j].class_names[targets[j]]}",
+             "cbar_label": "centred RISE saliency"}
+            for j, (label, m) in enumerate(zip(ex.labels, maps_orig))]
+    maps.append({"saliency": geometry.to_original(random_in),
+                 "title": "random-weight probe (sanity check)",
+                 "cbar_label": f"rank r with trained map = {rank_r:.2f}"})
+    row = {"image": np.asarray(image), "maps": maps, "mask": lesion, "text_boxes": boxes,
+           "caption": f"{rel}: true {first['true']}, predicted {first['predicted']}, "
+                      f"split-half r = {first['split_half_r']:.2f}",
+           "short_caption": f"pred. {first['predicted']}" + (
+               f" · text {100 * first['text_mass']:.0f}%" if first["text_mass"] is not None
+               else "")}
+    return records, np.stack(maps_in), np.stack(maps_orig).astype(np.float32), row
+
+
 def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageChoice = ImageChoice(),
                   labels: Sequence[str] = ("class",), target: str | None = None,
                   root: Path | None = None, device: str = "auto", out: Path | None = None,
                   text_box_file: Path | None = None, detect_text: bool = False,
-                  causal_steps: int = 50, trust_remote_code: bool | None = None,
-                  log=print) -> dict:
+                  causal_steps: int = 50, trust_remote_code: bool | None = None) -> RiseMaps:
     """RISE through the cache's encoder and its saved probes, on original images, with numbers.
 
     ``labels``: the probes to explain ("class", or a metadata column probed with ``vlmprobe
@@ -202,123 +369,47 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     paper, so the AUCs lie in [0, 1] whatever the scale of the decision values.
     ``trust_remote_code``: the user's opt-in for entries that run hub code (as in extract).
     """
-    from scipy.stats import spearmanr
-
-
     cfg.check()
-    labels = list(dict.fromkeys(labels))
-    probes = [_load_probe(cache, label, out) for label in labels]
-    if target is not None and target not in probes[0].class_names:
-        raise VlmprobeError(f"--target {target!r} is not a class of the {labels[0]!r} probe; "
-                            f"classes: {', '.join(probes[0].class_names)}.")
-    heads = probes + [random_probe(probes[0], cfg.seed)]
-    widths = [len(p.class_names) for p in heads]
-    offsets = np.cumsum([0] + widths)
-    box_file = read_box_file(text_box_file) if text_box_file is not None else None
-    test = _test_relpaths(probes[0])
-    picked = choose_images(cache, probes[0], choice, cfg.seed, test)
-
-    encoder, tap = cache_encoder(cache, device, trust_remote_code)
-    root = images_root(cache, root)
-    window = cache.attrs["dataset_entry"].get("dicom_window", "tags")
-    intensity = cache.attrs["dataset_entry"].get("intensity", "8bit")
-    transform = input_transform(encoder, intensity)  # a float cache is explained on float input
-    digests = dict(zip(cache.files["relpath"], cache.files["digest"]))
-    fill_value = black_fill_value(encoder) if cfg.fill == "black" else None
-    truth = [cache.label_view(_column(label)) for label in labels]
-
-    def score_fn(batch):
-        emb = encoder.encode_taps(batch, [tap])[tap]
-        return torch.cat([p.decision_function(emb) for p in heads], dim=1)
-
-    def primary_scores(batch):
-        return score_fn(batch)[:, :widths[0]]
-
-    stem = probe_path(cache, labels[0], out).name
-    out_dir = stage_dir(cache.path, cache.dataset, "rise", out)
-    records, saved = [], {}
-    grid_rows = {name: [] for name in truth[0][1]}
+    ex = _explainer(cache, cfg, labels, target, root, device, out, text_box_file, detect_text,
+                    causal_steps, trust_remote_code)
+    picked = choose_images(cache, ex.probes[0], choice, cfg.seed, ex.test)
+    images = []
     with progress_bar(f"rise {cache.model}", len(picked) * cfg.n_masks, unit="mask") as advance:
-        for k, i in enumerate(picked):
-            rel = cache.relpaths[i]
-            path = root / sample_file(rel)
-            if not path.is_file() or file_digest(path) != digests[rel]:
-                raise VlmprobeError(f"{path} is missing or differs from the file {cache.path} was "
-                                    "extracted from; pass --root pointing at that dataset copy.")
-            image = read_sample(root, rel, window)  # 8-bit: drawn, and where text is sought
-            pixels = transform(image if intensity == "8bit"
-                               else read_sample(root, rel, window, intensity)).to(encoder.device)
-            res = rise_saliency(score_fn, pixels, cfg, fill_value, progress=advance,
-                                groups=widths)
-            geometry = encoder.geometry(*image.size)
-            lesion = _lesion_mask(cache, i, root, image.size)
-            boxes, box_source = _text_boxes(cache, i, image, box_file, detect_text)
-            text = boxes_mask(boxes, image.size) if boxes else None
-            centred = res.centred()
-            targets = [probes[0].class_names.index(target) if target is not None
-                       else int(np.argmax(res.base_scores[offsets[0]:offsets[1]]))]
-            targets += [int(np.argmax(res.base_scores[offsets[j]:offsets[j + 1]]))
-                        for j in range(1, len(probes))]
-            maps_in = [centred[offsets[j] + t] for j, t in enumerate(targets)]
-            random_in = centred[offsets[len(probes)] + targets[0]]
-            rank_r = float(spearmanr(maps_in[0].ravel(), random_in.ravel()).statistic)
-            maps_orig = [geometry.to_original(m) for m in maps_in]
-            causal = ({f"{name}_auc": v for name, v in deletion_insertion_auc(
-                primary_scores, pixels, maps_in[0], targets[0], replace(cfg, score="softmax"),
-                fill_value, steps=causal_steps).items()} if causal_steps else {})
-            split_name = "test" if rel in test else "train"
-            for j, (label, probe) in enumerate(zip(labels, probes)):
-                y, names, _ = truth[j]
-                c = offsets[j] + targets[j]
-                records.append({
-                    "relpath": rel, "split": split_name, "probe": label, "true": names[y[i]],
-                    "target": probe.class_names[targets[j]],
-                    "predicted": probe.class_names[int(np.argmax(
-                        res.base_scores[offsets[j]:offsets[j + 1]]))],
-                    "score": float(res.base_scores[c]), "split_half_r": float(res.split_half_r[c]),
-                    "unseen_fraction": geometry.unseen_fraction,
-                    **_region_numbers(maps_orig[j], lesion, "lesion"),
-                    **_region_numbers(maps_orig[j], text, "text"), "text_box_source": box_source,
-                    "random_probe_rank_r": rank_r if j == 0 else None,
-                    "deletion_auc": causal.get("deletion_auc") if j == 0 else None,
-                    "insertion_auc": causal.get("insertion_auc") if j == 0 else None})
-            first = records[-len(probes)]
-            log(f"  {rel}: true {first['true']}, explained {first['target']}; split-half r = "
-                f"{first['split_half_r']:.2f}; rank r with a random-weight probe's map = "
-                f"{rank_r:.2f}")
-            maps = [{"saliency": m, "title": f"{label}: {probes[j].class_names[targets[j]]}",
-                     "cbar_label": "centred RISE saliency"}
-                    for j, (label, m) in enumerate(zip(labels, maps_orig))]
-            maps.append({"saliency": geometry.to_original(random_in),
-                         "title": "random-weight probe (sanity check)",
-                         "cbar_label": f"rank r with trained map = {rank_r:.2f}"})
-            row = {"image": np.asarray(image), "maps": maps, "mask": lesion, "text_boxes": boxes,
-                   "caption": f"{rel}: true {first['true']}, predicted {first['predicted']}, "
-                              f"split-half r = {first['split_half_r']:.2f}",
-                   "short_caption": f"pred. {first['predicted']}" + (
-                       f" · text {100 * first['text_mass']:.0f}%"
-                       if first["text_mass"] is not None else "")}
-            grid_rows[first["true"]].append(row)
-            plot_rise_panels([row], out_dir / f"{stem}.panels" / f"{k:03d}-{_safe_name(rel)}",
-                             f"RISE: {cache.model} on {cache.dataset}", {"relpath": rel})
-            saved[f"input_{k}"] = np.stack(maps_in)
-            saved[f"original_{k}"] = np.stack(maps_orig).astype(np.float32)
+        for i in picked:
+            images.append(_explain_image(ex, i, advance))
+    return _write_maps(ex, picked, images, probe_path(cache, ex.labels[0], out).name,
+                       stage_dir(cache.path, cache.dataset, "rise", out), text_box_file)
 
+
+def _write_maps(ex: _Explainer, picked: list[int], images: list[tuple], stem: str,
+                out_dir: Path, text_box_file: Path | None) -> RiseMaps:
+    """The overview figure, one figure per image, the maps (npz) and the numbers (CSV, JSON)."""
+    cache, cfg = ex.cache, ex.cfg
+    relpaths = [cache.relpaths[i] for i in picked]
     meta = provenance(stage="rise", model=cache.model, dataset=cache.dataset,
-                      cache_key=cache.cache_key, rise=cfg.to_dict(), target=target,
-                      probes={label: p.info["path"] for label, p in zip(labels, probes)},
-                      map="centred RISE map of the explained class", causal_steps=causal_steps,
+                      cache_key=cache.cache_key, rise=cfg.to_dict(), target=ex.target,
+                      probes={label: p.info["path"] for label, p in zip(ex.labels, ex.probes)},
+                      map="centred RISE map of the explained class",
+                      causal_steps=ex.causal_steps,
                       causal_score="softmax probability of the explained class",
                       text_boxes=str(text_box_file) if text_box_file else
-                      ("detector" if detect_text else "dataset"))
+                      ("detector" if ex.detect_text else "dataset"))
+    grid_rows = {name: [] for name in cache.label_view(_column(ex.labels[0]))[1]}
+    for k, (rel, (records, _, _, row)) in enumerate(zip(relpaths, images)):
+        grid_rows[records[0]["true"]].append(row)
+        plot_rise_panels([row], out_dir / f"{stem}.panels" / f"{k:03d}-{_safe_name(rel)}",
+                         f"RISE: {cache.model} on {cache.dataset}", {"relpath": rel})
     base = " (null baseline)" if cache.baseline else ""
     figure = plot_rise_grid(grid_rows, out_dir / stem,
-                            f"RISE: {cache.model}{base} + {labels[0]} probe on {cache.dataset} "
+                            f"RISE: {cache.model}{base} + {ex.labels[0]} probe on {cache.dataset} "
                             f"(N={cfg.n_masks} masks, s={cfg.s}, p={cfg.p:g}, fill={cfg.fill}"
                             + (f", σ={cfg.blur_sigma:g}·side" if cfg.fill == "blur" else "") + ")",
                             meta)[0]
-    np.savez_compressed(out_dir / f"{stem}.maps.npz", relpaths=np.array([cache.relpaths[i]
-                        for i in picked]), probes=np.array(labels), **saved)
+    maps_file = out_dir / f"{stem}.maps.npz"
+    np.savez_compressed(maps_file, relpaths=np.array(relpaths), probes=np.array(ex.labels),
+                        **{f"input_{k}": m for k, (_, m, _, _) in enumerate(images)},
+                        **{f"original_{k}": m for k, (_, _, m, _) in enumerate(images)})
+    records = [r for rows, _, _, _ in images for r in rows]
     table = out_dir / f"{stem}.csv"
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
@@ -326,18 +417,17 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
         writer.writerows(records)
     (out_dir / f"{stem}.json").write_text(json.dumps(
         {"config": cfg.to_dict(), "images": records, "provenance": meta}, indent=2, default=str))
-
     keys = ("lesion_mass", "lesion_area", "text_mass", "text_area", "lesion_enrichment",
             "text_enrichment", "split_half_r", "random_probe_rank_r", "deletion_auc",
             "insertion_auc")
     by_probe = {label: {f"mean_{key}": _mean([r[key] for r in records if r["probe"] == label])
-                        for key in keys} for label in labels}
-    summary = {"model": cache.model, "n_images": len(picked), "n_masks": cfg.n_masks,
-               "figure": figure, "panels": out_dir / f"{stem}.panels", "table": table,
-               "records": records, "by_probe": by_probe, **by_probe[labels[0]]}
-    log(f"{cache.model} / {cache.dataset}: RISE overview {figure}, per-image panels "
-        f"{summary['panels']}, numbers {table}")
-    return summary
+                        for key in keys} for label in ex.labels}
+    maps = RiseMaps(cache, cfg, ex.labels, relpaths, [m for _, m, _, _ in images],
+                    [m for _, _, m, _ in images], records, by_probe, figure,
+                    out_dir / f"{stem}.panels", table, maps_file)
+    log.info(f"{cache.model} / {cache.dataset}: RISE overview {figure}, per-image panels "
+             f"{maps.panels}, numbers {table}")
+    return maps
 
 
 def _mean(values) -> float:
@@ -345,6 +435,25 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def rise_caches(caches: list[Cache], cfg: RiseConfig = RiseConfig(), **kwargs) -> list[dict]:
-    """:func:`explain_cache` on each cache (same options)."""
-    return [explain_cache(c, cfg.check(), **kwargs) for c in caches]
+def run_rise(caches=None, config: RiseConfig | None = None, *,
+             choice: ImageChoice | None = None, labels: Sequence[str] = ("class",),
+             target: str | None = None, root: str | Path | None = None, device: str = "auto",
+             out: str | Path | None = None, text_boxes: str | Path | None = None,
+             detect_text: bool = False, causal_steps: int = 50, include_baselines: bool = False,
+             trust_remote_code: bool | None = None, tap: str | None = None,
+             **options) -> RiseRun:
+    """RISE saliency through each cache's encoder and saved probes (:func:`explain_cache`).
+
+    ``caches``: as :func:`vlmprobe.cache.stage_inputs` takes them; null-baseline caches are
+    left out unless ``include_baselines`` (or unless every cache is one). ``config``
+    (:class:`RiseConfig`) holds the masks' settings; keyword ``options`` change single ones
+    (``run_rise(caches, n_masks=1024)``). ``choice``: which images (:class:`ImageChoice`;
+    default one held-out test image per class).
+    """
+    cfg = with_options(config or RiseConfig(), options).check()
+    caches, out = stage_inputs(caches, out, tap)
+    if not include_baselines:
+        caches = [c for c in caches if not c.baseline] or caches
+    return RiseRun([explain_cache(c, cfg, choice or ImageChoice(), labels, target, root, device,
+                                  out, text_boxes, detect_text, causal_steps, trust_remote_code)
+                    for c in caches])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, config
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,7 +32,7 @@ def _param_error(name: str, allowed: str, value) -> VlmprobeError:
                          f"Got {value!r} instead.")
 
 
-@dataclass(frozen=True)
+@config
 class RiseConfig:
     """RISE choices, all recorded with every map (docs/protocol.md, RISE, says why each matters).
 

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ...progress import progress_bar
+from ...messages import progress_bar
 from ...registry import get_model_entry
 from ...validation import VlmprobeError
 from .common import CROP_MODEL, MIN_PER_CLASS, kept_box, lesion_shape, smooth_noise, text_bitmap

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...progress import progress_bar
+from ...messages import progress_bar
 from ..decode import require_pydicom
 from .common import class_labels, gauss, proportional_counts, smooth_noise, write_manifest
 

@@ -18,26 +18,12 @@ import numpy as np
 from scipy import ndimage
 
 from ...data.loaders import MEDMNIST_SIZES
-from ...progress import progress_bar
+from ...messages import progress_bar
 from ...registry import get_model_entry
 from ...validation import VlmprobeError
-from .common import (
-    CROP_MODEL,
-    class_labels,
-    dots,
-    expected_counts,
-    gauss,
-    kept_box,
-    lesion_shape,
-    paint,
-    proportional_counts,
-    save_image,
-    smooth_noise,
-    speckle,
-    stroke,
-    text_bitmap,
-    write_manifest,
-)
+from .common import (CROP_MODEL, class_labels, dots, expected_counts, gauss, kept_box, lesion_shape,
+                     paint, proportional_counts, save_image, smooth_noise, speckle, stroke,
+                     text_bitmap, write_manifest)
 
 # -- the other seven datasets ------------------------------------------------------------------
 # Each writes its real dataset's layout and formats, with a class signal drawn from textbook cues
