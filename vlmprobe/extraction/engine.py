@@ -1,16 +1,22 @@
 """Extraction: embed every image of a dataset with one model, into one HDF5 cache.
 
-Decoding and the official transform run in DataLoader workers while the model runs
-(:mod:`.batches`); an image that cannot be decoded is recorded (path + error) and left out, never
-silently dropped. Each batch is saved as its own chunk file (:mod:`vlmprobe.cache.chunks`), so a
-killed run continues where it stopped, and the cache is assembled only when every chunk exists.
-Shards of one extraction are joined by :mod:`.shards`.
+Decoding and the official transform run in DataLoader workers (:mod:`.batches`); on a CPU the
+workers run the model on their own batches too, on a GPU the model runs here and keeps a batch
+queued while the previous one's embeddings come back (:mod:`.plan`; nvJPEG decoding with
+``--fast-decode``, :mod:`.gpu_decode`). An image that cannot be decoded is recorded (path +
+error) and left out, never silently dropped. Each batch is saved as its own chunk file
+(:mod:`vlmprobe.cache.chunks`), so a killed run continues where it stopped, and the cache is
+assembled only when every chunk exists. Shards of one extraction are joined by :mod:`.shards`.
+``profile=True`` (``extract --profile``) prints where the wall time went (:mod:`.profile`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +24,9 @@ import numpy as np
 import torch
 
 from ..cache import Cache, cache_dir, cache_key, cache_path, read_cache, read_cache_key, write_cache
-from ..cache.chunks import Chunk, WorkDir, WriterLock, chunk_batches
+from ..cache.chunks import Chunk, ChunkWriter, WorkDir, WriterLock, chunk_batches
 from ..data import ImageDataset, load_dataset
+from ..devices import torch_threads
 from ..encoders import Encoder, load_encoder
 from ..encoders.transforms import fast_transform, input_transform
 from ..progress import console, progress_bar
@@ -28,14 +35,19 @@ from ..registry import get_model_entry
 from ..validation import VlmprobeError
 from .batches import (
     _channels_last,
-    _collate,
+    _Collate,
     _DecodedImages,
     _first_sample,
+    WorkerThreads,
     auto_batch_size,
     check_precision,
-    default_workers,
     encode,
+    encode_async,
 )
+from .gpu_decode import (GPU_PIPELINE, JpegBytes, batch_pixels, choose_gpu_decode,
+                         gpu_decode_record)
+from .plan import Plan, available_memory, choose_plan, peak_memory_of, usable_cores
+from .profile import Profile
 from .shards import _merge_if_complete, parse_shard, shard_path
 
 
@@ -46,6 +58,7 @@ class ExtractResult:
     n_images: int
     n_skipped: int
     merged: Path | None = None  # the whole cache, when this shard completed a set
+    profile: dict | None = None  # where the wall time went (:meth:`Profile.as_dict`)
 
 
 def _explain_key_mismatch(path: Path, encoder: Encoder, fingerprint: str, pipeline: str,
@@ -94,13 +107,61 @@ def _assemble(data: ImageDataset, chunks: list[Chunk], base: dict) -> tuple[Cach
     return cache, len(skipped)
 
 
+def _fingerprint_and_load(data: ImageDataset, entry, device: str, trust_remote_code,
+                          prof: Profile) -> tuple[list[int], list[str], str, Encoder]:
+    """The dataset's fingerprint, hashed on a thread while the model loads: both are fixed
+    costs of every run, and hashing (file reads, blake2b) leaves the GIL to the loading."""
+    def fingerprint():
+        with prof.phase("fingerprint"):
+            return data.fingerprint()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="vlmprobe-fingerprint") as pool:
+        hashing = pool.submit(fingerprint)
+        with prof.phase("model load"):
+            encoder = load_encoder(entry, device, trust_remote_code=trust_remote_code)
+        sizes, digests, fingerprint = hashing.result()
+    prof.overlap = prof.wall["fingerprint"] + prof.wall["model load"] - (time.perf_counter() - t0)
+    return sizes, digests, fingerprint, encoder
+
+
+def _plan(encoder: Encoder, sample, images, bs: int, n_batches: int, num_workers: int | None,
+          precision: str, channels_last: bool) -> Plan:
+    """:func:`choose_plan` fed with what it weighs, measured here: on a CPU one batch's
+    forward memory at one thread (from four images); on a GPU a worker's seconds per image
+    against the forward's."""
+    kind = encoder.device.type
+    plan = choose_plan(kind, bs, num_workers, n_batches=n_batches)
+    if num_workers is not None or n_batches == 0 or (kind == "cpu" and not plan.model_in_workers):
+        return plan
+    if kind == "cpu":
+        k = min(bs, 4)
+        with torch_threads(1):
+            peak = peak_memory_of(lambda: encode(encoder, sample.expand(k, *sample.shape).clone(),
+                                                 precision))
+        return choose_plan(kind, bs, n_batches=n_batches, memory_free=available_memory(),
+                           batch_memory=peak and peak * bs // k)
+    probe = range(min(8, len(images)))
+    with torch_threads(1):
+        t0 = time.perf_counter()
+        for i in probe:
+            images[i]
+        worker_s = (time.perf_counter() - t0) / len(probe)
+    x = sample.expand(bs, *sample.shape).clone()
+    encode(encoder, x, precision, channels_last)  # warm: kernels chosen, memory cached
+    t0 = time.perf_counter()
+    encode(encoder, x, precision, channels_last)
+    forward_s = (time.perf_counter() - t0) / bs
+    return choose_plan(kind, bs, n_batches=n_batches, worker_s=worker_s, forward_s=forward_s)
+
+
 def extract(model: str, dataset: str, root: str | Path | None = None,
             out: str | Path | None = None, batch_size: int | str = 32, device: str = "auto",
             num_workers: int | None = None, force: bool = False, progress: bool = True,
             precision: str = "fp32", shard: str | tuple[int, int] | None = None,
             fast_decode: bool = False, dataset_options: dict | None = None,
             trust_remote_code: bool | None = None,
-            taps: str | list[str] | None = None) -> ExtractResult:
+            taps: str | list[str] | None = None, profile: bool = False) -> ExtractResult:
     """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` (``<model>@<view>.h5``
     for a non-default label view, see :func:`vlmprobe.cache.cache_path`) and returns it.
 
@@ -114,9 +175,15 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     ``$VLMPROBE_TRUST_REMOTE_CODE``).
     ``taps``: further taps (the family's names, a list or "a,b") computed in the same forward
     pass as the entry's own and stored beside it (``/taps/<tap>``, see :mod:`vlmprobe.cache`).
+    ``num_workers``: None chooses how the run uses the machine (:mod:`.plan`); a number keeps
+    the model in this process beside that many decoding workers. ``fast_decode`` on a CUDA GPU
+    decodes JPEGs there (:mod:`.gpu_decode`). ``profile``: print where the wall time went; the
+    split is in ``ExtractResult.profile`` either way.
     """
+    prof = Profile()
     entry = get_model_entry(model)
-    data = load_dataset(dataset, root, **(dataset_options or {}))
+    with prof.phase("listing"):
+        data = load_dataset(dataset, root, **(dataset_options or {}))
     relpaths = [s.relpath for s in data.samples]
     final = cache_path(cache_dir(out), dataset, model, data.cache_view)
     part = parse_shard(shard)
@@ -125,11 +192,13 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
         raise VlmprobeError(f"--batch-size {batch_size!r}: give a positive integer or 'auto'.")
 
     console.print(f"Fingerprinting {len(relpaths)} files under {data.root} ...")
-    sizes, digests, fingerprint = data.fingerprint()  # a label level / class subset included
     local_rank = os.environ.get("LOCAL_RANK")
     if part and local_rank is not None and device in ("auto", "cuda") and torch.cuda.is_available():
         device = f"cuda:{int(local_rank) % torch.cuda.device_count()}"  # one GPU per torchrun rank
-    encoder = load_encoder(entry, device, trust_remote_code=trust_remote_code)
+    # the fingerprint covers a label level / class subset too
+    sizes, digests, fingerprint, encoder = _fingerprint_and_load(data, entry, device,
+                                                                 trust_remote_code, prof)
+    prof.begin("setup")
     check_precision(precision, encoder.device)
     desc = encoder.describe()
     as_float = data.entry.intensity == "float"
@@ -140,8 +209,13 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                       + ("--intensity float resizes float tensors already." if as_float else
                          "its transform does not start with a torchvision bilinear/bicubic "
                          "Resize; decoding exactly."))
+    gpu, not_gpu = choose_gpu_decode(bool(fast), encoder, data)
+    if fast and not gpu and encoder.device.type == "cuda":
+        console.print(f"[yellow]Decoding on the CPU[/]: {not_gpu}.")
     pipeline = data.intensity_pipeline  # derived from every sample: compute once
-    if fast:
+    if gpu:
+        pipeline += GPU_PIPELINE
+    elif fast:
         pipeline += " + fast decode (first resize by torch's uint8 antialiased kernel)"
     if as_float:
         pipeline += (" -> official transform on float tensors (torch antialiased resize "
@@ -156,8 +230,10 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
             if old_key == key:
                 WorkDir(target).clear()
                 old = read_cache(existing)
+                prof.end("setup")
                 return ExtractResult(existing, "up to date", len(old.relpaths),
-                                     len(old.skipped["relpath"]))
+                                     len(old.skipped["relpath"]),
+                                     profile=prof.finish().as_dict())
             if not force:
                 why = (_explain_key_mismatch(existing, encoder, fingerprint, pipeline, precision,
                                              extra_taps)
@@ -165,12 +241,15 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                 raise VlmprobeError(f"{existing} exists but was made from different inputs: {why}. "
                                     "Pass --force to overwrite it, or --out another directory.")
 
-    images = _DecodedImages(data, fast or transform)
+    decoded = _DecodedImages(data, fast or transform)  # pixels as the model takes them
+    images = JpegBytes(data) if gpu else decoded
+    sample = None
     channels_last = _channels_last(encoder)
     all_taps = [entry.tap, *extra_taps]
     dims = {entry.tap: entry.embed_dim}
     if extra_taps:  # one image through every tap now: an unsupported tap fails before any work
-        one = encode(encoder, _first_sample(images)[None], precision, channels_last, all_taps)
+        sample = _first_sample(decoded)
+        one = encode(encoder, sample[None], precision, channels_last, all_taps)
         dims = {t: e.shape[1] for t, e in one.items()}
     with WriterLock(target):
         for stale in target.parent.glob(f".{target.name}.tmp-*"):  # a writer killed mid-rename
@@ -184,7 +263,10 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                 console.print(f"[yellow]Resuming with batch size {bs}[/] (the interrupted run's), "
                               f"not {batch_size}, so the batch boundaries stay the same.")
         elif batch_size == "auto":
-            bs = auto_batch_size(encoder, _first_sample(images), precision, channels_last)
+            sample = _first_sample(decoded) if sample is None else sample
+            threads = 1 if num_workers is None and usable_cores() > 1 else torch.get_num_threads()
+            with torch_threads(threads):  # on a CPU, timed at the threads the workers will use
+                bs = auto_batch_size(encoder, sample, precision, channels_last)
             console.print(f"--batch-size auto: {bs} on {encoder.device}")
         else:
             bs = batch_size
@@ -196,22 +278,60 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
             console.print(f"Resuming: {len(mine) - len(todo)} of {len(mine)} chunks already done "
                           f"in {work.path}")
         batches = chunk_batches(len(data), bs, todo)
+        if num_workers is None and batches and sample is None:
+            sample = _first_sample(decoded)
+        plan = _plan(encoder, sample, images, bs, len(batches), num_workers, precision,
+                     channels_last)
+        prof.plan, prof.n_workers = plan.why, plan.workers
+        in_workers = (functools.partial(encode, encoder, precision=precision, taps=all_taps)
+                      if plan.model_in_workers else None)
         loader = torch.utils.data.DataLoader(
-            images, batch_sampler=batches, collate_fn=_collate,
-            num_workers=default_workers() if num_workers is None else num_workers,
+            images, batch_sampler=batches, collate_fn=_Collate(not gpu, in_workers),
+            num_workers=plan.workers, prefetch_factor=plan.prefetch,
+            worker_init_fn=WorkerThreads(plan.threads) if plan.model_in_workers else None,
+            multiprocessing_context="fork" if plan.model_in_workers else None,
             pin_memory=encoder.device.type == "cuda")
-        with progress_bar(f"extract {model} / {dataset}", sum(map(len, batches)),
-                          enabled=progress) as advance:
-            for idx, pixels, failed, first in loader:
-                emb = (encode(encoder, pixels, precision, channels_last, all_taps)
-                       if pixels is not None
-                       else {t: np.zeros((0, d), np.float32) for t, d in dims.items()})
-                work.write(first // bs, Chunk(np.array(idx, np.int64), emb[entry.tap],
-                                              np.array([j for j, _ in failed], np.int64),
-                                              [e for _, e in failed],
-                                              {t: emb[t] for t in extra_taps}))
-                advance(len(idx) + len(failed))
+        prof.end("setup")
 
+        def finish(batch, pending) -> None:
+            with prof.phase("forward"):  # on a GPU: waiting for the copy of the embeddings
+                emb = (batch.embeddings if batch.embeddings is not None
+                       else pending.numpy() if pending is not None
+                       else {t: np.zeros((0, d), np.float32) for t, d in dims.items()})
+            with prof.phase("chunk writes"):
+                writer.write(batch.first // bs, Chunk(
+                    np.array(batch.idx, np.int64), emb[entry.tap],
+                    np.array([j for j, _ in batch.failed], np.int64),
+                    [e for _, e in batch.failed], {t: emb[t] for t in extra_taps},
+                    batch.cpu_decoded))
+            advance(len(batch.idx) + len(batch.failed))
+
+        with progress_bar(f"extract {model} / {dataset}", sum(map(len, batches)),
+                          enabled=progress) as advance, ChunkWriter(work) as writer:
+            queued = None  # the previous batch, its embeddings still on their way from the GPU
+            with prof.phase("waiting for batches"):  # workers start here
+                stream = iter(loader) if batches else iter(())
+            while True:
+                with prof.phase("waiting for batches"):
+                    batch = next(stream, None)
+                if batch is None:
+                    break
+                prof.add_batch(batch.decode_s, batch.forward_s)
+                if batch.items is not None:
+                    with prof.phase("GPU decode"):
+                        batch = batch_pixels(batch, data, gpu, encoder.device)
+                with prof.phase("forward"):
+                    pending = (encode_async(encoder, batch.pixels, precision, channels_last,
+                                            all_taps) if batch.pixels is not None else None)
+                if queued is not None:
+                    finish(*queued)
+                queued = batch, pending
+            if queued is not None:
+                finish(*queued)
+            with prof.phase("chunk writes"):
+                writer.close()
+
+        prof.begin("consolidation")
         phantom_file = data.root / "phantom.json"
         base = dict(
             class_names=data.class_names, model=model, dataset=dataset,
@@ -225,17 +345,30 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
                    "provenance": provenance(stage="extract", batch_size=bs,
                                             device=str(encoder.device), precision=precision,
                                             channels_last=channels_last,
-                                            fast_decode=fast is not None)})
-        cache, n_skipped = _assemble(data, [work.read(k) for k in mine], base)
+                                            fast_decode="gpu" if gpu else fast is not None,
+                                            workers=plan.why)})
+        chunks = [work.read(k) for k in mine]
+        if gpu:
+            base["attrs"]["gpu_decode"] = gpu_decode_record(data, chunks)
+        cache, n_skipped = _assemble(data, chunks, base)
         if not part and not cache.relpaths:
             first_err = cache.skipped["relpath"][0], cache.skipped["error"][0]
             raise VlmprobeError(f"No image under {data.root} could be decoded; first error: "
                                 f"{first_err[0]}: {first_err[1]}")
         write_cache(target, cache)
         work.clear()
+        prof.end("consolidation")
     for rel, err in zip(cache.skipped["relpath"], cache.skipped["error"]):
         console.print(f"[yellow]skipped unreadable image[/] {data.root / rel}: {err}")
-    if not part:
-        return ExtractResult(target, "written", len(cache.relpaths), n_skipped)
-    return ExtractResult(target, "shard written", len(cache.relpaths), n_skipped,
-                         _merge_if_complete(final, n))
+    if gpu:
+        record = base["attrs"]["gpu_decode"]
+        console.print(f"GPU decoding: {record['nvjpeg']} images by nvJPEG, "
+                      f"{len(record['pil']['relpath'])} by PIL (recorded in the cache)")
+    with prof.phase("consolidation"):
+        merged = _merge_if_complete(final, n) if part else None
+    prof.finish()
+    if profile:
+        for line in prof.lines():
+            console.print(line)
+    return ExtractResult(target, "shard written" if part else "written", len(cache.relpaths),
+                         n_skipped, merged, prof.as_dict())
