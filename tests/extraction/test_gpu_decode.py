@@ -23,6 +23,7 @@ from vlmprobe.extraction.batches import _Collate
 from vlmprobe.extraction.gpu_decode import (
     JpegBytes,
     batch_pixels,
+    transform_on,
     choose_gpu_decode,
     decode_batch,
     decode_jpegs,
@@ -137,6 +138,18 @@ def test_batch_pixels_falls_back_to_pil_and_records_why(mixed):
     for k, i in enumerate(batch.idx):
         official = encoder.transform_(ds.load_image(i))
         assert (batch.pixels[k] - official).abs().max() < 4 / 255 / 0.224
+
+
+def test_images_of_one_size_are_transformed_together_as_one_by_one(tiny_model):
+    transform = tensor_transform(load_encoder(MODEL, "cpu").transform_, MODEL)
+    rng = np.random.default_rng(1)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, *hw), dtype=np.uint8))
+              for hw in ((90, 120), (120, 90), (90, 120), (90, 120), (120, 90))]
+    together = transform_on(images, transform, CPU, group=2)
+    for x, y in zip(images, together):
+        one = transform.on_tensor(x.float() / 255)
+        assert y.shape == one.shape == (3, 64, 64)
+        torch.testing.assert_close(y, one, rtol=0, atol=1e-6)
 
 
 def test_gpu_path_is_chosen_only_where_it_can_run(mixed, tmp_path):

@@ -84,8 +84,9 @@ class FloatTransform:
             torch.from_numpy(np.ascontiguousarray(image, np.float32)).permute(2, 0, 1))
 
     def on_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The steps on a float [3, H, W] tensor in [0, 1] on any device (the GPU path of
-        ``--fast-decode`` runs them on the images nvJPEG decoded there)."""
+        """The steps on a float [3, H, W] tensor in [0, 1], or a batch [B, 3, H, W] of one
+        size, on any device (the GPU path of ``--fast-decode`` runs them on the images nvJPEG
+        decoded there)."""
         for step in self.steps:
             pixels = step(pixels)
         return pixels.contiguous()

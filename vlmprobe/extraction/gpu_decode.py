@@ -154,8 +154,8 @@ def batch_pixels(batch: Batch, data: ImageDataset, transform: FloatTransform,
                  device: torch.device, decode=decode_jpegs) -> Batch:
     """A GPU-path batch made the model's input on ``device``: decoded (:func:`decode_batch`;
     PIL here for nvJPEG's rejects, recorded in ``cpu_decoded`` with the samples PIL decoded in
-    the workers), transformed on the GPU, stacked. A sample PIL cannot read either moves to
-    ``failed``, as on the CPU path."""
+    the workers), transformed on the GPU (:func:`transform_on`), stacked. A sample PIL cannot
+    read either moves to ``failed``, as on the CPU path."""
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     decoded, why = decode_batch(batch.items, device, decode)
@@ -169,11 +169,29 @@ def batch_pixels(batch: Batch, data: ImageDataset, transform: FloatTransform,
                 continue
         if reason:
             batch.cpu_decoded.append((i, reason))
-        pixels.append(transform.on_tensor(x.to(device, non_blocking=True).float().div_(255)))
+        pixels.append(x)
         idx.append(i)
     batch.idx, batch.items, batch.failed = idx, None, sorted(batch.failed)
-    batch.pixels = torch.stack(pixels) if pixels else None
+    batch.pixels = torch.stack(transform_on(pixels, transform, device)) if pixels else None
     return batch
+
+
+def transform_on(images: list[torch.Tensor], transform: FloatTransform, device: torch.device,
+                 group: int = 32) -> list[torch.Tensor]:
+    """``transform`` on uint8 [3, H, W] images, on ``device``: images of one size go through it
+    together, ``group`` at a time (a few kernel launches per group instead of per image, and
+    float copies of at most ``group`` full-size images at once)."""
+    out: list[torch.Tensor | None] = [None] * len(images)
+    by_size: dict[tuple, list[int]] = {}
+    for k, x in enumerate(images):
+        by_size.setdefault(tuple(x.shape), []).append(k)
+    for ks in by_size.values():
+        for s in range(0, len(ks), group):
+            part = ks[s:s + group]
+            x = torch.stack([images[k].to(device, non_blocking=True) for k in part])
+            for k, y in zip(part, transform.on_tensor(x.float().div_(255))):
+                out[k] = y
+    return out
 
 
 def gpu_decode_record(data: ImageDataset, chunks: list[Chunk]) -> dict:
