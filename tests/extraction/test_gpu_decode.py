@@ -1,7 +1,7 @@
 """The GPU path of --fast-decode without a GPU: when it is chosen, what the workers send, how a
 batch that the JPEG decoder rejects falls back image by image and then to PIL, and the whole
 path through ``extract`` with torchvision's CPU decoder (libjpeg-turbo, as PIL) standing in for
-nvJPEG: counted, recorded, resumable, within cosine 0.999 of the exact path."""
+nvJPEG: counted, recorded (shards merged too), within cosine 0.999 of the exact path."""
 from __future__ import annotations
 
 import io
@@ -172,6 +172,7 @@ def test_gpu_path_is_chosen_only_where_it_can_run(mixed, tmp_path):
         assert gpu_decode_works("cpu") == "cpu is not a CUDA device"
 
 
+@pytest.mark.slow
 def test_gpu_path_through_extract_with_the_cpu_decoder(mixed, tmp_path, monkeypatch):
     """The whole GPU path (workers reading bytes, batch decode, fallbacks, transform on tensors,
     chunks, the cache's record) on the CPU, libjpeg-turbo standing in for nvJPEG."""
@@ -195,3 +196,10 @@ def test_gpu_path_through_extract_with_the_cpu_decoder(mixed, tmp_path, monkeypa
     assert gpu.skipped["relpath"] == exact.skipped["relpath"] == [kinds["truncated"]]
     cmp = compare_caches(exact, gpu)
     assert cmp["n_common"] == 11 and cmp["cosine"]["min"] > 0.999
+    # two shards: the merged cache's record is the single run's
+    for i in range(2):
+        r = extract(MODEL, "brainmr", out=tmp_path / "shards", fast_decode=True, shard=f"{i}/2",
+                    **kw)
+    merged = read_cache(r.merged)
+    assert merged.attrs["gpu_decode"] == record
+    assert merged.embeddings.tobytes() == gpu.embeddings.tobytes()
