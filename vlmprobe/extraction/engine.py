@@ -111,13 +111,13 @@ def _fingerprint_and_load(data: ImageDataset, entry, device: str, trust_remote_c
                           prof: Profile) -> tuple[list[int], list[str], str, Encoder]:
     """The dataset's fingerprint, hashed on a thread while the model loads: both are fixed
     costs of every run, and hashing (file reads, blake2b) leaves the GIL to the loading."""
-    def fingerprint():
+    def hash_files():
         with prof.phase("fingerprint"):
             return data.fingerprint()
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(1, thread_name_prefix="vlmprobe-fingerprint") as pool:
-        hashing = pool.submit(fingerprint)
+        hashing = pool.submit(hash_files)
         with prof.phase("model load"):
             encoder = load_encoder(entry, device, trust_remote_code=trust_remote_code)
         sizes, digests, fingerprint = hashing.result()

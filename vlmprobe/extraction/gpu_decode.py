@@ -2,10 +2,9 @@
 run there on the decoded tensors, so 16 CPU cores of PIL decoding do not hold back a GPU that
 embeds thousands of images a second.
 
-Workers only read the files: a JPEG that nvJPEG can take (baseline or progressive, RGB or grey,
-no EXIF orientation, not larger than PIL's decompression-bomb limit) travels as its bytes; any
-other sample is decoded by PIL in the worker, as on the exact path, and goes through the same
-transform on the GPU. A batch that nvJPEG rejects is decoded again image by image, and an image
+Workers only read the files: a JPEG that nvJPEG should take (RGB or grey, no EXIF orientation,
+within PIL's decompression-bomb limit) travels as its bytes; any other sample is decoded by PIL
+in the worker, as on the exact path, and goes through the same transform on the GPU. A batch that nvJPEG rejects is decoded again image by image, and an image
 it still rejects goes to PIL in this process: counted and recorded in the cache (``attrs
 ["gpu_decode"]``), never a crash of the batch. The transform is the official one on float
 tensors (:func:`~vlmprobe.encoders.transforms.tensor_transform`: torch's antialiased resize
