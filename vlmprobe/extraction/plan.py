@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,10 +134,3 @@ def choose_plan(device_type: str, batch_size: int, num_workers: int | None = Non
                 f"{workers} decode worker(s) for the {device_type} model ({basis}), "
                 f"{prefetch} batches queued each")
 
-
-def per_image_seconds(fn, n: int) -> float:
-    """Wall seconds per item of ``fn()`` doing ``n`` items (the second call: the first warms)."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) / max(n, 1)
