@@ -257,7 +257,9 @@ def extract(
     batch_size: str = typer.Option("32", "--batch-size", help="Images per batch, or 'auto' "
                                    "(GPU: largest that fits; CPU: fastest of a few, timed)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes "
+                                          "beside the model (default: chosen; on a CPU, one "
+                                          "process per core decodes and encodes)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a cache made from other inputs."),
     label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
     size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
@@ -269,7 +271,8 @@ def extract(
     fast_decode: bool = typer.Option(False, "--fast-decode", help="Do the transform's resize "
                                      "with torch's uint8 antialiased kernel instead of PIL's "
                                      "(≈ 2x cheaper decode + transform; embeddings differ by a "
-                                     "grey level, see `cache compare`)."),
+                                     "grey level, see `cache compare`); on a CUDA GPU, decode "
+                                     "JPEGs there (nvJPEG) and transform them there."),
     trust_remote_code: bool = TrustOpt,
     intensity: str = typer.Option("8bit", "--intensity", help="8bit (default: every image as "
                                   "8-bit RGB into the official transform) | float (12/16-bit and "
@@ -279,6 +282,9 @@ def extract(
                                       "pass, comma-separated, as the family names them (e.g. "
                                       "pooled,cls_mean_patch for a timm ViT); stored beside the "
                                       "entry's own tap (/taps/<tap>)."),
+    profile: bool = typer.Option(False, "--profile", help="Print where the wall time went "
+                                 "(fingerprint, model load, waiting for batches, forward, chunk "
+                                 "writes, consolidation)."),
 ):
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
@@ -294,6 +300,8 @@ def extract(
             dataset_options=dataset_options(label_level, classes, size, dicom_window, intensity),
             trust_remote_code=trust_remote_code or None)
     _say(r.summary())
+    for line in r.profile_lines() if profile else ():
+        _say(line)
 
 
 def _positive_int(value: str, option: str) -> int:

@@ -1,6 +1,7 @@
 """Which device a ``--device`` setting means: one rule for the encoders, RISE and the probe's solver."""
 from __future__ import annotations
 
+import contextlib
 import re
 
 from .validation import VlmprobeError
@@ -50,3 +51,16 @@ def resolve_device(device: str | None = "auto", *, numpy: bool = False) -> str:
         raise VlmprobeError(f"device={device!r}, but torch sees {torch.cuda.device_count()} CUDA "
                             "device(s), numbered from cuda:0.")
     return f"cuda:{index}"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Torch at ``n`` intra-op CPU threads inside the block, as it was after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -3,13 +3,15 @@
 A ``kill -9`` during an HDF5 metadata write can leave the whole file unreadable, so extraction
 never writes HDF5 incrementally. Each batch of embeddings becomes one small file (temp name,
 fsync, rename), and the cache is assembled from them only when every chunk exists. A killed run
-loses at most the batch in flight; re-running the same command continues from the chunks on disk.
+loses at most the batches in flight (:class:`ChunkWriter` lets a few wait); re-running the same
+command continues from the chunks on disk.
 
 Work directory ``.<cache name>.work/`` beside the target cache::
 
     manifest.json         what the chunks are of: cache key, sample count, batch size, shard
     chunk-000012.bin      chunk 12 = samples [12*B, 13*B): MAGIC + npz(idx, embeddings,
-                          failed_idx, failed_error, tap/<name> per extra tap) + sha256 of
+                          failed_idx, failed_error, tap/<name> per extra tap,
+                          cpu_decoded_idx/_why where GPU decoding fell back) + sha256 of
                           the npz bytes
 
 Chunk boundaries are fixed by the batch size in the manifest, so a resumed run encodes exactly
@@ -87,6 +89,8 @@ class Chunk:
     failed_idx: np.ndarray  # int64 [k]
     failed_error: list[str]
     taps: dict[str, np.ndarray] = field(default_factory=dict)  # extra taps, float32 [b, d_tap]
+    #: GPU fast decode: samples decoded by PIL instead of nvJPEG, and why
+    cpu_decoded: list[tuple[int, str]] = field(default_factory=list)
 
 
 def encode_chunk(chunk: Chunk) -> bytes:
@@ -95,7 +99,10 @@ def encode_chunk(chunk: Chunk) -> bytes:
              embeddings=np.asarray(chunk.embeddings, np.float32),
              failed_idx=np.asarray(chunk.failed_idx, np.int64),
              failed_error=np.asarray(chunk.failed_error, dtype=str),
-             **{f"tap/{t}": np.asarray(e, np.float32) for t, e in chunk.taps.items()})
+             **{f"tap/{t}": np.asarray(e, np.float32) for t, e in chunk.taps.items()},
+             **({"cpu_decoded_idx": np.array([i for i, _ in chunk.cpu_decoded], np.int64),
+                 "cpu_decoded_why": np.array([w for _, w in chunk.cpu_decoded], dtype=str)}
+                if chunk.cpu_decoded else {}))
     payload = buf.getvalue()
     return MAGIC + payload + hashlib.sha256(payload).digest()
 
@@ -114,7 +121,9 @@ def decode_chunk(path: Path) -> Chunk:
     with np.load(io.BytesIO(payload)) as z:
         return Chunk(z["idx"], z["embeddings"], z["failed_idx"],
                      [str(s) for s in z["failed_error"]],
-                     {k.removeprefix("tap/"): z[k] for k in z.files if k.startswith("tap/")})
+                     {k.removeprefix("tap/"): z[k] for k in z.files if k.startswith("tap/")},
+                     [(int(i), str(w)) for i, w in zip(z["cpu_decoded_idx"], z["cpu_decoded_why"])]
+                     if "cpu_decoded_idx" in z.files else [])
 
 
 class WorkDir:
@@ -185,6 +194,42 @@ class WorkDir:
             for p in self.path.iterdir():
                 p.unlink()
             self.path.rmdir()
+
+
+class ChunkWriter:
+    """:meth:`WorkDir.write` on a thread, so the next batch's forward goes on while a chunk is
+    written and fsynced; at most ``depth`` chunks wait (a killed run loses those, and the
+    rerun computes them again). A failed write is raised here, at the next :meth:`write` or
+    at :meth:`close`; the chunks written before it stay."""
+
+    def __init__(self, work: WorkDir, depth: int = 4):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.work, self.depth = work, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vlmprobe-chunks")
+        self.pending: list = []
+
+    def write(self, k: int, chunk: Chunk) -> None:
+        self.pending.append(self.pool.submit(self.work.write, k, chunk))
+        while self.pending and (self.pending[0].done() or len(self.pending) > self.depth):
+            self.pending.pop(0).result()
+
+    def close(self) -> None:
+        """Wait for every chunk; the first failure is raised."""
+        try:
+            while self.pending:
+                self.pending.pop(0).result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> "ChunkWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # already failing: let the writes in flight finish, keep the first error
+            self.pool.shutdown(wait=True)
 
 
 def chunk_batches(n: int, batch_size: int, chunks: list[int]) -> list[list[int]]:

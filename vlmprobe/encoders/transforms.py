@@ -1,4 +1,4 @@
-"""What turns a decoded sample into a model's input: the official transform, or one of two
+"""What turns a decoded sample into a model's input: the official transform, or one of the
 variants of it that extraction and RISE share.
 
 - ``--fast-decode`` (:func:`fast_transform`): the first resize by torch's uint8 antialiased kernel
@@ -6,6 +6,8 @@ variants of it that extraction and RISE share.
 - ``--intensity float`` (:func:`float_transform`): the official steps on a float32 tensor in
   [0, 1], so 12/16-bit and windowed DICOM levels reach the model without rounding to 256 levels;
   a transform with no faithful float form is refused, never quantised.
+- ``--fast-decode`` on a GPU (:func:`tensor_transform`): the float steps on the GPU, on the
+  8-bit images nvJPEG decoded there (:mod:`vlmprobe.extraction.gpu_decode`).
 """
 from __future__ import annotations
 
@@ -78,7 +80,13 @@ class FloatTransform:
         self.steps = steps
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(np.ascontiguousarray(image, np.float32)).permute(2, 0, 1)
+        return self.on_tensor(
+            torch.from_numpy(np.ascontiguousarray(image, np.float32)).permute(2, 0, 1))
+
+    def on_tensor(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The steps on a float [3, H, W] tensor in [0, 1], or a batch [B, 3, H, W] of one
+        size, on any device (the GPU path of ``--fast-decode`` runs them on the images nvJPEG
+        decoded there)."""
         for step in self.steps:
             pixels = step(pixels)
         return pixels.contiguous()
@@ -140,6 +148,19 @@ def float_transform(transform, model: str) -> FloatTransform:
             f"{model}.")
     mapped = [_float_step(step, model) for step in steps]
     return FloatTransform([m for m in mapped if m is not None])
+
+
+def tensor_transform(transform, model: str) -> FloatTransform | None:
+    """The official transform as steps on float tensors on any device (the GPU path of
+    ``--fast-decode``), or None where it has no such form: its first step is not a
+    torchvision bilinear/bicubic ``Resize`` (as for :func:`fast_transform`), or a step has no
+    faithful float version (:func:`float_transform`)."""
+    if fast_transform(transform) is None:
+        return None
+    try:
+        return float_transform(transform, model)
+    except VlmprobeError:
+        return None
 
 
 def input_transform(encoder: Encoder, intensity: str = "8bit"):

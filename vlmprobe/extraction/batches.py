@@ -2,12 +2,14 @@
 
 An image that cannot be decoded becomes an error string in its batch, not an exception, so the
 engine records it and carries on; a GPU out-of-memory splits the batch instead of crashing.
+Where the plan says so (:mod:`.plan`, CPU), a worker runs the model on its own batch too and
+hands over embeddings instead of pixels.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,16 +36,72 @@ class _DecodedImages(torch.utils.data.Dataset):
         except Exception as e:  # noqa: BLE001 — any decoder error means "unreadable file"
             return i, None, f"{type(e).__name__}: {e}"
 
-
-def _collate(items):
-    ok = [(i, x) for i, x, err in items if x is not None]
-    failed = [(i, err) for i, x, err in items if x is None]
-    pixels = torch.stack([x for _, x in ok]) if ok else None
-    return [i for i, _ in ok], pixels, failed, min(i for i, _, _ in items)
+    def __getitems__(self, indices):
+        """One batch's items and the seconds they took (the DataLoader fetches a batch here)."""
+        t0 = time.perf_counter()
+        return [self[i] for i in indices], time.perf_counter() - t0
 
 
-def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+@dataclass
+class Batch:
+    """One batch as a worker hands it over. ``pixels``: the model's input for ``idx``; or
+    ``items``: what the GPU path decodes (:mod:`.gpu_decode`); or ``embeddings`` (tap ->
+    float32 [len(idx), d]) where the worker ran the model. ``first``: the smallest sample index,
+    i.e. chunk number x batch size."""
+
+    first: int
+    idx: list[int]
+    failed: list[tuple[int, str]]
+    pixels: torch.Tensor | None = None
+    items: list | None = None
+    embeddings: dict[str, np.ndarray] | None = None
+    decode_s: float = 0.0
+    forward_s: float = 0.0
+    cpu_decoded: list[tuple[int, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked pixels for a non-blocking copy to the GPU (the DataLoader calls this)."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        if self.items:  # PIL-decoded pixels go to the GPU; JPEG bytes go to nvJPEG as they are
+            self.items = [(x[0].pin_memory(), x[1]) if isinstance(x, tuple) else x
+                          for x in self.items]
+        return self
+
+
+class _Collate:
+    """A batch's items -> :class:`Batch`; ``stack``: pixels are stacked (False for the GPU path,
+    whose items differ in size); ``encode`` (pixels -> tap -> array): run the model here."""
+
+    def __init__(self, stack: bool = True, encode=None):
+        self.stack, self.encode = stack, encode
+
+    def __call__(self, fetched) -> Batch:
+        items, decode_s = fetched
+        ok = [(i, x) for i, x, _ in items if x is not None]
+        batch = Batch(min(i for i, _, _ in items), [i for i, _ in ok],
+                      [(i, err) for i, x, err in items if x is None], decode_s=decode_s)
+        if not ok:
+            return batch
+        if not self.stack:
+            batch.items = [x for _, x in ok]
+            return batch
+        batch.pixels = torch.stack([x for _, x in ok])
+        if self.encode is not None:
+            t0 = time.perf_counter()
+            batch.embeddings, batch.pixels = self.encode(batch.pixels), None
+            batch.forward_s = time.perf_counter() - t0
+        return batch
+
+
+class WorkerThreads:
+    """``worker_init_fn``: torch threads of a worker that runs the model (the DataLoader sets 1)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __call__(self, worker_id: int) -> None:
+        torch.set_num_threads(self.threads)
 
 
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -73,20 +131,37 @@ def _channels_last(encoder: Encoder) -> bool:
 
 
 def _forward(encoder: Encoder, pixels: torch.Tensor, precision: str, channels_last: bool,
-             taps: list[str] | None = None) -> dict[str, np.ndarray]:
+             taps: list[str] | None = None) -> dict[str, torch.Tensor]:
     if channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
     with _autocast(encoder.device, precision):
-        feats = encoder.encode_taps(pixels, taps or [encoder.entry.tap])
-    return {t: f.float().cpu().numpy() for t, f in feats.items()}
+        return encoder.encode_taps(pixels, taps or [encoder.entry.tap])
 
 
-def encode(encoder: Encoder, pixels: torch.Tensor, precision: str = "fp32",
-           channels_last: bool = False, taps: list[str] | None = None) -> dict[str, np.ndarray]:
-    """One batch at ``precision``: tap name -> float32 [B, d] for ``taps`` (default: the entry's
-    tap), from one forward pass; a GPU out-of-memory splits the batch instead of crashing."""
+class Embeddings:
+    """One batch's features on their way to this process's memory. From a GPU they are copied
+    without blocking (into page-locked memory) and read by :meth:`numpy` after the next batch
+    is queued, so the GPU does not idle while the host waits for a copy."""
+
+    def __init__(self, feats: dict[str, torch.Tensor]):
+        cuda = [f.device for f in feats.values() if f.is_cuda]
+        self.host = {t: f.to("cpu", non_blocking=bool(cuda)) for t, f in feats.items()}
+        self.copied = None
+        if cuda:
+            self.copied = torch.cuda.Event()
+            self.copied.record(torch.cuda.current_stream(cuda[0]))
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        if self.copied is not None:
+            self.copied.synchronize()
+        return {t: f.numpy() for t, f in self.host.items()}
+
+
+def encode_async(encoder: Encoder, pixels: torch.Tensor, precision: str = "fp32",
+                 channels_last: bool = False, taps: list[str] | None = None) -> Embeddings:
+    """:func:`encode`, returning as soon as the GPU has the work (see :class:`Embeddings`)."""
     try:
-        return _forward(encoder, pixels, precision, channels_last, taps)
+        return Embeddings(_forward(encoder, pixels, precision, channels_last, taps))
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         if len(pixels) == 1:
@@ -95,7 +170,14 @@ def encode(encoder: Encoder, pixels: torch.Tensor, precision: str = "fp32",
         half = len(pixels) // 2
         a, b = (encode(encoder, part, precision, channels_last, taps)
                 for part in (pixels[:half], pixels[half:]))
-        return {t: np.concatenate([a[t], b[t]]) for t in a}
+        return Embeddings({t: torch.from_numpy(np.concatenate([a[t], b[t]])) for t in a})
+
+
+def encode(encoder: Encoder, pixels: torch.Tensor, precision: str = "fp32",
+           channels_last: bool = False, taps: list[str] | None = None) -> dict[str, np.ndarray]:
+    """One batch at ``precision``: tap name -> float32 [B, d] for ``taps`` (default: the entry's
+    tap), from one forward pass; a GPU out-of-memory splits the batch instead of crashing."""
+    return encode_async(encoder, pixels, precision, channels_last, taps).numpy()
 
 
 def auto_batch_size(encoder: Encoder, sample: torch.Tensor, precision: str = "fp32",

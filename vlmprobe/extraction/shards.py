@@ -54,6 +54,18 @@ def _merge_if_complete(final: Path, n: int) -> Path | None:
         lock.release()
 
 
+def _merged_gpu_decode(shards: list[Cache], position: dict[str, int]) -> dict:
+    """The shards' records of GPU decoding (:mod:`.gpu_decode`) as one, in sample order."""
+    records = [c.attrs["gpu_decode"] for c in shards if "gpu_decode" in c.attrs]
+    if not records:
+        return {}
+    pil = sorted((position[r], r, w) for g in records
+                 for r, w in zip(g["pil"]["relpath"], g["pil"]["why"]))
+    return {"gpu_decode": {"nvjpeg": sum(g["nvjpeg"] for g in records),
+                           "pil": {"relpath": [r for _, r, _ in pil],
+                                   "why": [w for _, _, w in pil]}}}
+
+
 def merge_shards(shard_files: list[str | Path], target: str | Path | None = None,
                  remove: bool = True, locked: bool = False) -> Path:
     """Join the shard caches of one extraction into the cache one process would have written.
@@ -108,7 +120,8 @@ def merge_shards(shard_files: list[str | Path], target: str | Path | None = None
         class_names=first.class_names, model=first.model, dataset=first.dataset,
         dataset_fingerprint=first.dataset_fingerprint, cache_key=first.cache_key,
         files=first.files,
-        attrs=dict(first.attrs, shard="", merged_from=[p.name for p in files]),
+        attrs=dict(first.attrs, shard="", merged_from=[p.name for p in files],
+                   **_merged_gpu_decode(shards, position)),
         taps={t: np.stack([shards[s].taps[t][j] for _, s, j in rows]).astype(np.float32)
               for t in first.taps},
     )

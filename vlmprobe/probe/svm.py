@@ -31,7 +31,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
-from ..devices import resolve_device
+from ..devices import resolve_device, torch_threads
 from ..validation import VlmprobeError
 
 
@@ -304,14 +304,8 @@ def _thread_limit(n: int | None, device: str):
         if n is None or device != "cpu":
             yield
             return
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(n)
-        try:
+        with torch_threads(n):
             yield
-        finally:
-            torch.set_num_threads(before)
 
 
 def _solve(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray, Cs: list[float], tol: float,
