@@ -312,8 +312,9 @@ def probe(
                               "paper's) | grouped (no patient id crosses train/test; needs the "
                               "cache's group column or a `datasets split --split grouped` file)."),
     solver: str = typer.Option("fast", "--solver", help="fast (vlmprobe.probe.svm: LinearSVC's "
-                               "objective by active-set Newton, ~24x faster) or sklearn "
-                               "(LinearSVC itself, the reference)."),
+                               "objective solved to its optimum by active-set Newton, ~24x "
+                               "faster) or sklearn (LinearSVC itself with the paper's defaults, "
+                               "tol 1e-4 and max_iter 1000, which can stop early at large C)."),
     device: str = typer.Option("auto", "--device", help="Where the fast solver runs: auto (a "
                                "CUDA GPU when torch sees one, else numpy) | numpy | cpu (torch) "
                                "| cuda[:i]. Recorded per fit."),
@@ -330,6 +331,10 @@ def probe(
                                        "against the paper's Tables 3/4, with the difference's CI."),
     n_bootstrap: int = typer.Option(2000, "--bootstrap", help="Resamples of the test images for "
                                     "CIs and paired comparisons."),
+    bootstrap_unit: str = typer.Option("auto", "--bootstrap-unit", help="What the bootstrap "
+                                       "resamples: group (patients or lesions, the cache's group "
+                                       "column) | image | auto (group where the cache has "
+                                       "groups, else image)."),
     kind: str = typer.Option("svm", "--probe", help="svm (the paper's) | logreg (same C grid) | "
                              "knn (cosine, k in 1,5,10,20,50)."),
     t_grid: str = typer.Option("1,10,100,1000,10000", "--t-grid", help="Comma list of t in "
@@ -349,7 +354,7 @@ def probe(
 
     cfg = ProbeConfig(solver=solver, device=device, n_jobs=jobs, repeats=repeats,
                       shuffle_labels=shuffle_labels, subgroups=tuple(subgroups or ()),
-                      n_bootstrap=n_bootstrap, seed=seed,
+                      n_bootstrap=n_bootstrap, bootstrap_unit=bootstrap_unit, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
                       draws=draws, pca_dim=pca_dim, split=split)
     loaded = [v for p in find_caches(caches, out) for v in read_cache(p).tap_views(tap)]
