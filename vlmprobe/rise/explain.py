@@ -16,6 +16,7 @@ from ..cache import Cache, stage_dir
 from ..data import file_digest, images_root, read_sample, sample_file
 from ..data.splits import read_split
 from ..encoders.transforms import input_transform
+from ..extraction.batches import check_precision, precision_autocast
 from ..probe import LinearProbe, probe_path
 from ..progress import progress_bar
 from ..provenance import provenance
@@ -177,6 +178,18 @@ def cache_encoder(cache: Cache, device="cpu", trust_remote_code: bool | None = N
     return encoder, cache.tap or encoder.entry.tap
 
 
+def _cache_precision(cache: Cache, device: torch.device) -> str:
+    """The precision the cache was extracted at (fp32 | fp16 | bf16), which RISE encodes in, so
+    the probe scores the kind of embedding it was fitted on; fp16 runs on a GPU only."""
+    precision = cache.attrs.get("precision", "fp32")
+    if precision == "fp16" and device.type == "cpu":
+        raise VlmprobeError(f"{cache.path} was extracted at fp16, which runs on a GPU only; "
+                            "explain it on one (--device cuda), so that RISE encodes the images "
+                            "as the probe's embeddings were.")
+    check_precision(precision, device)
+    return precision
+
+
 def black_fill_value(encoder) -> torch.Tensor:
     """``fill="black"``'s value: a raw 0 pixel in the encoder's normalized space, [3, 1, 1]."""
     mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
@@ -219,6 +232,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     picked = choose_images(cache, probes[0], choice, cfg.seed, test)
 
     encoder, tap = cache_encoder(cache, device, trust_remote_code)
+    precision = _cache_precision(cache, encoder.device)
     root = images_root(cache, root)
     window = cache.attrs["dataset_entry"].get("dicom_window", "tags")
     intensity = cache.attrs["dataset_entry"].get("intensity", "8bit")
@@ -227,8 +241,9 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     fill_value = black_fill_value(encoder) if cfg.fill == "black" else None
     truth = [cache.label_view(_column(label)) for label in labels]
 
-    def score_fn(batch):
-        emb = encoder.encode_taps(batch, [tap])[tap]
+    def score_fn(batch):  # in the cache's precision: the embeddings the probe was fitted on
+        with precision_autocast(encoder.device, precision):
+            emb = encoder.encode_taps(batch, [tap])[tap]
         return torch.cat([p.decision_function(emb) for p in heads], dim=1)
 
     def primary_scores(batch):
@@ -306,6 +321,7 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
 
     meta = provenance(stage="rise", model=cache.model, dataset=cache.dataset,
                       cache_key=cache.cache_key, rise=cfg.to_dict(), target=target,
+                      precision=precision,
                       probes={label: p.info["path"] for label, p in zip(labels, probes)},
                       map="centred RISE map of the explained class", causal_steps=causal_steps,
                       causal_score="softmax probability of the explained class",
