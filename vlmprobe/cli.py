@@ -156,12 +156,15 @@ def make_phantom_cmd(
         help="r in [0,1]: probability that the burnt-in word (breastus) or the site mark "
              "(the others) is the class's (see README)."),
     size: int = typer.Option(28, "--size", help="MedMNIST image size (pneumoniamnist)."),
+    min_per_class: int = typer.Option(3, "--min-per-class", help="Fewest images per class (7: "
+                                      "every class can be probed, e.g. ISIC's rare ones at "
+                                      "--n 120); the others keep the real proportions."),
 ):
     """Write a phantom dataset in the real on-disk layout, with known ground truth."""
     from .data.phantoms import make_phantom
 
     path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation,
-                        size=size)
+                        size=size, min_per_class=min_per_class)
     console.print(f"Phantom {dataset} (seed {seed}) written to {path}")
 
 
