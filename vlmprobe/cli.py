@@ -159,12 +159,15 @@ def make_phantom_cmd(
         help="r in [0,1]: probability that the burnt-in word (breastus) or the site mark "
              "(the others) is the class's (see README)."),
     size: int = typer.Option(28, "--size", help="MedMNIST image size (pneumoniamnist)."),
+    min_per_class: int = typer.Option(3, "--min-per-class", help="Fewest images per class (7: "
+                                      "every class can be probed, e.g. ISIC's rare ones at "
+                                      "--n 120); the others keep the real proportions."),
 ):
     """Write a phantom dataset in the real on-disk layout, with known ground truth."""
     from .data.phantoms import make_phantom
 
     path = make_phantom(dataset, out, n=n, seed=seed, text_label_correlation=text_label_correlation,
-                        size=size)
+                        size=size, min_per_class=min_per_class)
     _say(f"Phantom {dataset} (seed {seed}) written to {path}")
 
 
@@ -322,8 +325,9 @@ def probe(
                               "paper's) | grouped (no patient id crosses train/test; needs the "
                               "cache's group column or a `datasets split --split grouped` file)."),
     solver: str = typer.Option("fast", "--solver", help="fast (vlmprobe.probe.svm: LinearSVC's "
-                               "objective by active-set Newton, ~24x faster) or sklearn "
-                               "(LinearSVC itself, the reference)."),
+                               "objective solved to its optimum by active-set Newton, ~24x "
+                               "faster) or sklearn (LinearSVC itself with the paper's defaults, "
+                               "tol 1e-4 and max_iter 1000, which can stop early at large C)."),
     device: str = typer.Option("auto", "--device", help="Where the fast solver runs: auto (a "
                                "CUDA GPU when torch sees one, else numpy) | numpy | cpu (torch) "
                                "| cuda[:i]. Recorded per fit."),
@@ -340,6 +344,10 @@ def probe(
                                        "against the paper's Tables 3/4, with the difference's CI."),
     n_bootstrap: int = typer.Option(2000, "--bootstrap", help="Resamples of the test images for "
                                     "CIs and paired comparisons."),
+    bootstrap_unit: str = typer.Option("auto", "--bootstrap-unit", help="What the bootstrap "
+                                       "resamples: group (patients or lesions, the cache's group "
+                                       "column) | image | auto (group where the cache has "
+                                       "groups, else image)."),
     kind: str = typer.Option("svm", "--probe", help="svm (the paper's) | logreg (same C grid) | "
                              "knn (cosine, k in 1,5,10,20,50)."),
     t_grid: str = typer.Option("1,10,100,1000,10000", "--t-grid", help="Comma list of t in "
@@ -358,7 +366,7 @@ def probe(
 
     cfg = ProbeConfig(solver=solver, device=device, n_jobs=jobs, repeats=repeats,
                       shuffle_labels=shuffle_labels, subgroups=tuple(subgroups or ()),
-                      n_bootstrap=n_bootstrap, seed=seed,
+                      n_bootstrap=n_bootstrap, bootstrap_unit=bootstrap_unit, seed=seed,
                       probe=kind, select=select, t_grid=_t_grid(t_grid), few_shot=few_shot,
                       draws=draws, pca_dim=pca_dim, split=split)
     md, csv_path = run_probe(caches, cfg, label=label, out=out, tap=tap).save(

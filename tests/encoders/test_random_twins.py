@@ -73,3 +73,25 @@ def _images():
     from skimage.data import astronaut, chelsea
 
     return [Image.fromarray(chelsea()), Image.fromarray(astronaut())]
+
+
+def _twin_on(device: str):
+    from vlmprobe.encoders import FAMILIES
+
+    twin = get_model_entry("lite0_random_64_random")
+    return FAMILIES[twin.family](twin, device=torch.device(device)).load()
+
+
+def test_a_twin_is_randomised_before_it_moves_to_its_device(tiny_model):
+    """The weights are drawn on the CPU and then moved, so a twin is the same on every device:
+    loaded onto the meta device (no data at all) it has the CPU twin's checksum."""
+    assert _twin_on("meta").weights_sha256_ == _twin_on("cpu").weights_sha256_
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_a_twin_has_the_same_weights_on_cuda_as_on_the_cpu(tiny_model, hub):
+    cpu, gpu = _twin_on("cpu"), _twin_on("cuda")
+    assert gpu.weights_sha256_ == cpu.weights_sha256_
+    entry = random_twin(dataclasses.replace(get_model_entry("plip"), embed_dim=hub["plip"].tap_dim))
+    assert (load_encoder(entry, device="cuda").weights_sha256_
+            == load_encoder(entry, device="cpu").weights_sha256_)

@@ -189,3 +189,17 @@ def test_pca_is_fitted_inside_each_fold_and_never_sees_the_test_rows():
     lo = LinearProbe.load(probe.save(Path(tempfile.mkdtemp()) / "p").with_suffix(""))
     np.testing.assert_allclose(lo.decision_function(X[test]), probe.decision_function(X[test]))
     assert np.mean(probe.predict(X[test]) == res["test_samples"]["refit_pred"]) == 1.0
+
+
+@pytest.mark.parametrize("n, d, pca_dim", [(120, 40, 8), (30, 60, 64)])
+def test_pixels_baseline_components_have_unit_variance_as_z_scored_features_do(n, d, pca_dim):
+    """C = t·d/N assumes unit-variance features: after PCA every component is z-scored on the
+    rows it was fitted on (as a model's features are), at most rank-many components kept."""
+    from vlmprobe.probe.protocol import _standardizer
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) * 40
+    Z = _standardizer(ProbeConfig(pca_dim=pca_dim), X).transform(X)
+    assert Z.shape == (n, min(pca_dim, n - 1, d))
+    np.testing.assert_allclose(Z.var(0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(Z.mean(0), 0.0, atol=1e-9)

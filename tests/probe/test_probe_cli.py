@@ -44,3 +44,12 @@ def test_probe_command_writes_tables_comparisons_and_paper_cells(tmp_path):
 def test_bad_t_grid_is_refused():
     with pytest.raises(VlmprobeError, match="--t-grid '1,x'"):
         CliRunner().invoke(app, ["probe", "--t-grid", "1,x"], catch_exceptions=False)
+
+
+def test_bootstrap_unit_group_without_groups_is_refused_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    path = _write(tmp_path, "medsiglip", rng.normal(size=(60, 8)).astype(np.float32),
+                  np.arange(60) % 3)
+    with pytest.raises(VlmprobeError, match="--bootstrap-unit group .* no group column"):
+        CliRunner().invoke(app, ["probe", str(path), "--bootstrap-unit", "group"],
+                           catch_exceptions=False)

@@ -75,3 +75,63 @@ def test_paired_difference_detects_a_better_model_and_not_a_copy():
 def test_holm_adjusts_step_down():
     np.testing.assert_allclose(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
     assert holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def _clustered_draw(seed: int, n_groups: int = 50, per_group: int = 8):
+    """A test set of patients whose images are strongly correlated: each patient's images are
+    classified correctly with that patient's own probability (Beta(1.5, 0.5), mean 0.75, so the
+    population accuracy, the truth, is 0.75). Returns labels, predictions and the group ids."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), per_group)
+    ease = rng.beta(1.5, 0.5, n_groups)[groups]
+    y = rng.integers(0, 2, len(groups))
+    return y, np.where(rng.random(len(groups)) < ease, y, 1 - y), groups
+
+
+def test_group_bootstrap_covers_the_truth_where_the_image_bootstrap_does_not():
+    """200 seeded test sets of 50 patients x 8 correlated images: the 95% CI of the accuracy
+    from resampled patients covers the population accuracy in >= 90% of them (measured: 94%);
+    resampling images, which treats 400 correlated images as 400 independent ones, in < 85%
+    (measured: 74%)."""
+    covered = {"group": 0, "image": 0}
+    for seed in range(200):
+        y, pred, groups = _clustered_draw(seed)
+        for unit, g in (("group", groups), ("image", None)):
+            w = resample_weights(len(y), 500, seed, groups=g)
+            lo, hi = percentile_ci(label_metrics(w, y, pred, 2)["accuracy"])
+            covered[unit] += lo <= 0.75 <= hi
+    assert covered["group"] / 200 >= 0.90
+    assert covered["image"] / 200 < 0.85
+
+
+def test_group_resamples_draw_whole_groups():
+    groups = np.array([0, 0, 0, 1, 2, 2])
+    w = resample_weights(6, 300, seed=1, groups=groups)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 1] == w[:, 2]).all() and (w[:, 4] == w[:, 5]).all()
+    # each resample draws 3 groups: the weights of one image per group add up to 3
+    assert (w[:, [0, 3, 4]].sum(1) == 3).all()
+    np.testing.assert_array_equal(w, resample_weights(6, 300, seed=1, groups=groups))
+
+
+def test_paired_test_rejects_at_its_level_for_two_models_of_equal_quality():
+    """The type-I error of the paired test: 1,000 seeded simulations of two models of identical
+    quality on 60 patients x 5 images, each model right on a patient's images with that
+    patient's own probability for that model (uniform in [0.5, 1], drawn for each model: equal
+    quality, different patients). At alpha = 0.05 the test on shared patient resamples rejects
+    in [0.03, 0.07] of them; on image resamples, which ignore that a model's errors come in
+    patients, in more (measured: 0.057 against 0.09)."""
+    rejected = {"group": 0, "image": 0}
+    groups = np.repeat(np.arange(60), 5)
+    one = np.ones((1, len(groups)))
+    for seed in range(1000):
+        rng = np.random.default_rng([seed, 7])
+        y = rng.integers(0, 2, len(groups))
+        a, b = (np.where(rng.random(len(y)) < rng.uniform(0.5, 1.0, 60)[groups], y, 1 - y)
+                for _ in range(2))
+        observed = (label_metrics(one, y, a, 2)["macro_f1"] - label_metrics(one, y, b, 2)["macro_f1"])[0]
+        for unit, g in (("group", groups), ("image", None)):
+            w = resample_weights(len(y), 400, seed, groups=g)
+            fa, fb = (label_metrics(w, y, p, 2)["macro_f1"] for p in (a, b))
+            rejected[unit] += paired_difference(fa, fb, observed)["p"] < 0.05
+    assert 0.03 <= rejected["group"] / 1000 <= 0.07
+    assert rejected["image"] / 1000 > 0.07

@@ -1,6 +1,8 @@
 """Probe outputs a reviewer needs: tables across caches with CIs, paired comparisons,
 outer-split repeats, per-image predictions, the shuffled-label null control, bad input."""
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +185,85 @@ def test_pixels_cache_is_probed_at_each_compared_models_d(tmp_path):
     assert [r.pca_dim for r in alone] == [0] and alone[0].embed_dim == 48
     md = write_table(res, tmp_path / "t")
     assert any("PCA to 6" in p.read_text() for p in md if p.suffix == ".md")
+
+
+def _grouped_cache(tmp_path, X, y, model, groups, names=("a", "b", "c")):
+    cache = _cache(tmp_path, X, y, model)
+    cache.class_names = list(names)
+    cache.metadata = {"group": list(groups)}
+    return cache
+
+
+def test_a_class_the_data_leaves_empty_is_dropped_recorded_and_said(tmp_path, caplog):
+    """ISIC 2019's UNK has no training image: the class view leaves it out under the dataset's
+    own name, instead of stopping ("no training sample")."""
+    X, y = _data(n=150, k=2)
+    cache = _cache(tmp_path, X, y, "m")
+    cache.class_names = ["a", "UNK", "b"]
+    cache.labels = np.where(y == 1, 2, 0)
+    caplog.set_level("INFO", logger="vlmprobe")
+    (r,) = run_probe([cache], config=ProbeConfig(**FAST))
+    assert r.class_names == ["a", "b"] and r.dropped_classes == ["UNK"] and r.dataset == "toyset"
+    assert any("['UNK']" in s and "left out" in s for s in caplog.messages)
+    assert r.test["accuracy"] > 0.9
+
+
+def test_bootstrap_resamples_groups_where_the_cache_has_them(tmp_path, caplog):
+    X, y = _data(n=300, signal=0.5)
+    groups = [f"p{i // 5}" for i in range(300)]
+    groups[:10] = [""] * 10  # no id: each its own group, counted and said
+    caplog.set_level("INFO", logger="vlmprobe")
+    (auto,) = run_probe([_grouped_cache(tmp_path, X, y, "m", groups)], config=ProbeConfig(**FAST))
+    assert auto.bootstrap["unit"] == "group"
+    n_test_groups = len({g or f"own{i}" for i, g in enumerate(groups)
+                         if f"img{i:04d}.png" in auto.test_samples["ids"]})
+    assert auto.bootstrap["n_units"] == n_test_groups < auto.n_test
+    assert any("10 of 300 images have no group id" in s for s in caplog.messages)
+    (image,) = run_probe([_grouped_cache(tmp_path, X, y, "m", groups)],
+                         config=ProbeConfig(bootstrap_unit="image", **FAST))
+    assert image.bootstrap == {"unit": "image", "n_units": image.n_test, "n_resamples": 200}
+    assert auto.test == image.test and auto.test_ci95 != image.test_ci95
+    with pytest.raises(VlmprobeError, match="no group column"):
+        run_probe([_cache(tmp_path, X, y, "m")], config=ProbeConfig(bootstrap_unit="group", **FAST))
+    with pytest.raises(VlmprobeError, match="Unknown bootstrap unit"):
+        fit_probe(X, y, *_split(y), ["a", "b", "c"], ProbeConfig(bootstrap_unit="lesion", **FAST))
+
+
+def test_comparisons_and_paper_cells_use_every_outer_split(tmp_path):
+    X, y = _data(n=300)
+    noise = np.random.default_rng(5).normal(size=X.shape).astype(np.float32)
+    caches = [_cache(tmp_path, X, y, "good"), _cache(tmp_path, noise, y, "noise")]
+    good, bad = run_probe(caches, config=ProbeConfig(repeats=3, **FAST))
+    per_split = [r["test"]["macro_f1"] for r in good.repeats]
+    assert good.test["macro_f1"] == pytest.approx(np.mean(per_split))
+    assert good.test_sd["macro_f1"] == pytest.approx(np.std(per_split))
+    lo, hi = good.test_ci95["macro_f1"]
+    assert lo <= good.test["macro_f1"] <= hi and f"[{100 * lo:.1f}, " in good.cell("macro_f1")
+    from vlmprobe.probe import compare_models
+
+    (c,) = compare_models([good, bad])
+    assert c["difference"] == pytest.approx(good.test["macro_f1"] - bad.test["macro_f1"])
+    assert len(good.test_samples["pairing"]) == 3
+
+
+def test_recorded_tol_and_max_iter_are_those_the_fits_used(tmp_path):
+    X, y = _data()
+    for solver, tol, max_iter in (("fast", 1e-3, 200), ("sklearn", 1e-4, 1000)):
+        (r,) = run_probe([_cache(tmp_path, X, y, f"m{solver}")],
+                            config=ProbeConfig(solver=solver, n_bootstrap=50))
+        settings = r.fits["settings"]
+        assert (settings["tol"], settings["max_iter"]) == (r.tol, r.max_iter) == (tol, max_iter)
+        saved = json.loads(Path(r.probe_file[:-len(".npz")] + ".json").read_text())
+        assert (saved["protocol"]["tol"], saved["protocol"]["max_iter"]) == (tol, max_iter)
+    (r,) = run_probe([_cache(tmp_path, X, y, "tight")],
+                        config=ProbeConfig(tol=1e-6, n_bootstrap=50))
+    assert r.fits["settings"]["tol"] == r.tol == 1e-6
+
+
+def test_table_captions_say_which_solver_and_bootstrap_unit(tmp_path):
+    X, y = _data()
+    results = run_probe([_cache(tmp_path, X, y, "m")], config=ProbeConfig(**FAST))
+    write_table(results, tmp_path / "t", paper=True)
+    notes = (tmp_path / "t" / "probe_results.table.md").read_text()
+    assert "solver 'fast'" in notes and "tol 1e-4, max_iter 1000" in notes
+    assert "resamples of the test images" in notes

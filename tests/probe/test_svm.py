@@ -89,3 +89,24 @@ def test_cold_fit_at_large_c_converges_and_matches_the_path():
     [path] = fit_path(X, y, [C])
     assert cold.converged_
     assert primal_objective(cold, X, y, C) == pytest.approx(primal_objective(path, X, y, C), rel=1e-6)
+
+
+def test_a_fit_at_the_numerical_floor_is_converged_not_unconverged():
+    """Duplicate rows with conflicting labels, N < d, t = 10^4: the gradient test is out of
+    reach (its rounding error exceeds tol·||w||) though the objective cannot decrease any
+    more. The fit stops at that floor in a few steps, flagged, and is the optimum: a solve to
+    tol 1e-8 from there gains nothing."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 200)), rng.integers(0, 3, 60)
+    X, y = np.vstack([X, X[:10]]), np.concatenate([y, (y[:10] + 1) % 3])
+    X = StandardScaler().fit_transform(X)
+    Cs = [t * 200 / 70 for t in (1, 10, 100, 1000, 10000)]
+    fits = fit_path(X, y, Cs)
+    last = fits[-1]
+    assert last.converged_ and last.at_floor_ and last.n_iter_ < 10
+    assert all(f.converged_ for f in fits)
+    tight = FastLinearSVC(C=Cs[-1], tol=1e-8, max_iter=50, warm_start=True)
+    tight.classes_, tight.coef_, tight.intercept_ = last.classes_, last.coef_, last.intercept_
+    tight.n_features_in_ = X.shape[1]
+    tight.fit(X, y)
+    assert primal_objective(last, X, y, Cs[-1]) <= primal_objective(tight, X, y, Cs[-1]) * (1 + 1e-12)

@@ -68,16 +68,25 @@ def test_masks_shape_range_mean_and_chunking():
 
 
 def test_masks_are_petsiuk_upsample_then_crop():
-    """The matmul form equals F.interpolate(bilinear) to (s+1)*ceil(H/s), cropped at the shift."""
+    """The matmul form equals the reference code's upsampling, skimage's order-1 resize with
+    mode="reflect" to (s+1)*ceil(H/s), cropped at the shift (at the border it mirrors the grid,
+    where F.interpolate would hold the outer cell's value)."""
+    from skimage.transform import resize
+
     n, s, (h, w) = 40, 5, (37, 29)
     masks = torch.cat(list(iter_masks(RiseConfig(n_masks=n, s=s, seed=3, batch_size=16), (h, w))))
     gen = torch.Generator().manual_seed(3)  # the same draws, in the same order, as iter_masks
     grids = (torch.rand(n, s, s, generator=gen) < 0.5).float()
     dy = torch.randint(0, 8, (n, 1), generator=gen)[:, 0]   # ceil(37 / 5) = 8
     dx = torch.randint(0, 6, (n, 1), generator=gen)[:, 0]   # ceil(29 / 5) = 6
-    big = F.interpolate(grids[:, None], size=(6 * 8, 6 * 6), mode="bilinear", align_corners=False)
-    ref = torch.stack([big[k, :, dy[k]:dy[k] + h, dx[k]:dx[k] + w] for k in range(n)])
+    big = [resize(g.numpy().astype(np.float64), (6 * 8, 6 * 6), order=1, mode="reflect",
+                  anti_aliasing=False) for g in grids]
+    ref = torch.stack([torch.as_tensor(big[k][None, dy[k]:dy[k] + h, dx[k]:dx[k] + w],
+                                       dtype=torch.float32) for k in range(n)])
     torch.testing.assert_close(masks, ref, rtol=0, atol=1e-6)
+    clamped = F.interpolate(grids[:, None], size=(48, 36), mode="bilinear", align_corners=False)
+    assert not torch.allclose(clamped[:, :, :h, :w], torch.as_tensor(np.stack(big))[:, None, :h, :w]
+                              .float(), atol=1e-3)
 
 
 def _recording_box(seen: list):

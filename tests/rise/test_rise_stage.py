@@ -101,3 +101,23 @@ def test_stage_bad_input(small, tiny_model, tmp_path):
         explain_cache(cache, RiseConfig(n_masks=8), ImageChoice(ids=(cache.relpaths[i],)),
                       **{**kw, "root": moved})
 
+
+def test_a_bf16_cache_is_explained_in_bf16(shared_phantom, tiny_model, tmp_path):
+    """RISE encodes in the cache's precision: the unmasked image's score is the probe's score of
+    the cached bf16 embedding (an fp32 forward would give another one)."""
+    from vlmprobe.extraction import extract
+
+    path = extract(tiny_model, DATASET, root=shared_phantom, out=tmp_path / "caches",
+                   device="cpu", num_workers=0, progress=False, precision="bf16").path
+    cache = read_cache(path)
+    run_probe([cache])
+    probe = LinearProbe.load(probe_path(cache, "class"))
+    ids = tuple(cache.relpaths[:2])
+    res = explain_cache(cache, RiseConfig(n_masks=8, batch_size=8), ImageChoice(ids=ids),
+                        root=shared_phantom, device="cpu", causal_steps=0)
+    cached = probe.decision_function(cache.embeddings[:2])
+    for i, r in enumerate(res.records):
+        expected = cached[i, probe.class_names.index(r["target"])]
+        assert abs(r["score"] - expected) <= 1e-3 * max(1.0, abs(expected))
+    meta = json.loads(res.table.with_suffix(".json").read_text())
+    assert meta["provenance"]["precision"] == "bf16"

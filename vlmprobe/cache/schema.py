@@ -204,10 +204,27 @@ class Cache:
     def embed_dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    @property
+    def empty_classes(self) -> list[str]:
+        """Classes of ``class_names`` with no image in this cache, which the class view drops."""
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return [name for name, n in zip(self.class_names, counts) if n == 0]
+
     def label_view(self, column: str | None) -> tuple[np.ndarray, list[str], str]:
-        """Labels to probe: the class (``column=None``) or a metadata column, as indices + names."""
+        """Labels to probe: the class (``column=None``) or a metadata column, as indices + names.
+
+        Classes the cache holds no image of (ISIC 2019's UNK, empty in its training ground
+        truth) are left out of the class view, the others renumbered in order: a probe cannot
+        learn a class without samples, and keeping it would stop the probe (or, renamed by
+        ``--classes``, part the dataset from the paper's tables). :meth:`empty_classes` names them.
+        """
         if column is None:
-            return self.labels, self.class_names, "class"
+            present = np.flatnonzero(np.bincount(self.labels, minlength=len(self.class_names)))
+            if len(present) == len(self.class_names):
+                return self.labels, self.class_names, "class"
+            renumber = np.full(len(self.class_names), -1, np.int64)
+            renumber[present] = np.arange(len(present))
+            return renumber[self.labels], [self.class_names[i] for i in present], "class"
         if column not in self.metadata:
             raise VlmprobeError(f"{self.path}: no metadata column {column!r}; columns: "
                                 f"{', '.join(sorted(self.metadata)) or 'none'}.")

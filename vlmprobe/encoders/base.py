@@ -104,12 +104,16 @@ class Encoder(ABC):
         if self.entry.tap not in self.taps:
             raise VlmprobeError(f"{self.family} entry {self.entry.name!r}: tap "
                                 f"{self.entry.tap!r} unknown; valid: {', '.join(self.taps)}.")
-        self.model_ = self._load_model().eval().to(self.device)
-        self.transform_ = self._build_transform()
+        self.model_ = self._load_model().eval()
         if self.entry.random_init:
-            randomize_weights(self.model_, self.entry.seed or 0)
+            # on the CPU, then moved: CUDA's generator draws other numbers from the same seed,
+            # and a twin must be the same weights on every device (RISE checks them against the
+            # cache, which may have been extracted elsewhere)
+            randomize_weights(self.model_.cpu(), self.entry.seed or 0)
             self.weights_sha256_ = state_dict_sha256(self.model_)
-        else:
+        self.model_ = self.model_.to(self.device)
+        self.transform_ = self._build_transform()
+        if not self.entry.random_init:
             self.weights_sha256_ = self._weights_sha256()
         return self
 

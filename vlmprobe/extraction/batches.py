@@ -112,7 +112,9 @@ def check_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def _autocast(device: torch.device, precision: str):
+def precision_autocast(device: torch.device, precision: str):
+    """The autocast a forward at ``precision`` runs under (none for fp32): extraction's, and
+    RISE's when it explains a cache made at that precision."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=PRECISIONS[precision])
@@ -134,7 +136,7 @@ def _forward(encoder: Encoder, pixels: torch.Tensor, precision: str, channels_la
              taps: list[str] | None = None) -> dict[str, torch.Tensor]:
     if channels_last:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
-    with _autocast(encoder.device, precision):
+    with precision_autocast(encoder.device, precision):
         return encoder.encode_taps(pixels, taps or [encoder.entry.tap])
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import sklearn
@@ -29,6 +30,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
+from ..data.splits import group_ids
 from ..devices import resolve_device
 from ..validation import VlmprobeError, config
 from . import stats
@@ -60,8 +62,10 @@ class ProbeConfig:
     # equivalence tests and runs the full protocol 24x faster at N=5k, d=1k, 9 classes
     # (benchmarks/RESULTS.md); "sklearn" is LinearSVC itself, the reference.
     solver: str = "fast"
-    max_iter: int = 1000   # LinearSVC's defaults, for solver="sklearn" (and logreg), recorded so
-    tol: float = 1e-4      # unconverged fits are visible
+    # None: the fitting classifier's own (SOLVER_DEFAULTS), filled in here, so the recorded
+    # config says what every fit really used
+    max_iter: int | None = None
+    tol: float | None = None
     # where the fast solver runs: "auto" = torch on CUDA when a GPU is present, else the NumPy
     # path (bit-identical to "numpy"); "numpy", "cpu" (torch), "cuda[:i]"
     device: str = "auto"
@@ -81,6 +85,29 @@ class ProbeConfig:
     few_shot: int = 0      # k > 0: k training images per class, `draws` seeded draws, first t or k
     draws: int = 10
     split: str = "paper"   # "paper" (stratified, ungrouped) | "grouped" (no patient crosses train/test)
+    # what the bootstrap resamples: "image", "group" (patients or lesions: images of one group are
+    # drawn together) or "auto" (group where the test images' groups are known, else image)
+    bootstrap_unit: str = "auto"
+
+    def resolved(self) -> "ProbeConfig":
+        """This config with tol and max_iter those the fits use (None: the classifier's own,
+        :data:`SOLVER_DEFAULTS`): what fit_probe runs and every output records."""
+        tol, max_iter = SOLVER_DEFAULTS.get(_classifier(self), (None, None))
+        return replace(self, tol=tol if self.tol is None else self.tol,
+                       max_iter=max_iter if self.max_iter is None else self.max_iter)
+
+
+#: (tol, max_iter) per classifier: the fast solver's (a gradient ≤ tol·‖w‖ puts the objective
+#: within tol²/(1 − tol)² of its minimum, :mod:`.svm`), LinearSVC's defaults (the paper's), and
+#: the logistic regression's as vlmprobe has always run it; kNN fits nothing iteratively.
+SOLVER_DEFAULTS = {"svm/fast": (1e-3, 200), "svm/sklearn": (1e-4, 1000), "logreg": (1e-4, 1000)}
+
+
+def _classifier(cfg: ProbeConfig) -> str:
+    return f"svm/{cfg.solver}" if cfg.probe == "svm" else cfg.probe
+
+
+BOOTSTRAP_UNITS = ("auto", "image", "group")
 
 
 def _grid(cfg: ProbeConfig, d: int, n_fit: int) -> list[float]:
@@ -101,7 +128,8 @@ def _fit_grid(X, y, values, cfg: ProbeConfig) -> list[tuple[object, bool]]:
         from .svm import fit_path  # imported late: scipy.linalg, threadpoolctl
 
         _fit_device(cfg)  # a bad or absent device fails here, with the option named
-        return [(svm, svm.converged_) for svm in fit_path(X, y, values, device=cfg.device)]
+        return [(svm, svm.converged_) for svm in fit_path(X, y, values, tol=cfg.tol,
+                                                          max_iter=cfg.max_iter, device=cfg.device)]
     if cfg.device not in ("auto", "numpy"):
         raise VlmprobeError(f"--device {cfg.device} applies to the fast SVM solver only; use "
                             "--probe svm --solver fast, or leave --device at auto.")
@@ -122,7 +150,8 @@ def _model_info(model, converged: bool, n_fit: int) -> dict:
     """What fitted the probe, with every setting and whether it converged."""
     info = {"class": f"{type(model).__module__}.{type(model).__name__}", **model.get_params(),
             "sklearn_version": sklearn.__version__,
-            "n_iter": int(np.max(getattr(model, "n_iter_", 0))), "converged": bool(converged)}
+            "n_iter": int(np.max(getattr(model, "n_iter_", 0))), "converged": bool(converged),
+            "at_floor": bool(getattr(model, "at_floor_", False))}
     if hasattr(model, "device_"):  # the fast solver: the backend "auto" (or any device) resolved to
         info["device_used"] = model.device_
     if isinstance(model, LinearSVC) and model.dual == "auto":
@@ -131,7 +160,7 @@ def _model_info(model, converged: bool, n_fit: int) -> dict:
     return info
 
 
-_PER_FIT = ("C", "n_neighbors", "n_iter", "converged", "dual_used", "pca_components",
+_PER_FIT = ("C", "n_neighbors", "n_iter", "converged", "at_floor", "dual_used", "pca_components",
             "pca_variance_kept")
 
 
@@ -151,16 +180,24 @@ def _fit_record(fits: dict, model, converged: bool, n_fit: int, fold, point, sca
 
 
 def _standardizer(cfg: ProbeConfig, X_fit: np.ndarray):
-    """StandardScaler, then (``cfg.pca_dim``) PCA, fitted on the fold's training rows only.
+    """StandardScaler, then (``cfg.pca_dim``) PCA and a z-score of its scores, all fitted on the
+    fold's training rows only.
 
-    PCA keeps at most as many components as the fold has rows and features; C = t·d/N still
-    uses the asked d (that of the model compared with)."""
+    The z-score after PCA gives every component unit variance, as every model row's z-scored
+    features have, so C = t·d/N means the same for the pixels baseline as for the models it is
+    compared with. PCA keeps at most as many components as the centred rows have rank (rows − 1)
+    and as there are features; C = t·d/N still uses the asked d (that of the model compared
+    with)."""
     if not cfg.pca_dim:
         return StandardScaler().fit(X_fit)
-    k = min(cfg.pca_dim, *X_fit.shape)
-    return Pipeline([("scale", StandardScaler()),
-                     ("pca", PCA(n_components=k, svd_solver="randomized" if k < min(X_fit.shape)
-                                 else "full", random_state=cfg.seed))]).fit(X_fit)
+    k = min(cfg.pca_dim, X_fit.shape[0] - 1, X_fit.shape[1])
+    solver = "full" if k >= 0.8 * min(X_fit.shape) else "randomized"
+    pipe = Pipeline([("scale", StandardScaler()),
+                     ("pca", PCA(n_components=k, svd_solver=solver, random_state=cfg.seed)),
+                     ("zscore", StandardScaler())]).fit(X_fit)
+    # z-score what transform gives (the randomized PCA's fit_transform differs from it by ~1e-5)
+    pipe.named_steps["zscore"].fit(pipe[:-1].transform(X_fit))
+    return pipe
 
 
 def _scores_of(model, X) -> np.ndarray:
@@ -263,18 +300,47 @@ def _first_max(values: np.ndarray) -> int:
     return int(np.flatnonzero(values >= values.max() - 1e-12)[0])
 
 
+def _bootstrap_weights(cfg: ProbeConfig, ids: list[str],
+                       clusters: list[str] | None) -> tuple[np.ndarray, dict]:
+    """The resample weights [n_bootstrap, n test rows] and what they resample.
+
+    Keyed by image path (unit "image") or by group id (unit "group": each resample draws as many
+    groups as the test set has, with replacement, and an image counts as often as its group was
+    drawn; an image without a group id is a group of its own), so every model scored on the same
+    test images gets the same resamples whatever its row order: comparisons are paired."""
+    if cfg.bootstrap_unit not in BOOTSTRAP_UNITS:
+        raise VlmprobeError(f"Unknown bootstrap unit {cfg.bootstrap_unit!r}; choose one of "
+                            f"{', '.join(BOOTSTRAP_UNITS)}.")
+    if cfg.bootstrap_unit == "group" and clusters is None:
+        raise VlmprobeError("--bootstrap-unit group needs each test image's group (patient or "
+                            "lesion id), and none was given; use --bootstrap-unit image.")
+    if clusters is None or cfg.bootstrap_unit == "image":
+        rank = np.argsort(np.argsort(np.asarray(ids, dtype=object)))  # sorted position of each row
+        w = stats.resample_weights(len(ids), cfg.n_bootstrap, cfg.seed)[:, rank]
+        return w, {"unit": "image", "n_units": len(ids), "n_resamples": cfg.n_bootstrap}
+    groups = group_ids([str(c) for c in clusters], ids)
+    w = stats.resample_weights(len(ids), cfg.n_bootstrap, cfg.seed, groups=groups)
+    return w, {"unit": "group", "n_units": int(groups.max()) + 1 if len(groups) else 0,
+               "n_resamples": cfg.n_bootstrap,
+               "images_without_group": sum(1 for c in clusters if not str(c))}
+
+
 def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
               class_names: list[str], cfg: ProbeConfig = ProbeConfig(),
               positive_class: str | None = None,
               test_ids: list[str] | None = None,
-              test_groups: dict[str, list] | None = None) -> tuple[dict, LinearProbe]:
+              test_groups: dict[str, list] | None = None,
+              test_clusters: list[str] | None = None) -> tuple[dict, LinearProbe]:
     """The protocol on arrays; returns the result fields and the refit probe.
 
     ``test_ids`` (the test images' relative paths) key the bootstrap resamples, so every model
     scored on the same test images gets the same resamples whatever its row order: paired.
     ``test_groups`` maps a metadata column to its value per test row; every metric is then also
-    reported per value (on those rows of the same resamples).
+    reported per value (on those rows of the same resamples). ``test_clusters``: each test
+    row's patient or lesion id ("" unknown), which the bootstrap resamples instead of images
+    unless ``cfg.bootstrap_unit`` is "image" (:func:`_bootstrap_weights`).
     """
+    cfg = cfg.resolved()
     X, y = np.asarray(X), np.asarray(y)
     n_classes, d = len(class_names), cfg.pca_dim or X.shape[1]
     _check_inputs(X, y, test, fold, class_names)
@@ -292,7 +358,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     val_f1 = np.zeros((len(points), len(sets)))
     val_preds = [[None] * len(sets) for _ in points]
     test_scores = [[None] * len(sets) for _ in points]
-    unconverged, fit_log = 0, {}
+    unconverged, at_floor, fit_log = 0, 0, {}
 
     def fit_set(fit):
         scaler = _standardizer(cfg, X[fit])
@@ -305,6 +371,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         Xv = scaler.transform(X[val]) if val.any() else None
         for i, (svm, ok) in enumerate(fits):
             unconverged += not ok
+            at_floor += bool(getattr(svm, "at_floor_", False))
             _fit_record(fit_log, svm, ok, int(fit.sum()), j, points[i], scaler)
             val_preds[i][j] = svm.predict(Xv) if val.any() else np.zeros(0, int)
             val_f1[i, j] = f1_score(y[val], val_preds[i][j], average="macro",
@@ -329,6 +396,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
                 if (cfg.probe, cfg.solver) == ("svm", "fast") else [C])
         svm, ok = _fit_grid(scaler.transform(X[train]), y[train], path, cfg)[path.index(C)]
         unconverged += not ok
+        at_floor += bool(getattr(svm, "at_floor_", False))
         _fit_record(fit_log, svm, ok, int(train.sum()), "refit", points[best], scaler)
     refit_scores = _scores_of(svm, scaler.transform(X[test]))
 
@@ -339,8 +407,7 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     y_test, scores = y[test], [test_scores[i][j] for j, i in enumerate(per_fold)]
     preds = [s.argmax(1) for s in scores]
     ids = list(test_ids) if test_ids is not None else [f"{i:09d}" for i in np.flatnonzero(test)]
-    rank = np.argsort(np.argsort(np.asarray(ids, dtype=object)))  # sorted position of each row
-    w = stats.resample_weights(len(ids), cfg.n_bootstrap, cfg.seed)[:, rank]
+    w, bootstrap = _bootstrap_weights(cfg, ids, test_clusters)
     test_mean, test_sd, test_ci, extra = _summarize(w, y_test, preds, scores, n_classes, positive)
     subgroups = {}
     for column, values in (test_groups or {}).items():
@@ -361,7 +428,9 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         selected_per_fold=[points[i] for i in per_fold],
         test=test_mean, test_sd=test_sd, test_ci95=test_ci, per_class=extra["per_class"],
         subgroups=subgroups,
-        all_converged=unconverged == 0, n_unconverged=unconverged, fits=fit_log, refit_C=C,
+        all_converged=unconverged == 0, n_unconverged=unconverged, n_at_floor=at_floor,
+        fits=fit_log, refit_C=C, solver=cfg.solver if cfg.probe == "svm" else "", tol=cfg.tol,
+        max_iter=cfg.max_iter, bootstrap=bootstrap,
         refit_test=refit_mean, refit_test_macro_f1_ci95=refit_ci["macro_f1"],
         positive_class=positive_class if positive is not None else None,
         shuffled_labels=cfg.shuffle_labels,
@@ -372,8 +441,10 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     if not hasattr(svm, "coef_"):  # kNN: nothing linear to save for RISE
         return fields, None
     coef, intercept, std = svm.coef_, svm.intercept_, scaler
-    if isinstance(scaler, Pipeline):  # PCA is linear: fold it into the probe's weights
-        std, pca = scaler.named_steps["scale"], scaler.named_steps["pca"]
+    if isinstance(scaler, Pipeline):  # PCA and its z-score are linear: fold them into the weights
+        std, pca, z = (scaler.named_steps[k] for k in ("scale", "pca", "zscore"))
+        coef = coef / z.scale_
+        intercept = intercept - coef @ z.mean_
         coef, intercept = coef @ pca.components_, intercept - coef @ pca.components_ @ pca.mean_
     probe = LinearProbe(std.mean_, std.scale_, coef, intercept, class_names,
                         {"C": C, "t": points[best], "n_fit": int(train.sum()),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 
 @dataclass
 class ProbeResult:
@@ -25,11 +23,13 @@ class ProbeResult:
     selected_t: float
     saturated: bool
     selected_per_fold: list[float]     # the t of each fold-model (all equal unless select=per_fold)
+    # With several outer splits (``repeats``) test, test_sd and test_ci95 are over the splits:
+    # the mean, the sd (ddof=0) and the CI of the mean from each resample's mean over splits.
     test: dict[str, float]             # metric -> mean over the 5 fold-models
     test_sd: dict[str, float]          # ddof=0
-    test_ci95: dict[str, tuple[float, float]]  # bootstrap over test images of that mean
+    test_ci95: dict[str, tuple[float, float]]  # bootstrap (of images or groups) of that mean
     per_class: dict[str, list[float]]  # f1/sensitivity/specificity/auroc, fold-model mean
-    all_converged: bool
+    all_converged: bool                # every fit converged (or stopped at the numerical floor)
     n_unconverged: int
     refit_C: float                     # C of the refit linear model, k for kNN
     refit_test: dict[str, float]
@@ -44,6 +44,12 @@ class ProbeResult:
     pca_dim: int = 0   # the pixels baseline: PCA to this d inside each fold
     fits: dict = field(default_factory=dict)  # settings once + per (fold, t) C, n_iter, converged
     intensity_pipeline: str = ""  # how the cache's pixels were decoded (8-bit, float, DICOM window)
+    n_at_floor: int = 0    # fits optimal to machine precision whose gradient test was out of reach
+    solver: str = ""       # the SVM's: fast (exact optimum) or sklearn (LinearSVC's defaults)
+    tol: float | None = None       # the tolerance and iteration cap every fit used
+    max_iter: int | None = None
+    bootstrap: dict = field(default_factory=dict)  # unit (image | group), n_units, n_resamples
+    dropped_classes: list[str] = field(default_factory=list)  # classes with no image in the cache
     test_samples: dict = field(default_factory=dict, repr=False)  # arrays; not written to JSON
 
     @property
@@ -62,12 +68,12 @@ class ProbeResult:
         """'mean ± sd [lo, hi]' in percent; over the outer splits when there are several."""
         if m not in self.test:
             return "n/a"
-        if len(self.repeats) > 1:
-            vals = [r["test"][m] for r in self.repeats]
-            return f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals):.1f} ({len(vals)} splits)"
         lo, hi = self.test_ci95[m]
-        return (f"{100 * self.test[m]:.1f} ± {100 * self.test_sd[m]:.1f}"
-                + (f" [{100 * lo:.1f}, {100 * hi:.1f}]" if ci else ""))
+        bounds = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if ci else ""
+        if len(self.repeats) > 1:
+            return (f"{100 * self.test[m]:.1f} ± {100 * self.test_sd[m]:.1f}{bounds} "
+                    f"({len(self.repeats)} splits)")
+        return f"{100 * self.test[m]:.1f} ± {100 * self.test_sd[m]:.1f}{bounds}"
 
     def row(self) -> dict:
         lo, hi = self.refit_test_macro_f1_ci95
@@ -83,7 +89,13 @@ class ProbeResult:
                 "macro-AUROC %": self.cell("macro_auroc"),
                 "refit macro-F1 % [95% CI]": f"{100 * self.refit_test['macro_f1']:.1f} "
                                              f"[{100 * lo:.1f}, {100 * hi:.1f}]",
-                "converged": "yes" if self.all_converged else f"no ({self.n_unconverged} fits)"}
+                "converged": self.converged_cell}
+
+    @property
+    def converged_cell(self) -> str:
+        if not self.all_converged:
+            return f"no ({self.n_unconverged} fits)"
+        return f"yes ({self.n_at_floor} at the numerical floor)" if self.n_at_floor else "yes"
 
     @property
     def key(self) -> tuple[str, str, str]:

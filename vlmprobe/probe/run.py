@@ -17,6 +17,7 @@ from ..provenance import provenance
 from ..validation import VlmprobeError, with_options
 from .figures import confusion_figure
 from .linear import probe_path
+from . import stats
 from .protocol import ProbeConfig, fit_probe
 from .results import ProbeResult
 from .tables import merge_results, read_table, table_name, write_table
@@ -93,6 +94,40 @@ def _split_groups(cache: Cache, split_dir: Path, view: str, grouping: str,
     return None, ""
 
 
+def _bootstrap_groups(cache: Cache, unit: str) -> list[str] | None:
+    """Each image's group (patient or lesion id, metadata "group") for a bootstrap of groups, or
+    None to resample images: ``unit`` "image", or "auto" on a cache without groups. An image
+    without a group id is a group of its own; how many there are is said."""
+    groups = cache.metadata.get("group")
+    if unit == "group" and groups is None:
+        raise VlmprobeError(
+            f"{cache.path}: --bootstrap-unit group resamples patients or lesions, but dataset "
+            f"{cache.dataset!r} has no group column in the cache (its registry entry names no "
+            "group_column or group_pattern). Use --bootstrap-unit image (or auto).")
+    if unit == "image" or groups is None:
+        return None
+    missing = sum(1 for g in groups if not g)
+    if missing:
+        log.warning(f"{cache.path}: {missing} of {len(groups)} images have no group id; each is "
+                    "a group of its own in the bootstrap.")
+    return groups
+
+
+def _over_splits(first: dict, runs: list[dict]) -> dict:
+    """The first split's fields with test, test_sd and test_ci95 over all outer splits: the mean
+    over splits, the sd over splits (ddof=0), and the CI of that mean from each resample's mean
+    over splits (the B-th resample of every split averaged: the bootstrap of the split mean with
+    the splits fixed). Comparisons and the paper check then use every split, as the cells do."""
+    names = list(first["test"])
+    boot = {m: np.mean([f["test_samples"]["boot"][m] for f in runs], axis=0) for m in names}
+    pairing = [tuple(sorted(f["test_samples"]["ids"])) for f in runs]
+    return {**first,
+            "test": {m: float(np.mean([f["test"][m] for f in runs])) for m in names},
+            "test_sd": {m: float(np.std([f["test"][m] for f in runs])) for m in names},
+            "test_ci95": {m: stats.percentile_ci(boot[m]) for m in names},
+            "test_samples": {**first["test_samples"], "boot": boot, "pairing": pairing}}
+
+
 @dataclass
 class ProbeRun(Sequence):
     """The probe stage's results, one :class:`ProbeResult` per table row (a sequence of them),
@@ -163,11 +198,18 @@ def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | No
                                 f"columns: {', '.join(sorted(cache.metadata)) or 'none'}.")
     results = []
     for cache, job in _probe_jobs(caches, cfg):
+        job = job.resolved()
         y, names, view = cache.label_view(label)
+        dropped = cache.empty_classes if view == "class" else []
+        if dropped:
+            log.warning(f"{cache.path}: class(es) {dropped} have no image in this cache and are "
+                        "left out of the class view (recorded as dropped_classes); the other "
+                        f"{len(names)} are probed.")
         positive = cache.positive_class if view == "class" else None
         split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
         patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed,
                                               job.repeats)
+        clusters = _bootstrap_groups(cache, job.bootstrap_unit)
         runs = []
         for r in range(job.repeats):
             split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y,
@@ -178,9 +220,13 @@ def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | No
             test, fold = split.align(cache.relpaths, str(cache.path))
             rows = np.flatnonzero(test)
             groups = {c: [cache.metadata[c][i] for i in rows] for c in job.subgroups}
-            runs.append((split, *fit_probe(cache.embeddings, y, test, fold, names, job, positive,
-                                           [cache.relpaths[i] for i in rows], groups)))
+            runs.append((split, *fit_probe(
+                cache.embeddings, y, test, fold, names, job, positive,
+                [cache.relpaths[i] for i in rows], groups,
+                None if clusters is None else [clusters[i] for i in rows])))
         split, fields, probe = runs[0]
+        if len(runs) > 1:
+            fields = _over_splits(fields, [f for _, f, _ in runs])
         path = probe_path(cache, view, out)
         path = path.with_name(path.name + ("" if job.probe == "svm" else f".{job.probe}")
                               + (f".{job.few_shot}-shot" if job.few_shot else "")
@@ -191,7 +237,7 @@ def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | No
                              label_view=view,
                              baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
                              intensity_pipeline=cache.intensity_pipeline,
-                             **fields)
+                             dropped_classes=dropped, **fields)
         if probe is not None:
             probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
                                "intensity_pipeline": result.intensity_pipeline,
@@ -208,10 +254,13 @@ def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | No
                                "groups"),
                            "selected_t": f["selected_t"], "test": f["test"]}
                           for r, (sp, f, _) in enumerate(runs)]
+        boot = result.bootstrap
         log.info(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
-            f"{result.cell('macro_f1')}; refit ({'k' if job.probe == 'knn' else 'C'}="
-            f"{result.refit_C:.4g}) test macro-F1 {100 * result.refit_test['macro_f1']:.1f}"
-            + (f" -> {result.probe_file}" if result.probe_file else ""))
+                 f"{result.cell('macro_f1')} (bootstrap over {boot['n_units']} test "
+                 f"{boot['unit']}s{', solver ' + job.solver if job.probe == 'svm' else ''}); refit "
+                 f"({'k' if job.probe == 'knn' else 'C'}={result.refit_C:.4g}) test macro-F1 "
+                 f"{100 * result.refit_test['macro_f1']:.1f}"
+                 + (f" -> {result.probe_file}" if result.probe_file else ""))
         results.append(result)
     first = caches[0].path
     return ProbeRun(results, cfg, label,

@@ -239,38 +239,57 @@ def newton_system(Xb, n_cols: int):
     return (_TorchFeatureSystem if feature_space else _TorchSampleSystem)(Xb, n_cols)
 
 
+def _objective(W, M, C: float, xp):
+    """Per column: 0.5·‖w‖² + C·Σ max(0, 1 − m)² at margins M."""
+    return 0.5 * (W * W).sum(0) + C * (xp.maximum(1 - M, 0.0) ** 2).sum(0)
+
+
+#: a Newton step plus exact line search that lowers a column's objective by no more than this
+#: many ulps of it has reached the floating-point floor: no step can do better
+FLOOR_ULPS = 16
+
+
 def newton_ovr(Xb, Y, C: float, W, tol: float, max_iter: int,
-               system=None) -> tuple[object, int, bool]:
+               system=None) -> tuple[object, int, bool, bool]:
     """Minimize the objective for every column of Y at once, starting from W [p,K].
 
     Finite Newton (Keerthi & DeCoste 2005): the squared hinge is quadratic on each fixed
     active set {i: y_i·f_i < 1}, so each step jumps to that quadratic's exact minimizer and an
     exact line search on the true objective follows; it ends when the active set stops changing.
     Stops when each column's gradient norm is ≤ tol·||w||. The objective is 1-strongly convex
-    and ≥ ||w||²/2, so then its relative excess over the optimum is ≤ tol²/(1 - tol²), whatever
-    C and the warm start (liblinear's criterion, relative to the gradient at w = 0, is loose by
-    a factor ~C on separable data). ``system`` (from ``newton_system``) may be shared along a C
-    path. Xb, Y and W are all NumPy arrays or all torch tensors on one device.
-    Returns (W, iterations, converged).
+    and ≥ ||w||²/2, so ||w − w*|| ≤ ||g||, ||w*|| ≥ (1 − tol)·||w|| and its relative excess over
+    the optimum is ≤ ||g||²/2 / ((1 − tol)²·||w||²/2) = tol²/(1 − tol)², whatever C and the warm
+    start (liblinear's criterion, relative to the gradient at w = 0, is loose by a factor ~C on
+    separable data). A column whose objective a whole step lowers by no more than FLOOR_ULPS
+    ulps is at the floating-point floor (at large C the gradient's rounding error, ~eps·C·‖X‖,
+    can exceed tol·‖w‖: duplicate rows with conflicting labels, N < d, t ≥ 1000): exact
+    arithmetic would stop there too, so it counts as converged, flagged "at floor".
+    ``system`` (from ``newton_system``) may be shared along a C path. Xb, Y and W are all
+    NumPy arrays or all torch tensors on one device.
+    Returns (W, iterations, converged, any column at the floor).
     """
     system = system if system is not None else newton_system(Xb, Y.shape[1])
     xp = system.ops
     W = xp.copy(W)
     F = Xb @ W
+    floor = xp.col_norm(W) < 0  # no column at the floor yet
     it = 0
     while True:
         M = Y * F
         A = M < 1
         G = W + 2 * C * (Xb.T @ (A * (M - 1) * Y))
-        todo = xp.col_norm(G) > tol * xp.col_norm(W)
+        todo = (xp.col_norm(G) > tol * xp.col_norm(W)) & ~floor
         if not todo.any() or it == max_iter:
-            return W, it, not todo.any()
+            return W, it, not todo.any(), bool(floor.any())
         cols = xp.flatnonzero(todo)
+        before = _objective(W[:, cols], M[:, cols], C, xp)
         S = system.minimizer(A, Y, C, cols) - W[:, cols]
         XS = Xb @ S
         step = _line_search(W[:, cols], S, M[:, cols], Y[:, cols] * XS, C, xp)
         W[:, cols] += step * S
         F[:, cols] += step * XS
+        after = _objective(W[:, cols], Y[:, cols] * F[:, cols], C, xp)
+        floor[cols] = before - after <= FLOOR_ULPS * np.finfo(np.float64).eps * before
         it += 1
 
 
@@ -309,8 +328,9 @@ def _thread_limit(n: int | None, device: str):
 
 
 def _solve(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray, Cs: list[float], tol: float,
-           max_iter: int, device: str, threads: int | None) -> list[tuple[np.ndarray, int, bool]]:
-    """(W, iterations, converged) at each C of Cs in turn, each run warm-started from the one
+           max_iter: int, device: str, threads: int | None
+           ) -> list[tuple[np.ndarray, int, bool, bool]]:
+    """(W, iterations, converged, at floor) at each C of Cs in turn, each run warm-started from the one
     before and all sharing one set of Newton systems, on ``device`` (from ``_backend``);
     every W comes back as a NumPy array."""
     with _thread_limit(threads, device):
@@ -321,8 +341,8 @@ def _solve(Xb: np.ndarray, Y: np.ndarray, W: np.ndarray, Cs: list[float], tol: f
         system = newton_system(Xb, Y.shape[1])
         path = []
         for C in Cs:
-            W, n_iter, converged = newton_ovr(Xb, Y, C, W, tol, max_iter, system)
-            path.append((W if device == "numpy" else W.cpu().numpy(), n_iter, converged))
+            W, n_iter, converged, floor = newton_ovr(Xb, Y, C, W, tol, max_iter, system)
+            path.append((W if device == "numpy" else W.cpu().numpy(), n_iter, converged, floor))
     return path
 
 
@@ -334,7 +354,7 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
     ----------
     C : float — regularization, as in LinearSVC.
     tol : float — stop when ||gradient|| ≤ tol · ||w|| for every class: the objective is
-        then within tol² (relative) of its minimum.
+        then within tol²/(1 − tol)² (relative) of its minimum.
     max_iter : int — Newton iterations (each is one Cholesky solve per unconverged class).
     warm_start : bool — start from the previous ``coef_``/``intercept_`` (same classes and
         features), as when fitting an ascending C path.
@@ -348,8 +368,10 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
         when torch sees a GPU, else NumPy. The same algorithm and stopping rule everywhere.
 
     Attributes: ``coef_`` [K, d] (K = 1 for two classes, positive = ``classes_[1]``),
-    ``intercept_`` [K], ``classes_``, ``n_iter_``, ``converged_``, ``device_`` (the backend
-    used: "numpy", "cpu" or "cuda:<index>").
+    ``intercept_`` [K], ``classes_``, ``n_iter_``, ``converged_`` (every class met the gradient
+    test or reached the floating-point floor), ``at_floor_`` (some class stopped at the floor:
+    optimal to machine precision, the gradient test unreachable; see ``newton_ovr``),
+    ``device_`` (the backend used: "numpy", "cpu" or "cuda:<index>").
     """
 
     _parameter_constraints = {
@@ -382,15 +404,16 @@ class FastLinearSVC(ClassifierMixin, BaseEstimator):
             W0, Cs = np.zeros((Xb.shape[1], Y.shape[1])), _continuation(C, *Xb.shape)
         device = _backend(self.device)
         path = _solve(Xb, Y, W0, Cs, self.tol, self.max_iter, device, self.blas_threads)
-        W, _, converged = path[-1]
+        W, _, converged, floor = path[-1]
         if not converged:
             warnings.warn(f"FastLinearSVC did not converge in max_iter={self.max_iter} Newton "
                           "iterations; increase max_iter.", ConvergenceWarning)
-        return self._set_solution(classes, W, sum(n for _, n, _ in path), converged, device)
+        return self._set_solution(classes, W, sum(p[1] for p in path), converged, floor, device)
 
-    def _set_solution(self, classes, W, n_iter, converged, device):
+    def _set_solution(self, classes, W, n_iter, converged, at_floor, device):
         self.classes_, self.coef_, self.intercept_ = classes, W[:-1].T.copy(), W[-1].copy()
-        self.n_iter_, self.converged_, self.device_ = n_iter, converged, device
+        self.n_iter_, self.converged_, self.at_floor_ = n_iter, converged, at_floor
+        self.device_ = device
         return self
 
     def decision_function(self, X):
@@ -446,8 +469,8 @@ def fit_path(X, y, Cs, tol: float = 1e-3, max_iter: int = 200,
     path = _solve(Xb, Y, np.zeros((Xb.shape[1], Y.shape[1])), warmup + ascending, tol, max_iter,
                   used, blas_threads)[len(warmup):]
     fitted = {}
-    for C, (W, n_iter, converged) in zip(ascending, path):
+    for C, (W, n_iter, converged, floor) in zip(ascending, path):
         model = FastLinearSVC(C=C, **params)
         model.n_features_in_ = template.n_features_in_
-        fitted[C] = model._set_solution(classes, W, n_iter, converged, used)
+        fitted[C] = model._set_solution(classes, W, n_iter, converged, floor, used)
     return [fitted[float(c)] for c in Cs]

@@ -19,16 +19,25 @@ from . import stats
 from .results import ProbeResult
 
 
+def _pairing_key(r: ProbeResult) -> tuple:
+    """What two results must share to be compared on the same resamples: dataset, label view,
+    bootstrap unit and the test images of every outer split."""
+    s = r.test_samples
+    splits = s.get("pairing") or [tuple(sorted(s["ids"]))]
+    return (r.dataset, r.label_view, r.bootstrap.get("unit", "image"), tuple(splits))
+
+
 def compare_models(results: list[ProbeResult], metric: str = "macro_f1") -> list[dict]:
-    """Paired bootstrap of every pair of models scored on the same test images (same dataset,
-    label view and test ids; same resamples by construction), Holm-corrected per group."""
+    """Paired bootstrap test of every pair of models scored on the same test images (same
+    dataset, label view, bootstrap unit and test images of every split; the same resamples by
+    construction), Holm-corrected per group. With several outer splits the difference is that
+    of the means over splits, resampled as :func:`vlmprobe.probe.run._over_splits` says."""
     groups: dict[tuple, list[ProbeResult]] = {}
     for r in results:
         if r.test_samples:
-            groups.setdefault((r.dataset, r.label_view, tuple(sorted(r.test_samples["ids"]))),
-                              []).append(r)
+            groups.setdefault(_pairing_key(r), []).append(r)
     out = []
-    for (dataset, view, _), rs in groups.items():
+    for (dataset, view, _, _), rs in groups.items():
         pairs = []
         for i in range(len(rs)):
             for j in range(i + 1, len(rs)):
@@ -92,10 +101,11 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
     cols = list(rows[0])
     notes = ("Test metrics: mean ± sd (ddof=0) of the 5 fold-models at the selected t on the "
              "held-out 20% test set, [95% percentile bootstrap CI of that mean over seeded "
-             "resamples of the test images (2,000 unless --bootstrap says otherwise)]; with several outer splits: mean ± sd over splits. "
+             f"resamples of the test {_units(results)}]; with several outer splits: mean ± sd "
+             "over splits [CI of the mean over splits]. "
              "t: C = t·d/N chosen by mean validation macro-F1 (ties → smallest t); 'saturated' = "
              "every t gave identical validation predictions. refit: scaler + SVM refit on the "
-             "whole training part (the probe RISE explains).")
+             "whole training part (the probe RISE explains). " + solver_note(results))
     md, csv_path, _ = _write_grid(out_dir / name, cols, [[str(r[c]) for c in cols] for r in rows],
                                   notes)
     comparisons = compare_models(results)
@@ -122,16 +132,20 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
                 [[c["dataset"], c["label"], c["metric"], c["model_a"], c["model_b"],
                   f"{100 * c['difference']:+.1f}", f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]",
                   f"{c['p']:.4f}", f"{c['p_holm']:.4f}"] for c in comparisons],
-                "Paired bootstrap over the same resamples of the test images (joined by relative "
-                "path) of the 5-fold-model mean; two-sided p (its floor is 2/(resamples + 1)); "
+                "Paired bootstrap over the same resamples of the test "
+                f"{_units(results)} (joined by relative path or group id) of the 5-fold-model "
+                "mean: percentile CI of the difference; two-sided p of the bootstrap test by "
+                "centring, (1 + #{|d* − d| ≥ |d|}) / (resamples + 1), floor 1/(resamples + 1); "
                 "Holm per dataset/label.")
     if paper:
         _write_grid(out_dir / f"{name}.paper",
                     ["model", "dataset", "paper table", "paper metric", "our metric", "ours % [95% CI]",
-                     "paper % (mean ± sd)", "ours - paper [CI]", "paper inside our CI"],
+                     "paper % (mean ± sd)", "ours - paper [CI]", "paper inside our CI", "solver",
+                     "bootstrap unit"],
                     compare_paper(results),
-                    "Ours: mean of the 5 fold-models on the test set with its bootstrap CI; the "
-                    "paper's values as printed (rounded). Cells without a paper value are omitted.")
+                    "Ours: mean of the 5 fold-models on the test set (with several outer splits: "
+                    "the mean over splits) with its bootstrap CI; the paper's values as printed "
+                    "(rounded). Cells without a paper value are omitted. " + solver_note(results))
     sub = [[r.name, r.dataset, r.label_view, col, value, str(g["n"]), m, f"{100 * g['test'][m]:.1f}",
             f"{100 * g['test_sd'][m]:.1f}", f"{100 * g['test_ci95'][m][0]:.1f}",
             f"{100 * g['test_ci95'][m][1]:.1f}"]
@@ -216,14 +230,13 @@ def read_table(json_path: Path) -> list[ProbeResult]:
     nested: dict[int, dict] = {}
     for name in samples.files:
         i, key, *sub = name.split("/")
-        row = nested.setdefault(int(i), {})
+        row, value = nested.setdefault(int(i), {}), samples[name]
+        if value.dtype.kind == "U":  # image ids: a list, or one tuple of them per outer split
+            value = [tuple(v) for v in value.tolist()] if value.ndim == 2 else value.tolist()
         if sub:
-            row.setdefault(key, {})[sub[0]] = samples[name]
+            row.setdefault(key, {})[sub[0]] = value
         else:
-            row[key] = samples[name]
-    for row in nested.values():
-        if "ids" in row:
-            row["ids"] = row["ids"].tolist()
+            row[key] = value
     try:
         return [ProbeResult.from_dict(fields_, nested.get(i, {}))
                 for i, fields_ in enumerate(doc["results"])]
@@ -261,5 +274,38 @@ def compare_paper(results: list[ProbeResult], paper_csv: Path = PAPER_TABLES) ->
             rows.append([r.model, r.dataset, f"Table {ref['table']}", paper_metric, ours,
                          f"{value:.1f} [{lo:.1f}, {hi:.1f}]", f"{p:g} ± {float(ref['sd_pct']):g}",
                          f"{value - p:+.1f} [{lo - p:+.1f}, {hi - p:+.1f}]",
-                         "yes" if lo <= p <= hi else "no"])
+                         "yes" if lo <= p <= hi else "no", _solver_name(r),
+                         r.bootstrap.get("unit", "image")])
     return rows
+
+
+def _units(results: list[ProbeResult]) -> str:
+    """What the bootstrap resampled: "images", "groups (patients or lesions)" or both."""
+    names = {"image": "images", "group": "groups (patients or lesions; an image without a "
+                                         "group id is its own)"}
+    return " or ".join(names[u] for u in sorted({r.bootstrap.get("unit", "image")
+                                                 for r in results}))
+
+
+def _solver_name(r: ProbeResult) -> str:
+    if r.probe != "svm":
+        return r.probe
+    return f"{r.solver} (tol {r.tol:g}, max_iter {r.max_iter})"
+
+
+SOLVER_NOTES = {
+    "fast": "SVM solver 'fast': LinearSVC's objective (squared hinge, L2, one-vs-rest, "
+            "penalised intercept) minimised to its optimum (gradient ≤ tol·‖w‖) by active-set "
+            "Newton; the paper's LinearSVC with its defaults (tol 1e-4, max_iter 1000) can stop "
+            "early at large C, so its numbers may differ (--solver sklearn reproduces it; "
+            "benchmarks/RESULTS.md measures by how much).",
+    "sklearn": "SVM solver 'sklearn': scikit-learn's LinearSVC with the paper's defaults (tol "
+               "1e-4, max_iter 1000), which can stop before the optimum at large C ('converged' "
+               "says where).",
+}
+
+
+def solver_note(results: list[ProbeResult]) -> str:
+    """The table caption's word on which SVM solver made the rows, and why it matters."""
+    return " ".join(SOLVER_NOTES[s] for s in sorted({r.solver for r in results
+                                                     if r.probe == "svm" and r.solver}))

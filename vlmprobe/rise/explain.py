@@ -17,6 +17,7 @@ from ..cache import Cache, stage_dir, stage_inputs
 from ..data import file_digest, images_root, read_sample, sample_file
 from ..data.splits import read_split
 from ..encoders.transforms import input_transform
+from ..extraction.batches import check_precision, precision_autocast
 from ..probe import LinearProbe, probe_path
 from ..messages import progress_bar
 from ..provenance import provenance
@@ -175,6 +176,18 @@ def cache_encoder(cache: Cache, device="cpu", trust_remote_code: bool | None = N
     return encoder, cache.tap or encoder.entry.tap
 
 
+def _cache_precision(cache: Cache, device: torch.device) -> str:
+    """The precision the cache was extracted at (fp32 | fp16 | bf16), which RISE encodes in, so
+    the probe scores the kind of embedding it was fitted on; fp16 runs on a GPU only."""
+    precision = cache.precision
+    if precision == "fp16" and device.type == "cpu":
+        raise VlmprobeError(f"{cache.path} was extracted at fp16, which runs on a GPU only; "
+                            "explain it on one (--device cuda), so that RISE encodes the images "
+                            "as the probe's embeddings were.")
+    check_precision(precision, device)
+    return precision
+
+
 def black_fill_value(encoder) -> torch.Tensor:
     """``fill="black"``'s value: a raw 0 pixel in the encoder's normalized space, [3, 1, 1]."""
     mean = torch.tensor(encoder.preprocess_cfg.mean).view(3, 1, 1)
@@ -239,6 +252,7 @@ class _Explainer:
     heads: list[LinearProbe]
     encoder: object
     tap: str
+    precision: str                  # the cache's: the probe scores the embeddings it was fitted on
     transform: object
     root: Path
     test: set[str]
@@ -253,7 +267,8 @@ class _Explainer:
         return np.cumsum([0] + [len(h.class_names) for h in self.heads])
 
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
-        emb = self.encoder.encode_taps(batch, [self.tap])[self.tap]
+        with precision_autocast(self.encoder.device, self.precision):
+            emb = self.encoder.encode_taps(batch, [self.tap])[self.tap]
         return torch.cat([h.decision_function(emb) for h in self.heads], dim=1)
 
     def primary_scores(self, batch: torch.Tensor) -> torch.Tensor:
@@ -285,7 +300,7 @@ def _explainer(cache: Cache, cfg: RiseConfig, labels: Sequence[str], target: str
     encoder, tap = cache_encoder(cache, device, trust_remote_code)
     return _Explainer(
         cache, cfg, labels, probes, probes + [random_probe(probes[0], cfg.seed)], encoder, tap,
-        input_transform(encoder, cache.intensity),  # a float cache is explained on float input
+        _cache_precision(cache, encoder.device), input_transform(encoder, cache.intensity),  # a float cache is explained on float input
         images_root(cache, root), _test_relpaths(probes[0]), target,
         black_fill_value(encoder) if cfg.fill == "black" else None,
         read_box_file(text_box_file) if text_box_file is not None else None, detect_text,
@@ -388,6 +403,7 @@ def _write_maps(ex: _Explainer, picked: list[int], images: list[tuple], stem: st
     relpaths = [cache.relpaths[i] for i in picked]
     meta = provenance(stage="rise", model=cache.model, dataset=cache.dataset,
                       cache_key=cache.cache_key, rise=cfg.to_dict(), target=ex.target,
+                      precision=ex.precision,
                       probes={label: p.info["path"] for label, p in zip(ex.labels, ex.probes)},
                       map="centred RISE map of the explained class",
                       causal_steps=ex.causal_steps,

@@ -116,7 +116,9 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, int],
 
     Petsiuk et al.: a binary s x s grid with keep probability p, bilinearly upsampled to
     (s + 1) * ceil(H / s) per axis and cropped to H x W at a random shift within one cell, so the
-    smooth masks are not aligned to the grid. All grids and shifts come from one generator before
+    smooth masks are not aligned to the grid. The upsampling is the reference code's
+    (``skimage.transform.resize(grid, ..., order=1, mode="reflect", anti_aliasing=False)``):
+    beyond the outer cell centres the grid is mirrored, not held constant. All grids and shifts come from one generator before
     any chunk is built: mask i is the same whatever the batch size. Bilinear upsampling is
     separable, so upsample-then-crop is ``Ry @ grid @ Rx.T`` with the cropped rows of 1-D
     interpolation matrices: two batched matmuls per chunk instead of b full-size upsamples and
@@ -131,14 +133,26 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, int],
     grids = (torch.rand(cfg.n_masks, cfg.s, cfg.s, generator=gen) < cfg.p).float()
     dy = torch.randint(0, cell[0], (cfg.n_masks, 1), generator=gen) + torch.arange(h)
     dx = torch.randint(0, cell[1], (cfg.n_masks, 1), generator=gen) + torch.arange(w)
-    # [(s + 1) * cell, s]: the weights F.interpolate(..., "bilinear", align_corners=False) uses
-    ry, rx = (F.interpolate(torch.eye(cfg.s)[None], size=(cfg.s + 1) * c, mode="linear",
-                            align_corners=False)[0].T for c in cell)
+    ry, rx = (_upsampling_matrix(cfg.s, (cfg.s + 1) * c) for c in cell)
     grids, dy, dx, ry, rx = (t.to(device) for t in (grids, dy, dx, ry, rx))
     for start in range(0, cfg.n_masks, cfg.batch_size):
         b = slice(start, start + cfg.batch_size)
         masks = ry[dy[b]] @ grids[b] @ rx[dx[b]].transpose(1, 2)
         yield masks.clamp_(0, 1)[:, None]  # float rounding can overshoot 1 by an ulp
+
+
+def _upsampling_matrix(s: int, size: int) -> torch.Tensor:
+    """[size, s]: linear interpolation of s cell values onto ``size`` pixels, cell and pixel
+    centres aligned (align_corners=False), indices beyond the ends mirrored (-1 -> 1,
+    s -> s - 2): the 1-D weights of skimage's order-1 resize with mode="reflect"."""
+    x = (torch.arange(size, dtype=torch.float64) + 0.5) * s / size - 0.5
+    lo = torch.floor(x)
+    out = torch.zeros(size, s, dtype=torch.float64)
+    for index, weight in ((lo, 1 - (x - lo)), (lo + 1, x - lo)):
+        mirrored = index.abs()
+        mirrored = torch.where(mirrored > s - 1, 2 * (s - 1) - mirrored, mirrored)
+        out.index_put_((torch.arange(size), mirrored.long()), weight, accumulate=True)
+    return out.float()
 
 
 def blur_sigma_px(cfg: RiseConfig, size: tuple[int, int]) -> float:

@@ -18,13 +18,14 @@ from typing import Callable
 
 from ...validation import VlmprobeError, unknown_key_error
 from .breastus import write_breastus
+from .common import MIN_PER_CLASS
 from .ctdicom import write_ctdicom
 from .study import WRITERS
 
 GENERATOR_VERSION = "1"
 
 
-#: dataset key -> writer(out, n, seed, r, progress, size) -> facts for phantom.json
+#: dataset key -> writer(out, n, seed, r, progress, size, minimum) -> facts for phantom.json
 GENERATORS: dict[str, Callable[..., dict]] = {"breastus": write_breastus, **WRITERS,
                                               "ctdicom": write_ctdicom}
 DEFAULT_N = {"breastus": 600}  # others: PHANTOM_N, small and fast
@@ -35,12 +36,14 @@ PHANTOM_N = 120
 
 def make_phantom(dataset: str, out: Path, n: int | None = None, seed: int = 0,
                  text_label_correlation: float = 0.8, progress: bool = True,
-                 size: int = 28) -> Path:
+                 size: int = 28, min_per_class: int = MIN_PER_CLASS) -> Path:
     """Write the phantom of ``dataset`` into ``out`` (new or empty) and return ``out``.
 
     ``n`` defaults to 600 for breastus (the demo) and :data:`PHANTOM_N` for the others;
     ``text_label_correlation`` is the r of the burnt-in word (breastus) or of the site (others);
-    ``size`` is the MedMNIST image size (pneumoniamnist).
+    ``size`` is the MedMNIST image size (pneumoniamnist); ``min_per_class`` the fewest images
+    a class the real set has gets (7 lets every class be probed: a 20% test split plus 5 folds),
+    the others keeping the real proportions.
     """
     if dataset not in GENERATORS:
         raise unknown_key_error("phantom dataset", dataset, GENERATORS)
@@ -58,11 +61,16 @@ def make_phantom(dataset: str, out: Path, n: int | None = None, seed: int = 0,
     partial = out.with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    facts = GENERATORS[dataset](partial, n, seed, text_label_correlation, progress, size)
+    if min_per_class < 1:
+        raise VlmprobeError(f"min_per_class must be >= 1, got {min_per_class}.")
+    facts = GENERATORS[dataset](partial, n, seed, text_label_correlation, progress, size,
+                                min_per_class)
     meta = {"generator": f"vlmprobe.data.phantoms.{dataset}", "version": GENERATOR_VERSION,
             "dataset": dataset,
             "parameters": {"n": n, "seed": seed, "text_label_correlation": text_label_correlation,
-                           **({"size": size} if dataset == "pneumoniamnist" else {})},
+                           **({"size": size} if dataset == "pneumoniamnist" else {}),
+                           **({"min_per_class": min_per_class}
+                              if min_per_class != MIN_PER_CLASS else {})},
             **facts}
     (partial / "phantom.json").write_text(json.dumps(meta, indent=2) + "\n")
     if out.exists():

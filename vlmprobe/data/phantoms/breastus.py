@@ -61,14 +61,14 @@ CORRELATION_MODEL = (
     "{none, BREAST, AXILLA}. P(word = class word) = r + (1-r)/3.")
 
 
-def class_counts(n: int) -> dict[str, int]:
-    """BUSI's class proportions scaled to ``n``, at least :data:`MIN_PER_CLASS` each."""
-    if n < MIN_PER_CLASS * len(BUSI_CLASSES):
+def class_counts(n: int, minimum: int = MIN_PER_CLASS) -> dict[str, int]:
+    """BUSI's class proportions scaled to ``n``, at least ``minimum`` each."""
+    if n < minimum * len(BUSI_CLASSES):
         raise VlmprobeError(f"n={n} is too small: a breastus phantom needs at least "
-                            f"{MIN_PER_CLASS} images per class, n >= "
-                            f"{MIN_PER_CLASS * len(BUSI_CLASSES)}.")
+                            f"{minimum} images per class, n >= "
+                            f"{minimum * len(BUSI_CLASSES)}.")
     total = sum(BUSI_COUNTS.values())
-    normal, malignant = (max(MIN_PER_CLASS, round(n * BUSI_COUNTS[c] / total))
+    normal, malignant = (max(minimum, round(n * BUSI_COUNTS[c] / total))
                          for c in ("normal", "malignant"))
     return {"normal": normal, "benign": n - normal - malignant, "malignant": malignant}
 
@@ -152,13 +152,14 @@ def _breastus_image(rng: np.random.Generator, label: str, word: str,
     return np.clip(img, 0, 255).astype(np.uint8), mask, fields
 
 
-def write_breastus(out: Path, n: int, seed: int, r: float, progress: bool, *_) -> dict:
+def write_breastus(out: Path, n: int, seed: int, r: float, progress: bool, _size=None,
+                   minimum: int = MIN_PER_CLASS) -> dict:
     """Write images, masks and ``manifest.csv``; return the facts ``phantom.json`` records.
 
     Words come from one stream (``[seed, 0]``), image k from its own (``[seed, 1, k]``), so a
     change in how images are drawn never reshuffles the words.
     """
-    counts = class_counts(n)
+    counts = class_counts(n, minimum)
     cfg = get_model_entry(CROP_MODEL).preprocess
     items = [(c, i) for c in BUSI_CLASSES for i in range(1, counts[c] + 1)]
     words = sample_words([c for c, _ in items], r, np.random.default_rng([seed, 0]))

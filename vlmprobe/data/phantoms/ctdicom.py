@@ -11,7 +11,8 @@ import numpy as np
 
 from ...messages import progress_bar
 from ..decode import require_pydicom
-from .common import class_labels, gauss, proportional_counts, smooth_noise, write_manifest
+from .common import (MIN_PER_CLASS, class_labels, gauss, proportional_counts, smooth_noise,
+                     write_manifest)
 
 # -- ctdicom: a DICOM phantom whose class shows only inside a stated window -----------------------
 #: The soft-tissue window the lesion is visible in (Hounsfield units); written as window tags.
@@ -82,13 +83,13 @@ def _ct_dicom(hu: np.ndarray, variant: int, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def write_ctdicom(out, n, seed, r, progress, *_):
+def write_ctdicom(out, n, seed, r, progress, _size=None, minimum=MIN_PER_CLASS):
     """CT DICOMs in ``<class>/ct_<i>.dcm`` (no_lesion, lesion): the lesion is +20 HU in the
     liver, plain inside the tag window (soft tissue, C 50 / W 100) and all but lost under a
     full-range min-max mapping. Files cycle through :data:`CT_VARIANTS`."""
     require_pydicom("The ctdicom phantom")
     classes = ("no_lesion", "lesion")
-    counts = proportional_counts(dict.fromkeys(classes, 1), n)
+    counts = proportional_counts(dict.fromkeys(classes, 1), n, minimum)
     rows = []
     with progress_bar("phantom ctdicom", n, enabled=progress) as advance:
         for k, label in enumerate(class_labels(counts, list(classes))):

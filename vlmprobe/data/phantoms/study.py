@@ -21,9 +21,9 @@ from ...data.loaders import MEDMNIST_SIZES
 from ...messages import progress_bar
 from ...registry import get_model_entry
 from ...validation import VlmprobeError
-from .common import (CROP_MODEL, class_labels, dots, expected_counts, gauss, kept_box, lesion_shape,
-                     paint, proportional_counts, save_image, smooth_noise, speckle, stroke,
-                     text_bitmap, write_manifest)
+from .common import (CROP_MODEL, MIN_PER_CLASS, class_labels, dots, expected_counts, gauss,
+                     kept_box, lesion_shape, paint, proportional_counts, save_image, smooth_noise,
+                     speckle, stroke, text_bitmap, write_manifest)
 
 # -- the other seven datasets ------------------------------------------------------------------
 # Each writes its real dataset's layout and formats, with a class signal drawn from textbook cues
@@ -307,8 +307,9 @@ def _facts(counts, rows, draw, extra=None) -> dict:
 
 def _write_folder(name, draw, size, colour, filename):
     """Writer for ImageFolder datasets: ``<class>/<filename(class, i)>``."""
-    def write(out: Path, n: int, seed: int, r: float, progress: bool, *_) -> dict:
-        counts = proportional_counts(expected_counts(name), n)
+    def write(out: Path, n: int, seed: int, r: float, progress: bool, _size=None,
+              minimum: int = MIN_PER_CLASS) -> dict:
+        counts = proportional_counts(expected_counts(name), n, minimum)
         classes = list(counts)
         labels = class_labels(counts, classes)
         items = _render(draw, labels, len(classes), size, seed, r, name, progress, colour=colour)
@@ -324,11 +325,11 @@ def _write_folder(name, draw, size, colour, filename):
     return write
 
 
-def _write_sarscov2ct(out, n, seed, r, progress, *_):
+def _write_sarscov2ct(out, n, seed, r, progress, _size=None, minimum=MIN_PER_CLASS):
     """Several slices per patient (same anatomy, opacities and scanner site, new noise): near
     duplicates that an ungrouped split scatters over train and test. Patients are in the
     manifest only, as the real set ships none."""
-    counts = proportional_counts(expected_counts("sarscov2ct"), n)
+    counts = proportional_counts(expected_counts("sarscov2ct"), n, minimum)
     classes = list(counts)
     labels = class_labels(counts, classes)
     patient, per = [], 4
@@ -351,13 +352,13 @@ def _write_sarscov2ct(out, n, seed, r, progress, *_):
     return _facts(counts, rows, _draw_chest_ct, {"slices_per_patient": per})
 
 
-def _write_pneumoniamnist(out, n, seed, r, progress, size=28):
+def _write_pneumoniamnist(out, n, seed, r, progress, size=28, minimum=MIN_PER_CLASS):
     """MedMNIST release file: train (the paper's subset, ``n`` images), val and test splits."""
     if size not in MEDMNIST_SIZES:
         raise VlmprobeError(f"size {size} is not a MedMNIST size; choose one of {MEDMNIST_SIZES}.")
     real = expected_counts("pneumoniamnist")
     file = "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
-    parts = {"train": proportional_counts(real, n)}
+    parts = {"train": proportional_counts(real, n, minimum)}
     parts["val"] = parts["test"] = proportional_counts(real, max(6, n // 8), 3)
     arrays, rows, counts = {}, [], {}
     for i, (split, c) in enumerate(parts.items()):
@@ -380,10 +381,10 @@ _BREAKHIS_SUBTYPES = {"benign": (("adenosis", "A"), ("fibroadenoma", "F"),
                                     ("mucinous_carcinoma", "MC"), ("papillary_carcinoma", "PC"))}
 
 
-def _write_breakhis(out, n, seed, r, progress, *_):
+def _write_breakhis(out, n, seed, r, progress, _size=None, minimum=MIN_PER_CLASS):
     """Patients with several images at four magnifications and a patient-specific stain tint:
     a probe can learn the patient, so an ungrouped split overstates it."""
-    counts = proportional_counts(expected_counts("breakhis"), n)
+    counts = proportional_counts(expected_counts("breakhis"), n, minimum)
     classes = list(counts)
     labels = class_labels(counts, classes)
     info = []  # (class, patient id, subtype, code, magnification, tint)
@@ -412,11 +413,11 @@ def _write_breakhis(out, n, seed, r, progress, *_):
                   {"patients": len({r_["patient"] for r_ in rows})})
 
 
-def _write_hicervix(out, n, seed, r, progress, *_):
+def _write_hicervix(out, n, seed, r, progress, _size=None, minimum=MIN_PER_CLASS):
     """``train.csv`` (image_name, level_1, level_2, level_3) and ``train/*.jpg``, over a
     stand-in 3-level hierarchy (:data:`HICERVIX_TREE`), classes equally frequent."""
     names = [t[2] for t in HICERVIX_TREE]
-    counts = proportional_counts(dict.fromkeys(names, 1), n)
+    counts = proportional_counts(dict.fromkeys(names, 1), n, minimum)
     labels = class_labels(counts, names)
     items = _render(_draw_hicervix, labels, len(names), (128, 128), seed, r, "hicervix", progress)
     rows, gt = [], []
@@ -430,11 +431,11 @@ def _write_hicervix(out, n, seed, r, progress, *_):
     return _facts(counts, rows, _draw_hicervix, {"hierarchy": [list(t) for t in HICERVIX_TREE]})
 
 
-def _write_deepdrid(out, n, seed, r, progress, *_):
+def _write_deepdrid(out, n, seed, r, progress, _size=None, minimum=MIN_PER_CLASS):
     """Regular-fundus training CSV and ``Images/<patient>/<patient>_<l|r><1|2>.jpg``: two images
     per eye, one grade per patient (``patient_DR_Level``), grades equally frequent."""
     grades = ["0", "1", "2", "3", "4"]
-    counts = proportional_counts(dict.fromkeys(grades, 1), n, 4)
+    counts = proportional_counts(dict.fromkeys(grades, 1), n, max(4, minimum))  # 2 per eye
     labels = class_labels(counts, grades)
     ids, pid = [], 0
     for i, g in enumerate(labels):
@@ -461,13 +462,13 @@ def _write_deepdrid(out, n, seed, r, progress, *_):
     return _facts(counts, rows, _draw_fundus)
 
 
-def _write_isic2019(out, n, seed, r, progress, *_):
+def _write_isic2019(out, n, seed, r, progress, _size=None, minimum=MIN_PER_CLASS):
     """Ground-truth CSV (one-hot, UNK column empty), ``ISIC_2019_Training_Input/*.jpg`` and the
     metadata CSV (age_approx, anatom_site_general, lesion_id, sex); age follows the class (known
     metadata signal); every fourth image is a second exposure of the previous lesion (same
     lesion_id: a near duplicate that an ungrouped split may put on both sides)."""
     real = expected_counts("isic2019")
-    counts = proportional_counts(real, n)
+    counts = proportional_counts(real, n, minimum)
     classes = list(real)
     labels = class_labels(counts, classes)
     repeats = {k: k - 1 for k in range(1, len(labels)) if k % 4 == 1 and labels[k - 1] == labels[k]}
