@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import sklearn
@@ -325,14 +325,114 @@ def _bootstrap_weights(cfg: ProbeConfig, ids: list[str],
                "images_without_group": sum(1 for c in clusters if not str(c))}
 
 
+@dataclass
+class _FoldFits:
+    """What the cross-validation left: per grid point and fold, the validation F1 and
+    predictions and the test scores; the fit records; and the first few-shot draw's model."""
+
+    val_f1: np.ndarray               # [points, folds]
+    val_preds: list[list]            # [points][folds]
+    test_scores: list[list]          # [points][folds]: [n_test, n_classes]
+    fit_log: dict
+    unconverged: int = 0
+    at_floor: int = 0
+    draw0: tuple | None = None       # (model, converged, C, scaler) of the first few-shot draw
+
+    def count(self, model, converged: bool) -> None:
+        self.unconverged += not converged
+        self.at_floor += bool(getattr(model, "at_floor_", False))
+
+
+def _cross_validate(X, y, test, sets, points, d: int, cfg: ProbeConfig,
+                    n_classes: int) -> _FoldFits:
+    """Every grid point on every (fit, validation) set: the folds in parallel (:func:`_map_folds`)."""
+    folds = _FoldFits(np.zeros((len(points), len(sets))), [[None] * len(sets) for _ in points],
+                      [[None] * len(sets) for _ in points], {})
+
+    def fit_set(fit):
+        scaler = _standardizer(cfg, X[fit])
+        values = _grid(cfg, d, int(fit.sum()))[:len(points)]
+        return scaler, values, _fit_grid(scaler.transform(X[fit]), y[fit], values, cfg)
+
+    for j, ((fit, val), (scaler, values, fits)) in enumerate(zip(sets, _map_folds(
+            fit_set, [f for f, _ in sets], cfg))):
+        Xt = scaler.transform(X[test])
+        Xv = scaler.transform(X[val]) if val.any() else None
+        for i, (model, ok) in enumerate(fits):
+            folds.count(model, ok)
+            _fit_record(folds.fit_log, model, ok, int(fit.sum()), j, points[i], scaler)
+            folds.val_preds[i][j] = model.predict(Xv) if val.any() else np.zeros(0, int)
+            folds.val_f1[i, j] = f1_score(y[val], folds.val_preds[i][j], average="macro",
+                                          labels=np.arange(n_classes),
+                                          zero_division=0) if val.any() else 0
+            folds.test_scores[i][j] = _scores_of(model, Xt)
+        if cfg.few_shot and j == 0:
+            folds.draw0 = (model, ok, values[0], scaler)
+    return folds
+
+
+def _refit(X, y, test, sets, best: int, points, d: int, cfg: ProbeConfig, folds: _FoldFits):
+    """(model, converged, C, scaler, training rows) of the probe RISE explains: refit on the
+    whole training part at the selected t; with few-shot draws, the first draw's model."""
+    if cfg.few_shot:  # no refit on all data: the saved probe is the first draw's
+        model, ok, C, scaler = folds.draw0
+        return model, ok, C, scaler, sets[0][0]
+    train = ~test
+    scaler = _standardizer(cfg, X[train])
+    C = _grid(cfg, d, int(train.sum()))[best]
+    # The fast solver reaches a large C cold only slowly; warm-started along the grid it is quick.
+    path = ([v for v in _grid(cfg, d, int(train.sum())) if v <= C]
+            if (cfg.probe, cfg.solver) == ("svm", "fast") else [C])
+    model, ok = _fit_grid(scaler.transform(X[train]), y[train], path, cfg)[path.index(C)]
+    folds.count(model, ok)
+    _fit_record(folds.fit_log, model, ok, int(train.sum()), "refit", points[best], scaler)
+    return model, ok, C, scaler, train
+
+
+def _subgroup_scores(w, y_test, preds, scores, test_groups, n_classes: int, positive) -> dict:
+    """Every metric per value of each ``test_groups`` column, on those rows of the resamples."""
+    subgroups = {}
+    for column, values in (test_groups or {}).items():
+        values = np.asarray([str(v) for v in values], dtype=object)
+        subgroups[column] = {}
+        for v in sorted(set(values)):
+            m = values == v
+            g_mean, g_sd, g_ci, g_extra = _summarize(w[:, m], y_test[m], [p[m] for p in preds],
+                                                     [sc[m] for sc in scores], n_classes, positive)
+            subgroups[column][v] = {"n": int(m.sum()), "test": g_mean, "test_sd": g_sd,
+                                    "test_ci95": g_ci, "per_class": g_extra["per_class"]}
+    return subgroups
+
+
+def _saved_probe(model, ok: bool, C: float, scaler, train, class_names, cfg: ProbeConfig,
+                 t: float) -> LinearProbe | None:
+    """The refit model as plain arrays (None for kNN: nothing linear for RISE to explain)."""
+    if not hasattr(model, "coef_"):
+        return None
+    coef, intercept, std = model.coef_, model.intercept_, scaler
+    if isinstance(scaler, Pipeline):  # PCA and its z-score are linear: fold them into the weights
+        std, pca, z = (scaler.named_steps[k] for k in ("scale", "pca", "zscore"))
+        coef = coef / z.scale_
+        intercept = intercept - coef @ z.mean_
+        coef, intercept = coef @ pca.components_, intercept - coef @ pca.components_ @ pca.mean_
+    n_fit = int(train.sum())
+    return LinearProbe(std.mean_, std.scale_, coef, intercept, class_names,
+                       {"C": C, "t": t, "n_fit": n_fit, "shuffled_labels": cfg.shuffle_labels,
+                        "pca_dim": cfg.pca_dim,
+                        cfg.probe: {"solver": cfg.solver, **_model_info(model, ok, n_fit)}})
+
+
 def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
               class_names: list[str], cfg: ProbeConfig = ProbeConfig(),
               positive_class: str | None = None,
               test_ids: list[str] | None = None,
               test_groups: dict[str, list] | None = None,
-              test_clusters: list[str] | None = None) -> tuple[dict, LinearProbe]:
+              test_clusters: list[str] | None = None) -> tuple[dict, LinearProbe | None]:
     """The protocol on arrays; returns the result fields and the refit probe.
 
+    Steps: cross-validate every grid point (:func:`_cross_validate`), select t, refit
+    (:func:`_refit`), score the fold-models and the refit on the test set with bootstrap CIs,
+    save the refit as arrays (:func:`_saved_probe`).
     ``test_ids`` (the test images' relative paths) key the bootstrap resamples, so every model
     scored on the same test images gets the same resamples whatever its row order: paired.
     ``test_groups`` maps a metadata column to its value per test row; every metric is then also
@@ -344,6 +444,8 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
     X, y = np.asarray(X), np.asarray(y)
     n_classes, d = len(class_names), cfg.pca_dim or X.shape[1]
     _check_inputs(X, y, test, fold, class_names)
+    if cfg.select not in ("mean", "per_fold"):
+        raise VlmprobeError(f"Unknown t selection {cfg.select!r}; choose mean or per_fold.")
     positive = class_names.index(positive_class) if positive_class in class_names else None
     if n_classes != 2:
         positive = None
@@ -355,99 +457,43 @@ def fit_probe(X: np.ndarray, y: np.ndarray, test: np.ndarray, fold: np.ndarray,
         points, sets = points[:1], _few_shot_sets(y, test, n_classes, cfg)
     else:
         sets = [((~test) & (fold != k), fold == k) for k in sorted(set(fold[~test].tolist()))]
-    val_f1 = np.zeros((len(points), len(sets)))
-    val_preds = [[None] * len(sets) for _ in points]
-    test_scores = [[None] * len(sets) for _ in points]
-    unconverged, at_floor, fit_log = 0, 0, {}
+    folds = _cross_validate(X, y, test, sets, points, d, cfg, n_classes)
 
-    def fit_set(fit):
-        scaler = _standardizer(cfg, X[fit])
-        values = _grid(cfg, d, int(fit.sum()))[:len(points)]
-        return scaler, values, _fit_grid(scaler.transform(X[fit]), y[fit], values, cfg)
-
-    for j, ((fit, val), (scaler, values, fits)) in enumerate(zip(sets, _map_folds(
-            fit_set, [f for f, _ in sets], cfg))):
-        Xt = scaler.transform(X[test])
-        Xv = scaler.transform(X[val]) if val.any() else None
-        for i, (svm, ok) in enumerate(fits):
-            unconverged += not ok
-            at_floor += bool(getattr(svm, "at_floor_", False))
-            _fit_record(fit_log, svm, ok, int(fit.sum()), j, points[i], scaler)
-            val_preds[i][j] = svm.predict(Xv) if val.any() else np.zeros(0, int)
-            val_f1[i, j] = f1_score(y[val], val_preds[i][j], average="macro",
-                                    labels=np.arange(n_classes), zero_division=0) if val.any() else 0
-            test_scores[i][j] = _scores_of(svm, Xt)
-        if cfg.few_shot and j == 0:
-            draw0 = (svm, ok, values[0], scaler)
-    mean_val = val_f1.mean(1)
-    if cfg.select not in ("mean", "per_fold"):
-        raise VlmprobeError(f"Unknown t selection {cfg.select!r}; choose mean or per_fold.")
+    mean_val = folds.val_f1.mean(1)
     best = _first_max(mean_val)
-    saturated = not cfg.few_shot and all(np.array_equal(val_preds[i][j], val_preds[0][j])
-                                         for i in range(len(points)) for j in range(len(sets)))
-    train = sets[0][0] if cfg.few_shot else ~test
-    if cfg.few_shot:  # no refit on all data: the saved probe is the first draw's
-        svm, ok, C, scaler = draw0
-    else:  # refit on the whole training part with the selected t: the probe RISE explains
-        scaler = _standardizer(cfg, X[train])
-        C = _grid(cfg, d, int(train.sum()))[best]
-        # The fast solver reaches a large C cold only slowly; warm-started along the grid it is quick.
-        path = ([v for v in _grid(cfg, d, int(train.sum())) if v <= C]
-                if (cfg.probe, cfg.solver) == ("svm", "fast") else [C])
-        svm, ok = _fit_grid(scaler.transform(X[train]), y[train], path, cfg)[path.index(C)]
-        unconverged += not ok
-        at_floor += bool(getattr(svm, "at_floor_", False))
-        _fit_record(fit_log, svm, ok, int(train.sum()), "refit", points[best], scaler)
-    refit_scores = _scores_of(svm, scaler.transform(X[test]))
-
+    saturated = not cfg.few_shot and all(
+        np.array_equal(folds.val_preds[i][j], folds.val_preds[0][j])
+        for i in range(len(points)) for j in range(len(sets)))
     # The paper's choice: one t for every fold (best mean). Variant: each fold-model at its own
     # best t (the refit then uses the mean's t).
-    per_fold = [_first_max(val_f1[:, j]) if cfg.select == "per_fold" else best
+    per_fold = [_first_max(folds.val_f1[:, j]) if cfg.select == "per_fold" else best
                 for j in range(len(sets))]
-    y_test, scores = y[test], [test_scores[i][j] for j, i in enumerate(per_fold)]
+    model, ok, C, scaler, train = _refit(X, y, test, sets, best, points, d, cfg, folds)
+    refit_scores = _scores_of(model, scaler.transform(X[test]))
+
+    y_test, scores = y[test], [folds.test_scores[i][j] for j, i in enumerate(per_fold)]
     preds = [s.argmax(1) for s in scores]
     ids = list(test_ids) if test_ids is not None else [f"{i:09d}" for i in np.flatnonzero(test)]
     w, bootstrap = _bootstrap_weights(cfg, ids, test_clusters)
     test_mean, test_sd, test_ci, extra = _summarize(w, y_test, preds, scores, n_classes, positive)
-    subgroups = {}
-    for column, values in (test_groups or {}).items():
-        values = np.asarray([str(v) for v in values], dtype=object)
-        subgroups[column] = {}
-        for v in sorted(set(values)):
-            m = values == v
-            g_mean, g_sd, g_ci, g_extra = _summarize(w[:, m], y_test[m], [p[m] for p in preds],
-                                                     [sc[m] for sc in scores], n_classes, positive)
-            subgroups[column][v] = {"n": int(m.sum()), "test": g_mean, "test_sd": g_sd,
-                                    "test_ci95": g_ci, "per_class": g_extra["per_class"]}
     refit_mean, _, refit_ci, _ = _summarize(w, y_test, [refit_scores.argmax(1)], [refit_scores],
                                             n_classes, positive)
     fields = dict(
         class_names=class_names, n_train=int((~test).sum()), n_test=int(test.sum()), embed_dim=d,
         probe=cfg.probe, few_shot=cfg.few_shot, t_grid=points, val_macro_f1=mean_val.tolist(),
-        val_macro_f1_sd=val_f1.std(1).tolist(), selected_t=points[best], saturated=saturated,
-        selected_per_fold=[points[i] for i in per_fold],
+        val_macro_f1_sd=folds.val_f1.std(1).tolist(), selected_t=points[best],
+        saturated=saturated, selected_per_fold=[points[i] for i in per_fold],
         test=test_mean, test_sd=test_sd, test_ci95=test_ci, per_class=extra["per_class"],
-        subgroups=subgroups,
-        all_converged=unconverged == 0, n_unconverged=unconverged, n_at_floor=at_floor,
-        fits=fit_log, refit_C=C, solver=cfg.solver if cfg.probe == "svm" else "", tol=cfg.tol,
-        max_iter=cfg.max_iter, bootstrap=bootstrap,
-        refit_test=refit_mean, refit_test_macro_f1_ci95=refit_ci["macro_f1"],
+        subgroups=_subgroup_scores(w, y_test, preds, scores, test_groups, n_classes, positive),
+        all_converged=folds.unconverged == 0, n_unconverged=folds.unconverged,
+        n_at_floor=folds.at_floor, fits=folds.fit_log, refit_C=C,
+        solver=cfg.solver if cfg.probe == "svm" else "", tol=cfg.tol, max_iter=cfg.max_iter,
+        bootstrap=bootstrap, refit_test=refit_mean,
+        refit_test_macro_f1_ci95=refit_ci["macro_f1"],
         positive_class=positive_class if positive is not None else None,
         shuffled_labels=cfg.shuffle_labels,
         test_samples={"ids": ids, "y": y_test, "fold_pred": np.stack(preds),
                       "fold_scores": np.stack(scores), "refit_pred": refit_scores.argmax(1),
                       "refit_scores": refit_scores, "boot": extra["boot"]},
     )
-    if not hasattr(svm, "coef_"):  # kNN: nothing linear to save for RISE
-        return fields, None
-    coef, intercept, std = svm.coef_, svm.intercept_, scaler
-    if isinstance(scaler, Pipeline):  # PCA and its z-score are linear: fold them into the weights
-        std, pca, z = (scaler.named_steps[k] for k in ("scale", "pca", "zscore"))
-        coef = coef / z.scale_
-        intercept = intercept - coef @ z.mean_
-        coef, intercept = coef @ pca.components_, intercept - coef @ pca.components_ @ pca.mean_
-    probe = LinearProbe(std.mean_, std.scale_, coef, intercept, class_names,
-                        {"C": C, "t": points[best], "n_fit": int(train.sum()),
-                         "shuffled_labels": cfg.shuffle_labels, "pca_dim": cfg.pca_dim,
-                         cfg.probe: {"solver": cfg.solver, **_model_info(svm, ok, int(train.sum()))}})
-    return fields, probe
+    return fields, _saved_probe(model, ok, C, scaler, train, class_names, cfg, points[best])

@@ -170,6 +170,76 @@ class ProbeRun(Sequence):
                                 paper=compare_paper))
 
 
+def _probe_cache(cache: Cache, job: ProbeConfig, label: str | None, out: Path | None,
+                 split_seed: int) -> ProbeResult:
+    """The protocol on one cache: its split files (one per outer split, shared with every model
+    of the dataset), the fits, the refit probe, per-image test predictions and the confusion
+    figure, written beside the cache (or under ``out``)."""
+    y, names, view = cache.label_view(label)
+    dropped = cache.empty_classes if view == "class" else []
+    if dropped:
+        log.warning(f"{cache.path}: class(es) {dropped} have no image in this cache and are "
+                    "left out of the class view (recorded as dropped_classes); the other "
+                    f"{len(names)} are probed.")
+    positive = cache.positive_class if view == "class" else None
+    split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
+    patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed,
+                                          job.repeats)
+    clusters = _bootstrap_groups(cache, job.bootstrap_unit)
+    runs = []
+    for r in range(job.repeats):
+        split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y,
+                                     names, SplitSpec(label_view=view, grouping=job.split,
+                                                      seed=split_seed + r),
+                                     source=str(cache.path), groups=patients,
+                                     group_source=group_source)
+        test, fold = split.align(cache.relpaths, str(cache.path))
+        rows = np.flatnonzero(test)
+        groups = {c: [cache.metadata[c][i] for i in rows] for c in job.subgroups}
+        runs.append((split, *fit_probe(
+            cache.embeddings, y, test, fold, names, job, positive,
+            [cache.relpaths[i] for i in rows], groups,
+            None if clusters is None else [clusters[i] for i in rows])))
+    split, fields, probe = runs[0]
+    if len(runs) > 1:
+        fields = _over_splits(fields, [f for _, f, _ in runs])
+    path = probe_path(cache, view, out)
+    path = path.with_name(path.name + ("" if job.probe == "svm" else f".{job.probe}")
+                          + (f".{job.few_shot}-shot" if job.few_shot else "")
+                          + (f".pca{job.pca_dim}" if job.pca_dim else "")
+                          + ("" if job.split == "paper" else f".{job.split}")
+                          + (".shuffled-labels" if job.shuffle_labels else ""))
+    result = ProbeResult(model=cache.model, dataset=cache.dataset + cache.view_tag,
+                         label_view=view,
+                         baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
+                         intensity_pipeline=cache.intensity_pipeline,
+                         dropped_classes=dropped, **fields)
+    if probe is not None:
+        probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
+                           "intensity_pipeline": result.intensity_pipeline,
+                           "cache_key": cache.cache_key, "split_file": str(split.path),
+                           "protocol": asdict(job), "provenance": provenance(stage="probe")})
+        result.probe_file = str(probe.save(path))
+    result.predictions_file = str(_write_predictions(
+        path.with_name(path.name + ".test_predictions.csv"), fields, names))
+    confusion_figure(fields, names, path.with_name(path.name + ".confusion"),
+                      f"{result.name} / {cache.dataset} [{view}]")
+    result.repeats = [{"split_seed": split_seed + r, "split_file": str(sp.path),
+                       # patients crossing train/test (0 for grouped; the leak for paper)
+                       "groups": json.loads(sp.path.with_suffix(".json").read_text()).get(
+                           "groups"),
+                       "selected_t": f["selected_t"], "test": f["test"]}
+                      for r, (sp, f, _) in enumerate(runs)]
+    boot = result.bootstrap
+    log.info(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
+             f"{result.cell('macro_f1')} (bootstrap over {boot['n_units']} test "
+             f"{boot['unit']}s{', solver ' + job.solver if job.probe == 'svm' else ''}); refit "
+             f"({'k' if job.probe == 'knn' else 'C'}={result.refit_C:.4g}) test macro-F1 "
+             f"{100 * result.refit_test['macro_f1']:.1f}"
+             + (f" -> {result.probe_file}" if result.probe_file else ""))
+    return result
+
+
 def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | None = None,
               out: str | Path | None = None, tap: str | None = None, **options) -> ProbeRun:
     """The paper's linear probe on each cache (docs/protocol.md, the probe).
@@ -184,7 +254,6 @@ def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | No
     """
     cfg = with_options(config or ProbeConfig(), options)
     caches, outputs = stage_inputs(caches, out, tap)
-    split_seed, out = cfg.seed, outputs
     if cfg.repeats < 1:
         raise VlmprobeError(f"repeats must be >= 1; got {cfg.repeats}.")
     if cfg.pca_dim < 0:
@@ -196,72 +265,8 @@ def run_probe(caches=None, config: ProbeConfig | None = None, *, label: str | No
         if missing:
             raise VlmprobeError(f"{cache.path}: no metadata column(s) {missing} for subgroups; "
                                 f"columns: {', '.join(sorted(cache.metadata)) or 'none'}.")
-    results = []
-    for cache, job in _probe_jobs(caches, cfg):
-        job = job.resolved()
-        y, names, view = cache.label_view(label)
-        dropped = cache.empty_classes if view == "class" else []
-        if dropped:
-            log.warning(f"{cache.path}: class(es) {dropped} have no image in this cache and are "
-                        "left out of the class view (recorded as dropped_classes); the other "
-                        f"{len(names)} are probed.")
-        positive = cache.positive_class if view == "class" else None
-        split_dir = Path(cache.path).parent / "splits"  # beside the caches: shared by all models
-        patients, group_source = _split_groups(cache, split_dir, view, job.split, split_seed,
-                                              job.repeats)
-        clusters = _bootstrap_groups(cache, job.bootstrap_unit)
-        runs = []
-        for r in range(job.repeats):
-            split = load_or_create_split(split_dir, cache.dataset_fingerprint, cache.relpaths, y,
-                                         names, SplitSpec(label_view=view, grouping=job.split,
-                                                          seed=split_seed + r),
-                                         source=str(cache.path), groups=patients,
-                                         group_source=group_source)
-            test, fold = split.align(cache.relpaths, str(cache.path))
-            rows = np.flatnonzero(test)
-            groups = {c: [cache.metadata[c][i] for i in rows] for c in job.subgroups}
-            runs.append((split, *fit_probe(
-                cache.embeddings, y, test, fold, names, job, positive,
-                [cache.relpaths[i] for i in rows], groups,
-                None if clusters is None else [clusters[i] for i in rows])))
-        split, fields, probe = runs[0]
-        if len(runs) > 1:
-            fields = _over_splits(fields, [f for _, f, _ in runs])
-        path = probe_path(cache, view, out)
-        path = path.with_name(path.name + ("" if job.probe == "svm" else f".{job.probe}")
-                              + (f".{job.few_shot}-shot" if job.few_shot else "")
-                              + (f".pca{job.pca_dim}" if job.pca_dim else "")
-                              + ("" if job.split == "paper" else f".{job.split}")
-                              + (".shuffled-labels" if job.shuffle_labels else ""))
-        result = ProbeResult(model=cache.model, dataset=cache.dataset + cache.view_tag,
-                             label_view=view,
-                             baseline=cache.baseline, pca_dim=job.pca_dim, split=job.split,
-                             intensity_pipeline=cache.intensity_pipeline,
-                             dropped_classes=dropped, **fields)
-        if probe is not None:
-            probe.info.update({"model": cache.model, "dataset": cache.dataset, "label_view": view,
-                               "intensity_pipeline": result.intensity_pipeline,
-                               "cache_key": cache.cache_key, "split_file": str(split.path),
-                               "protocol": asdict(job), "provenance": provenance(stage="probe")})
-            result.probe_file = str(probe.save(path))
-        result.predictions_file = str(_write_predictions(
-            path.with_name(path.name + ".test_predictions.csv"), fields, names))
-        confusion_figure(fields, names, path.with_name(path.name + ".confusion"),
-                          f"{result.name} / {cache.dataset} [{view}]")
-        result.repeats = [{"split_seed": split_seed + r, "split_file": str(sp.path),
-                           # patients crossing train/test (0 for grouped; the leak for paper)
-                           "groups": json.loads(sp.path.with_suffix(".json").read_text()).get(
-                               "groups"),
-                           "selected_t": f["selected_t"], "test": f["test"]}
-                          for r, (sp, f, _) in enumerate(runs)]
-        boot = result.bootstrap
-        log.info(f"{result.name} / {cache.dataset} [{view}]: {result.selected}, test macro-F1 "
-                 f"{result.cell('macro_f1')} (bootstrap over {boot['n_units']} test "
-                 f"{boot['unit']}s{', solver ' + job.solver if job.probe == 'svm' else ''}); refit "
-                 f"({'k' if job.probe == 'knn' else 'C'}={result.refit_C:.4g}) test macro-F1 "
-                 f"{100 * result.refit_test['macro_f1']:.1f}"
-                 + (f" -> {result.probe_file}" if result.probe_file else ""))
-        results.append(result)
+    results = [_probe_cache(cache, job.resolved(), label, outputs, cfg.seed)
+               for cache, job in _probe_jobs(caches, cfg)]
     first = caches[0].path
     return ProbeRun(results, cfg, label,
                     outputs if outputs is not None else Path(first).parent.parent if first else None)
