@@ -279,7 +279,7 @@ class _Explainer:
         float cache), after checking the file is the one the cache was made from."""
         path = self.root / sample_file(rel)
         digest = dict(zip(self.cache.files["relpath"], self.cache.files["digest"]))[rel]
-        if not path.is_file() or file_digest(path) != digest:
+        if not path.exists() or file_digest(path) != digest:
             raise VlmprobeError(f"{path} is missing or differs from the file {self.cache.path} "
                                 "was extracted from; pass --root pointing at that dataset copy.")
         window, intensity = self.cache.dicom_window, self.cache.intensity
