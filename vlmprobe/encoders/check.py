@@ -52,6 +52,7 @@ def _cached(location: str, names: tuple[str, ...], revision: str | None) -> bool
 def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> CheckResult:
     """Can ``entry`` load here, and if not, why not (every reason, not only the first)."""
     from . import remote_code_allowed
+    from .hub import gated_hint, local_weights
 
     result = CheckResult(entry.name, "ready")
     cls = FAMILIES.get(entry.family)
@@ -68,13 +69,17 @@ def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> Che
         result.reasons.append(problem)
     if entry.trust_remote_code and not remote_code_allowed(trust_remote_code):
         result.reasons.append("runs the hub repo's own code: pass --trust-remote-code")
-    if entry.gated:
+    if entry.gated and not entry.weights:
         from huggingface_hub import get_token
 
         if get_token() is None:
-            result.reasons.append(f"gated: accept the licence at https://huggingface.co/"
-                                  f"{entry.source.split(':')[-1]} and `huggingface-cli login`")
-    if not missing:
+            result.reasons.append(f"gated: {gated_hint(entry.source.split(':')[-1])}")
+    if entry.weights:  # a local checkpoint: nothing from the hub for the entry's own repo
+        try:
+            local_weights(entry)
+        except VlmprobeError as err:
+            result.reasons.append(str(err))
+    elif not missing:
         try:
             needs = cls.needed_files(entry)
         except VlmprobeError as err:
