@@ -66,7 +66,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 @app.command()
 def models(
-    name: Optional[str] = typer.Argument(None, help="One registry key (with --check)."),
+    names: Optional[List[str]] = typer.Argument(None, help="One registry key (with --check); "
+                                                "or `fetch NAME...`: download what those "
+                                                "entries need from the hub and lock it."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
     check: bool = typer.Option(False, "--check", help="Say per entry whether it can load here "
                                "and why not (packages, token, cached weights, offline); "
@@ -79,12 +81,29 @@ def models(
     markdown: bool = typer.Option(False, "--markdown", help="Print the README's model table."),
     twins: bool = typer.Option(False, "--twins", help="Also list the derived <model>_random "
                                "null baselines (same architecture, seeded random weights)."),
+    update: bool = typer.Option(False, "--update", help="With fetch: lock the hub's current "
+                                "files (default: the locked commits, if a lock exists)."),
 ):
-    """List the model registry (or check it, or compare two models' vision weights)."""
+    """List the model registry (or check it, compare two models' vision weights, or fetch
+    and lock what models need: `vlmprobe models fetch NAME...`)."""
     from .registry.models import (get_model_entry, load_registry, markdown_table, model_summary,
                                   random_twins)
 
     entries = load_registry(registry or ())
+    if names and names[0] == "fetch":
+        from .encoders.fetch import fetch_model
+
+        if len(names) == 1:
+            raise VlmprobeError("models fetch: name the models to fetch, e.g. `vlmprobe models "
+                                "fetch biomedclip plip` (see `vlmprobe models`).")
+        for key in names[1:]:
+            for line in fetch_model(get_model_entry(key, entries), update).summary():
+                _say(line)
+        return
+    if names and len(names) > 1:
+        raise VlmprobeError(f"models takes one key (with --check), or `fetch NAME...`; got "
+                            f"{names}.")
+    name = names[0] if names else None
     derived = random_twins(entries)
     if twins:
         entries = {**entries, **derived}

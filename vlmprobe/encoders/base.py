@@ -160,13 +160,17 @@ class Encoder(ABC):
 
     # -- shared behaviour ---------------------------------------------------------------------
     def load(self) -> "Encoder":
+        from .fetch import verified_snapshots
         from .hub import local_weights
 
         if self.entry.tap not in self.taps:
             raise VlmprobeError(f"{self.family} entry {self.entry.name!r}: tap "
                                 f"{self.entry.tap!r} unknown; valid: {', '.join(self.taps)}.")
+        #: the verified snapshot folder of each repo the model's lock names (models fetch)
+        self.snapshots_ = {} if self.entry.weights else verified_snapshots(self.entry)
         #: a local checkpoint file or snapshot directory to read instead of the hub, or None
-        self.local_ = local_weights(self.entry)
+        self.local_ = local_weights(self.entry) or self.snapshots_.get(
+            self.repo_of(self.entry.source))
         self.model_ = self._load_model().eval()
         if self.entry.random_init:
             # on the CPU, then moved: CUDA's generator draws other numbers from the same seed,
@@ -181,9 +185,11 @@ class Encoder(ABC):
         return self
 
     def location(self, repo: str) -> str:
-        """Where the files of hub repo ``repo`` are read from: the local snapshot directory
-        when the entry's own repo is read from one, else the repo (hub and HF cache)."""
-        local = getattr(self, "local_", None)
+        """Where the files of hub repo ``repo`` are read from: its locked snapshot folder, or
+        the entry's local snapshot directory for its own repo, else the repo (hub, HF cache)."""
+        snapshots, local = getattr(self, "snapshots_", {}), getattr(self, "local_", None)
+        if repo in snapshots:
+            return str(snapshots[repo])
         return str(local) if local is not None and local.is_dir() and repo == self.repo_of(
             self.entry.source) else repo
 

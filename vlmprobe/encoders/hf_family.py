@@ -2,7 +2,7 @@
 own AutoImageProcessor as the official transform. An entry's local ``weights`` is a snapshot
 directory (``config.json``, weights, ``preprocessor_config.json``), read by ``from_pretrained``
 as the repo would be; there a checkpoint that leaves weights of the class unset (missing keys)
-is refused instead of running with random ones."""
+is refused instead of running with random ones (hub repos keep transformers' own behaviour)."""
 from __future__ import annotations
 
 from ..validation import VlmprobeError
@@ -67,7 +67,7 @@ class TransformersEncoder(Encoder):
         e = self.entry
         source = self.location(source)
         try:
-            if not model or self.local_ is None or source != str(self.local_):
+            if not (model and self.entry.weights and source == str(self.local_)):
                 return cls.from_pretrained(source, revision=revision,
                                            trust_remote_code=e.trust_remote_code)
             model, info = cls.from_pretrained(source, trust_remote_code=e.trust_remote_code,

@@ -93,10 +93,23 @@ class LlavaTowerEncoder(Encoder):
 
     @classmethod
     def needed_files(cls, entry):
+        """The config, the weight index (once cached: the shards holding the tower and
+        projector tensors, never the LLM-only ones) and the tower's preprocessor config."""
+        from huggingface_hub import try_to_load_from_cache
+
         tower_repo = entry.processor_source or entry.source
-        return [(entry.source, ("config.json",)),
-                (entry.source, ("model.safetensors.index.json", "model.safetensors")),
-                (tower_repo, ("preprocessor_config.json",))]
+        needs = [(entry.source, ("config.json",)),
+                 (entry.source, ("model.safetensors.index.json", "model.safetensors")),
+                 (tower_repo, ("preprocessor_config.json",))]
+        index = try_to_load_from_cache(entry.source, "model.safetensors.index.json",
+                                       revision=entry.revision)
+        if isinstance(index, str):
+            prefixes = tuple(entry.model_kwargs.get(k) for k in ("tower_prefix", "projector_prefix")
+                             if entry.model_kwargs.get(k))
+            shards = {f for k, f in _read_json(index)["weight_map"].items()
+                      if k.startswith(prefixes)}
+            needs += [(entry.source, (shard,)) for shard in sorted(shards)]
+        return needs
 
     @classmethod
     def missing_requirement(cls, entry) -> str | None:

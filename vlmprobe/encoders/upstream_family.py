@@ -195,7 +195,11 @@ class UpstreamEncoder(Encoder):
         files = {"conch": ("pytorch_model.bin",), "flair": ("model.safetensors", "pytorch_model.bin")}
         names = files.get(entry.model_kwargs.get("api")) or ((entry.weights_file,)
                                                               if entry.weights_file else ())
-        return [(repo, names)] if names else []
+        needs = [(repo, names)] if names else []
+        configs = {"conch": ("meta.yaml",), "flair": ("config.json",)}  # what their loaders read
+        if entry.model_kwargs.get("api") in configs:
+            needs.append((repo, configs[entry.model_kwargs["api"]]))
+        return needs
 
     def _load_model(self):
         api, e = _api(self.entry), self.entry
