@@ -8,7 +8,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from ..registry import get_model_entry
+from ..registry import get_model_entry, load_registry
 from .record import plain
 from .spec import DatasetSpec, StudySpec
 from .stages import CLASS_LABEL, STAGES, Settings, Work
@@ -73,6 +73,8 @@ class Job:
 
 def plan(spec: StudySpec) -> list[Job]:
     """Every job, dataset by dataset, each after the jobs it needs."""
+    entries = load_registry()
+    baseline = {m: get_model_entry(m, entries).baseline for m in spec.models}
     jobs = []
     for d in spec.datasets:
         extracts = [Job(f"extract/{m}/{d.name}", "extract", d, m, [],
@@ -90,7 +92,7 @@ def plan(spec: StudySpec) -> list[Job]:
         if "rise" in stages and probe:
             for m in spec.models:
                 settings = spec.settings("rise", d, m)
-                if get_model_entry(m).baseline and not settings.keywords.get("include_baselines"):
+                if baseline[m] and not settings.keywords.get("include_baselines"):
                     continue  # as run_rise: null baselines are explained only when asked
                 jobs.append(Job(f"rise/{m}/{d.name}", "rise", d, m,
                                 [f"extract/{m}/{d.name}", *probe], settings))

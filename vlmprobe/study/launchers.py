@@ -48,7 +48,10 @@ class LocalLauncher:
 
     def start(self, work: Work) -> str:
         receive, send = self.context.Pipe(duplex=False)
-        threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else 0
+        # the cores shared between the jobs; one job at a time: as the environment says
+        omp = os.environ.get("OMP_NUM_THREADS", "")
+        threads = (max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1
+                   else int(omp) if omp.isdigit() else 0)
         process = self.context.Process(target=run_local, name=work.id, args=(
             work, send, dict(os.environ), os.getcwd(), threads))
         process.start()

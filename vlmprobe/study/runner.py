@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..cache import read_cache_key
+from ..cache.chunks import WriterLock
 from ..messages import console
 from ..provenance import provenance
 from ..validation import VlmprobeError
@@ -196,9 +197,15 @@ def run_study(study: str | Path | StudySpec, *, launcher: str | None = None,
         raise VlmprobeError(f"Unknown launcher {name!r}; use one of {', '.join(LAUNCHERS)}.")
     if jobs is not None and jobs < 1:
         raise VlmprobeError(f"--jobs {jobs}: give 1 or more jobs at once.")
-    at_once = jobs or spec.launcher.jobs
+    at_once = jobs or spec.launcher.jobs or (1 if name == "local" else None)
     pool = make_launcher(spec, name, at_once)  # checks cluster resources before any job
     path = record_path(spec.out)
+    with WriterLock(path):  # one coordinator per study folder
+        return _run(spec, pool, name, at_once, path, rerun, progress)
+
+
+def _run(spec: StudySpec, pool, name: str, at_once: int | None, path: Path, rerun: bool,
+         progress: bool) -> StudyRun:
     record = read_record(path) or new_record()
     record.update(study_file=str(spec.path), study_yaml=spec.text, out=str(spec.out),
                   resolved=_resolved(spec, name, at_once), provenance=provenance(stage="study"))

@@ -10,6 +10,7 @@ umap: one job per dataset, ``run_umap`` (models side by side); rise: one job per
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -65,8 +66,6 @@ class Settings:
 
     def call_keywords(self, call: Callable) -> dict:
         """The keyword options ``call`` takes."""
-        import inspect
-
         names = inspect.signature(call).parameters
         return {k: v for k, v in self.keywords.items() if k in names}
 
