@@ -27,6 +27,15 @@ def _record(out: Path) -> dict:
     return read_record(out / "run_record.json")
 
 
+def _one_dataset_study(tmp_path: Path, model: str, root: Path, extract: str, rest: str) -> Path:
+    """A study of ``model`` on the phantom at ``root``: extract options, then the rest."""
+    study = tmp_path / "study.yaml"
+    study.write_text(f"out: out\nmodels: [{model}]\n"
+                     f"datasets: {{breastus_phantom: {{root: {root}}}}}\nstages:\n"
+                     f"  extract: {{{extract}}}\n  probe: {{n_bootstrap: 20}}\n{rest}")
+    return study
+
+
 @pytest.mark.slow
 def test_a_failing_dataset_fails_only_its_jobs_and_a_rerun_does_only_those(
         shared_phantom, tiny_model, tmp_path):
@@ -111,15 +120,8 @@ stages:
 
 @pytest.mark.slow
 def test_an_interrupted_study_continues_where_it_stopped(shared_phantom, tiny_model, tmp_path):
-    study = tmp_path / "study.yaml"
-    study.write_text(f"""\
-out: out
-models: [{tiny_model}]
-datasets: {{breastus_phantom: {{root: {shared_phantom}}}}}
-stages:
-  extract: {{batch_size: 1, num_workers: 0}}
-  probe: {{n_bootstrap: 20}}
-""")
+    study = _one_dataset_study(tmp_path, tiny_model, shared_phantom,
+                               "batch_size: 1, num_workers: 0", "")
     out = tmp_path / "out"
     with open(tmp_path / "first.err", "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "vlmprobe", "study", str(study)],
@@ -147,19 +149,10 @@ def test_the_slurm_launcher_shards_an_extraction_over_tasks_through_submitit(
         shared_phantom, shared_cache, tiny_model, tmp_path):
     """submitit's local executor: the slurm code path (one job per extraction, one task per
     shard, TorchDistributedEnvironment's rank variables) on one machine."""
-    study = tmp_path / "study.yaml"
-    study.write_text(f"""\
-out: out
-models: [{tiny_model}]
-datasets: {{breastus_phantom: {{root: {shared_phantom}}}}}
-stages:
-  extract: {{num_workers: 0, device: cpu}}
-  probe: {{n_bootstrap: 20}}
-launcher:
-  name: slurm
-  cluster: local
-  resources: {{all: {{timeout_min: 20}}, extract: {{tasks_per_node: 2}}}}
-""")
+    study = _one_dataset_study(tmp_path, tiny_model, shared_phantom,
+                               "num_workers: 0, device: cpu",
+                               "launcher:\n  name: slurm\n  cluster: local\n  resources: "
+                               "{all: {timeout_min: 20}, extract: {tasks_per_node: 2}}\n")
     out = tmp_path / "out"
     run = run_study(study, progress=False)
     assert run.ok, [(s.job.id, s.reason, s.log) for s in run.states]

@@ -8,10 +8,10 @@ it. This docstring is its schema (``schema_version`` 1)::
     out                      the output folder
     resolved                 the study as run, defaults filled in: models, datasets
                              ({name: {dataset, root, options}}), stages (in order), launcher
-    provenance               vlmprobe.provenance of the latest run (versions, git commit,
-                             platform, command line)
     runs                     one per invocation: started, finished (UTC), command_line,
-                             launcher, jobs_at_once, counts ({status: n}), interrupted
+                             launcher, jobs_at_once, counts ({status: n}), interrupted,
+                             provenance (vlmprobe.provenance: vlmprobe and package versions,
+                             git commit, Python, platform)
     jobs                     {job id: job}; ids are extract/<model>/<dataset>, probe/<dataset>,
                              umap/<dataset>, rise/<model>/<dataset> (<dataset>: the study's name)
 

@@ -88,7 +88,11 @@ def _seconds(s: float | None) -> str:
 
 
 def status_table(states: list[JobState], title: str) -> Table:
-    table = Table("job", "status", "time", "details", title=title, title_justify="left")
+    table = Table(title=title, title_justify="left")
+    table.add_column("job")
+    table.add_column("status")
+    table.add_column("time", no_wrap=True)
+    table.add_column("details", overflow="fold")  # paths whole, folded, never cut
     for s in states:
         colour = _COLOURS[s.status]
         seconds = (time.monotonic() - s.since if s.status == "running" and s.since
@@ -208,9 +212,10 @@ def _run(spec: StudySpec, pool, name: str, at_once: int | None, path: Path, reru
          progress: bool) -> StudyRun:
     record = read_record(path) or new_record()
     record.update(study_file=str(spec.path), study_yaml=spec.text, out=str(spec.out),
-                  resolved=_resolved(spec, name, at_once), provenance=provenance(stage="study"))
+                  resolved=_resolved(spec, name, at_once))
     run = {"started": _now(), "finished": None, "command_line": " ".join(sys.argv),
-           "launcher": name, "jobs_at_once": at_once, "counts": {}, "interrupted": False}
+           "launcher": name, "jobs_at_once": at_once, "counts": {}, "interrupted": False,
+           "provenance": provenance(stage="study")}
     record["runs"].append(run)
     index = len(record["runs"]) - 1
     write_record(path, record)
@@ -247,7 +252,8 @@ def _run(spec: StudySpec, pool, name: str, at_once: int | None, path: Path, reru
                     if pool.free() <= 0:
                         continue
                     work = job.work(spec, inputs)
-                    state.status, state.since, state.log = "running", time.monotonic(), str(work.log)
+                    state.status, state.since = "running", time.monotonic()
+                    state.log = str(work.log)
                     started[job.id] = (signature, inputs, work, pool.start(work))
                     log.info(f"{job.id}: started ({state.log})")
                 if all(s.status in FINISHED for s in states.values()):
