@@ -549,15 +549,18 @@ def study(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Where the demo writes everything."),
-    n: int = typer.Option(600, "--n", help="Phantom images."),
+    n: int = typer.Option(600, "--n", help="Images of the BUSI phantom."),
+    site_n: int = typer.Option(120, "--site-n", help="Images of the brain MRI phantom."),
     seed: int = typer.Option(0, "--seed", help="Phantom seed."),
     n_masks: int = typer.Option(1024, "--n-masks", help="RISE masks per image."),
-    images: int = typer.Option(3, "--images", help="Images explained with RISE."),
+    images: int = typer.Option(3, "--images", help="Images explained with RISE (one fewer on "
+                               "the brain MRI phantom)."),
 ):
-    """The offline demo: phantom BUSI -> extract -> probe -> umap -> rise -> summary."""
+    """The offline demo, a small study: two phantoms -> extract -> probe -> umap -> rise ->
+    summary (run again to continue where it stopped)."""
     from .demo import run_demo
 
-    summary = run_demo(out, n=n, seed=seed, n_masks=n_masks, n_images=images)
+    summary = run_demo(out, n=n, site_n=site_n, seed=seed, n_masks=n_masks, n_images=images)
     console.rule("summary")
     _say(summary.read_text())
     _say(f"Demo finished. Summary: {summary}")
