@@ -53,7 +53,8 @@ def test_init_writes_the_template_once_and_it_loads_with_its_roots(tmp_path):
     assert spec.models == ["efficientnet_lite0", "efficientnet_lite0_random"]
     assert spec.stages == ["extract", "probe", "umap", "rise"]
     assert spec.out == tmp_path / "study_out" and spec.launcher.name == "local"
-    assert [d.root for d in spec.datasets] == [tmp_path / "data/breastus", tmp_path / "data/brainmr"]
+    assert [d.root for d in spec.datasets] == [tmp_path / "data/breastus",
+                                               tmp_path / "data/brainmr"]
 
 
 @pytest.mark.parametrize("change, line, message", [
@@ -180,3 +181,18 @@ def test_cluster_resources_are_checked_by_submitit_before_any_job(tmp_path):
                                             r"\{'gpus': 1\}: .*gpus"):
         run_study(path, progress=False)
     assert not (tmp_path / "out" / "run_record.json").exists()
+
+
+def test_the_readme_study_example_is_a_valid_study(tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("## Studies")[1].split("```yaml\n")[1].split("```")[0]
+    for root in ("busi", "hicervix", "isic2019", "ct"):
+        (tmp_path / root).mkdir()
+        (tmp_path / root / "x.png").write_bytes(b"")
+    path = tmp_path / "study.yaml"
+    path.write_text(example.replace("/data/", f"{tmp_path}/"))
+    spec = load_study(path)
+    assert [d.name for d in spec.datasets] == ["breastus", "hicervix", "isic2019", "ctdicom_minmax"]
+    ids = [j.id for j in plan(spec)]
+    assert "rise/biomedclip/breastus" in ids and "rise/biomedclip/hicervix" not in ids
+    assert spec.settings("extract", spec.datasets[0], "biomedclip").config.precision == "fp16"
