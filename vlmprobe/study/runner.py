@@ -20,13 +20,12 @@ from rich.table import Table
 from ..cache import read_cache_key
 from ..cache.chunks import WriterLock
 from ..messages import console
-from ..provenance import provenance
+from ..provenance import now_utc, provenance
 from ..validation import VlmprobeError
 from .jobs import Job, plan
 from .launchers import make_launcher
 from .record import new_record, plain, read_record, record_path, write_record
 from .spec import LAUNCHERS, StudySpec, load_study
-from .worker import _now
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ def _run(spec: StudySpec, pool, name: str, at_once: int | None, path: Path, reru
     record = read_record(path) or new_record()
     record.update(study_file=str(spec.path), study_yaml=spec.text, out=str(spec.out),
                   resolved=_resolved(spec, name, at_once))
-    run = {"started": _now(), "finished": None, "command_line": " ".join(sys.argv),
+    run = {"started": now_utc(), "finished": None, "command_line": " ".join(sys.argv),
            "launcher": name, "jobs_at_once": at_once, "counts": {}, "interrupted": False,
            "provenance": provenance(stage="study")}
     record["runs"].append(run)
@@ -272,7 +271,7 @@ def _run(spec: StudySpec, pool, name: str, at_once: int | None, path: Path, reru
                 _finish(record, index, states[job_id],
                         {"status": "interrupted", "reason": "stopped by Ctrl-C / SIGTERM"},
                         started[job_id])
-    run.update(finished=_now(), interrupted=interrupted,
+    run.update(finished=now_utc(), interrupted=interrupted,
                counts={k: sum(s.status == k for s in states.values()) for k in FINISHED})
     write_record(path, record)
     return StudyRun(spec, path, list(states.values()), interrupted)

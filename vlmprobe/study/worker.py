@@ -3,7 +3,6 @@ warning and traceback goes to the job's log file, and the result says what happe
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import os
 import sys
@@ -12,14 +11,11 @@ import traceback
 from pathlib import Path
 
 from ..messages import show_messages
+from ..provenance import now_utc
 from ..validation import VlmprobeError
 from .stages import RUNS, Work
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager
@@ -63,7 +59,7 @@ def run_job(work: Work) -> dict:
     """Run ``work`` here; never raises for a failing job (its reason and log say why)."""
     rank = _rank()
     path = work.log if rank == 0 else work.log.with_name(f"{work.log.stem}.rank{rank}.log")
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = now_utc(), time.perf_counter()
     with _output_to(path):
         show_messages("INFO")
         logging.captureWarnings(True)
@@ -81,7 +77,7 @@ def run_job(work: Work) -> dict:
         seconds = time.perf_counter() - t0
         log.info(f"{work.id}: {status} in {seconds:.1f} s" + (f": {reason}" if reason else ""))
     return {"status": status, "reason": reason, "outputs": outputs, "started": started,
-            "finished": _now(), "duration_s": round(seconds, 2), "log": str(path)}
+            "finished": now_utc(), "duration_s": round(seconds, 2), "log": str(path)}
 
 
 def run_local(work: Work, conn, env: dict, cwd: str, threads: int) -> None:
@@ -97,5 +93,7 @@ def run_local(work: Work, conn, env: dict, cwd: str, threads: int) -> None:
         conn.send(run_job(work))
     except (BrokenPipeError, EOFError):
         pass  # the coordinator is gone; the job's files and log are written
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches every process of the terminal; the coordinator records it
     finally:
         conn.close()
