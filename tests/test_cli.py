@@ -18,7 +18,7 @@ def run(*args, ok=True):
 
 def test_every_command_has_help():
     for cmd in ([], ["models"], ["datasets"], ["datasets", "make-phantom"], ["extract"], ["probe"],
-                ["umap"], ["rise"], ["demo"]):
+                ["umap"], ["rise"], ["study"], ["demo"]):
         assert "Usage" in run(*cmd, "--help").output
 
 

@@ -54,7 +54,7 @@ def test_wheel_ships_the_registries_and_the_paper_tables(installed):
     wheel = next((installed.parent / "dist").glob("vlmprobe-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("vlmprobe/registry/model_registry.yaml", "vlmprobe/registry/datasets.yaml",
-                    "vlmprobe/probe/paper_tables.csv"):
+                    "vlmprobe/probe/paper_tables.csv", "vlmprobe/study/template.yaml"):
         assert shipped in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
@@ -69,6 +69,9 @@ def test_installed_commands_work_outside_the_repository(installed, tmp_path):
     assert "efficientnet_lite0" in names and "biomedclip" in names
     datasets = _run(installed, tmp_path, "datasets")
     assert datasets.returncode == 0 and "breastus" in datasets.stdout + datasets.stderr
+    template = _run(installed, tmp_path, "study", "study.yaml", "--init")
+    assert template.returncode == 0, template.stderr
+    assert "models:" in (tmp_path / "study.yaml").read_text()
     origin = subprocess.run([installed / "bin" / "python", "-c", "import vlmprobe; print(vlmprobe.__file__)"],
                             cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert str(installed) in origin and str(REPO) not in origin

@@ -617,17 +617,58 @@ def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
 
 
 @app.command()
+def study(
+    file: Path = typer.Argument(..., help="The study file (YAML): models, datasets with their "
+                                "roots, stages and options, output folder, launcher."),
+    init: bool = typer.Option(False, "--init", help="Write a commented template to FILE and "
+                              "exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs, what is already done "
+                                 "and the time left (from measured img/s); run nothing."),
+    launcher: Optional[str] = typer.Option(None, "--launcher", help="local (processes on this "
+                                           "machine) | slurm (submitit); default: the file's."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Jobs at once (local: processes, "
+                                       "default 1; slurm: queued, default all that are ready)."),
+    rerun: bool = typer.Option(False, "--rerun", help="Run every job again, also those the run "
+                               "record shows done (extraction still keeps valid caches)."),
+):
+    """Every stage for every model x dataset of a study file: extract -> probe -> umap -> rise,
+    resumable (run again to continue), one failing job failing only what needs it."""
+    from .study import plan_study, run_study, write_template
+
+    if init:
+        _say(f"Study template written to {write_template(file)}; fill in models, datasets and "
+             f"roots, then run `vlmprobe study {file} --dry-run`.")
+        return
+    if dry_run:
+        stdout.print(plan_study(file, rerun=rerun).table())
+        return
+    run = run_study(file, launcher=launcher, jobs=jobs, rerun=rerun)
+    stdout.print(run.table())
+    _say(f"Run record: {run.record}")
+    if run.interrupted:
+        raise typer.Exit(130)
+    if not run.ok:
+        failed = sum(s.status == "failed" for s in run.states)
+        _say(f"{failed} job(s) failed; fix the cause named in their logs and run the same "
+             "command again: finished jobs are skipped.")
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Where the demo writes everything."),
-    n: int = typer.Option(600, "--n", help="Phantom images."),
+    n: int = typer.Option(600, "--n", help="Images of the BUSI phantom."),
+    site_n: int = typer.Option(120, "--site-n", help="Images of the brain MRI phantom."),
     seed: int = typer.Option(0, "--seed", help="Phantom seed."),
     n_masks: int = typer.Option(1024, "--n-masks", help="RISE masks per image."),
-    images: int = typer.Option(3, "--images", help="Images explained with RISE."),
+    images: int = typer.Option(3, "--images", help="Images explained with RISE (one fewer on "
+                               "the brain MRI phantom)."),
 ):
-    """The offline demo: phantom BUSI -> extract -> probe -> umap -> rise -> summary."""
+    """The offline demo, a small study: two phantoms -> extract -> probe -> umap -> rise ->
+    summary (run again to continue where it stopped)."""
     from .demo import run_demo
 
-    summary = run_demo(out, n=n, seed=seed, n_masks=n_masks, n_images=images)
+    summary = run_demo(out, n=n, site_n=site_n, seed=seed, n_masks=n_masks, n_images=images)
     console.rule("summary")
     _say(summary.read_text())
     _say(f"Demo finished. Summary: {summary}")

@@ -49,12 +49,17 @@ def git_commit() -> str | None:
         return None
 
 
+def now_utc() -> str:
+    """The time now as every output records it: UTC, ISO 8601, to the second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(**extra) -> dict:
     """A JSON-serialisable record of the run; stage-specific fields go in ``extra``."""
     return {
         "vlmprobe_version": __version__,
         "git_commit": git_commit(),
-        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time_utc": now_utc(),
         "command_line": " ".join(sys.argv),
         "python": platform.python_version(),
         "platform": platform.platform(),
