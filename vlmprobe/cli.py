@@ -616,6 +616,45 @@ def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
     _say(f"Merged into {merge_shards(shards, remove=not keep)}")
 
 
+@cache_app.command("import")
+def cache_import_cmd(
+    features: Path = typer.Argument(..., help="Embeddings from another tool: .npy / .npz / .pt "
+                                    "[N, d] (rows in the labels CSV's order), TRIDENT .h5 "
+                                    "(features, coords; a file per slide, or their folder), "
+                                    "or an eva embeddings manifest .csv."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="The labels CSV (not for an "
+                                          "eva manifest, which has its targets)."),
+    model: str = typer.Option(..., "--model", help="The model name the cache is filed under."),
+    dataset: str = typer.Option(..., "--dataset", help="The dataset name the cache is filed "
+                                "under (caches of one dataset pair in probe tables)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The cache directory (default "
+                                       "$VLMPROBE_CACHE or ~/.cache/vlmprobe)."),
+    per: str = typer.Option("slide", "--per", help="TRIDENT .h5: slide (one sample per slide, "
+                            "patches pooled) | patch (one per patch, grouped by slide)."),
+    pool: str = typer.Option("mean", "--pool", help="How a slide's patch rows become one: mean "
+                             "(each patch weighs the same) | max (elementwise)."),
+    id_column: str = typer.Option("id", "--id-column", help="Labels CSV: the sample ids (a "
+                                  "TRIDENT file's stem); without it, row numbers."),
+    label_column: str = typer.Option("label", "--label-column", help="Labels CSV: the class "
+                                     "names."),
+    group_column: Optional[str] = typer.Option(None, "--group-column", help="Labels CSV: the "
+                                               "patient ids (grouped splits)."),
+    meta_columns: Optional[str] = typer.Option(None, "--meta-columns", help="Labels CSV: comma "
+                                               "list kept as metadata (default: the others)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing cache."),
+):
+    """Turn embeddings another tool computed, with their labels, into a vlmprobe cache that
+    probe and umap read (rise needs the encoder, so it refuses an imported cache)."""
+    from .cache.imported import import_features
+
+    path = import_features(features, labels, model=model, dataset=dataset, out=out, per=per,
+                           pool=pool, id_column=id_column, label_column=label_column,
+                           group_column=group_column, force=force,
+                           meta_columns=[c.strip() for c in meta_columns.split(",") if c.strip()]
+                           if meta_columns is not None else None)
+    _say(f"Imported {features} into {path}")
+
+
 @app.command()
 def study(
     file: Path = typer.Argument(..., help="The study file (YAML): models, datasets with their "
