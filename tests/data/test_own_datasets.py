@@ -111,7 +111,9 @@ def test_manifest_bad_rows_name_file_and_row_and_write_nothing(manifest, tmp_pat
     outside.write_text("\n".join(lines[:2] + ["../elsewhere.png,cyst,p9,site0,x"]))
     with pytest.raises(VlmprobeError, match=r"outside.csv row 3: path '../elsewhere.png' points "
                                             "outside the dataset root"):
-        load_dataset(f"csv:{outside}", path_column="file", label_column="dx")
+        vlmprobe.extract(MODEL, f"csv:{outside}", out=out,
+                         dataset_options={"path_column": "file", "label_column": "dx"})
+    assert not out.exists()
     user = tmp_path / "user.yaml"  # classes fixed by an entry: another label is an error
     user.write_text(f"datasets:\n  fixed:\n    paper_name: Fixed\n    modality: US\n"
                     f"    classes: [cyst, mass]\n    layout: csv\n    layout_help: labels.csv\n"
@@ -119,7 +121,8 @@ def test_manifest_bad_rows_name_file_and_row_and_write_nothing(manifest, tmp_pat
                     f"    root: {manifest.parent}\n")
     with pytest.raises(VlmprobeError, match=r"labels.csv row 18: unknown label 'normal' in "
                                             r"column 'dx'; known classes: \['cyst', 'mass'\]"):
-        load_dataset("fixed", datasets=[user])
+        vlmprobe.extract(MODEL, "fixed", out=out, datasets=[user])
+    assert not out.exists()
 
 
 def test_extract_split_and_probe_find_each_other_by_the_key(folder, tmp_path, tiny_model):

@@ -21,6 +21,7 @@ from hub_fixtures import (TINY_OPEN_CLIP, UNI_REPO, use_hub_cache, write_clip_re
 from PIL import Image
 from skimage.data import astronaut, chelsea
 
+import vlmprobe
 from vlmprobe.encoders import load_encoder
 from vlmprobe.provenance import sha256_file
 from vlmprobe.registry import get_model_entry, load_registry
@@ -86,7 +87,7 @@ def test_family_loads_a_plain_directory_as_its_hub_repo(name, plain, offline_emp
     assert not any((offline_empty / "empty-hf").rglob("*.json"))  # nothing was fetched
 
 
-def test_timm_weights_file_onto_the_entrys_architecture(plain, offline_empty):
+def test_timm_weights_file_onto_the_entrys_architecture(plain, offline_empty, tmp_path):
     folder, hub_out, _ = plain["uni"]
     entry = _entry("uni", architecture="vit_tiny_patch16_224",
                    weights=str(folder / "model.safetensors"))
@@ -102,6 +103,13 @@ def test_timm_weights_file_onto_the_entrys_architecture(plain, offline_empty):
                                             r"bn1.bias\); \d+ unexpected keys \(first: "
                                             r"blocks.0.attn.proj.bias"):
         load_encoder(resnet, "cpu")
+    for k, label in enumerate(("a", "b")):  # through extract: refused before anything is written
+        (tmp_path / "images" / label).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (40 * k, 80, 120)).save(tmp_path / "images" / label / "1.png")
+    out = tmp_path / "caches"
+    with pytest.raises(VlmprobeError, match=r"missing keys \(first: conv1.weight"):
+        vlmprobe.extract(resnet, f"imagefolder:{tmp_path / 'images'}", out=out)
+    assert not out.exists()
 
 
 def test_open_clip_weights_file_into_a_builtin_config(plain, offline_empty, monkeypatch):
