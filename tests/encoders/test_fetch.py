@@ -27,6 +27,7 @@ from vlmprobe.encoders import load_encoder
 from vlmprobe.encoders.check import check_entry
 from vlmprobe.encoders.fetch import fetch_model, lock_path, read_lock
 from vlmprobe.registry import get_model_entry
+from vlmprobe.registry.models import random_twin
 from vlmprobe.validation import VlmprobeError
 
 CHELSEA = Image.fromarray(chelsea())
@@ -106,6 +107,8 @@ def test_fetch_locks_commit_and_sha256_then_loads_offline(hub, repos, monkeypatc
     with torch.no_grad():
         torch.testing.assert_close(enc.encode_images(x), ref.get_image_features(pixel_values=x))
     assert enc.weights_sha256_ == plip["files"]["model.safetensors"]
+    twin = load_encoder(random_twin(_entry("plip")), "cpu")  # shares its model's lock
+    assert twin.snapshots_ == enc.snapshots_ and len(hub.requests) == served
 
 
 def test_a_changed_file_is_named_on_the_hub_and_in_the_cache(hub, repos, monkeypatch):

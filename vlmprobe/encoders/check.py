@@ -53,12 +53,12 @@ def _cached(location: str, names: tuple[str, ...], revision: str | None) -> bool
 def _lock_state(entry: ModelEntry, result: CheckResult) -> str | None:
     """The path of the entry's lock (``models fetch``) when its files match it; a mismatch is
     a reason the entry cannot load (a load would refuse it)."""
-    from .fetch import read_lock, verified_snapshots
+    from .fetch import lock_name, read_lock, verified_snapshots
 
     if entry.weights:
         return None
     try:
-        lock = read_lock(entry.name)
+        lock = read_lock(lock_name(entry))
         if lock is None:
             return None
         verified_snapshots(entry)

@@ -46,9 +46,15 @@ def lock_path(model: str) -> Path:
     return cache_dir() / LOCK_DIR / f"{model}.json"
 
 
+def lock_name(entry: ModelEntry) -> str:
+    """Whose lock an entry uses: a random twin (``<model>_random``, random_init) loads its
+    model's files first, so it shares its model's lock."""
+    return entry.name.removesuffix(RANDOM_SUFFIX) if entry.random_init else entry.name
+
+
 def read_lock(model: str) -> dict | None:
-    """The lock of ``model`` (a ``<model>_random`` twin reads its model's), or None."""
-    path = lock_path(model.removesuffix(RANDOM_SUFFIX))
+    """The lock named ``model`` (see :func:`lock_name`), or None."""
+    path = lock_path(model)
     if not path.is_file():
         return None
     try:
@@ -128,7 +134,7 @@ def fetch_model(entry: ModelEntry, update: bool = False) -> FetchResult:
     for prefix, why in _NOT_HUB.items():
         if entry.source == prefix.rstrip(":") or entry.source.startswith(prefix) and ":" in prefix:
             return FetchResult(entry.name, None, note=why.format(rest=entry.source[len(prefix):]))
-    old = read_lock(entry.name)
+    old = read_lock(lock_name(entry))
     if old is not None and old.get("source") != entry.source:
         old = None if update else _source_moved(entry, old)
     if entry.family == "torchvision":
@@ -138,10 +144,10 @@ def fetch_model(entry: ModelEntry, update: bool = False) -> FetchResult:
     if not lock["repos"] and not lock.get("urls"):
         return FetchResult(entry.name, None, note=f"the {entry.family} family names no hub files "
                                                   f"for source {entry.source}")
-    lock.update({"lock_version": LOCK_VERSION, "model": entry.name, "source": entry.source,
+    lock.update({"lock_version": LOCK_VERSION, "model": lock_name(entry), "source": entry.source,
                  "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "huggingface_hub": _hub_version()})
-    path = lock_path(entry.name)
+    path = lock_path(lock_name(entry))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
@@ -290,7 +296,7 @@ def verified_snapshots(entry: ModelEntry) -> dict[str, Path]:
     changed is an error that says which, and how to restore or re-lock them."""
     from huggingface_hub import try_to_load_from_cache
 
-    lock = read_lock(entry.name)
+    lock = read_lock(lock_name(entry))
     if lock is None:
         return {}
     if lock.get("source") != entry.source:
