@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.decode import file_digest
 from ..provenance import provenance, sha256_file
 from ..validation import VlmprobeError
 from .paths import cache_dir, cache_path
@@ -110,7 +111,7 @@ def import_features(features: str | Path, labels: str | Path | None = None, *, m
         relpaths=ids, class_names=class_names, model=model, dataset=dataset,
         dataset_fingerprint=fingerprint, cache_key=key, metadata=meta,
         files={"relpath": [p.name for p in sources], "size": [p.stat().st_size for p in sources],
-               "digest": [record["files"][str(p)] for p in sources]},
+               "digest": [file_digest(p) for p in sources]},
         attrs={"encoder": encoder, "imported": record, "baseline": False,
                "dataset_entry": {"name": dataset, "layout": "imported",
                                  "group_column": group_column or (
