@@ -11,6 +11,7 @@ Every stage of the study from Python, with the results the command line gives::
     maps = vlmprobe.run_umap([cache], vlmprobe.UmapConfig())
     saliency = vlmprobe.run_rise([cache], vlmprobe.RiseConfig(n_masks=1024))
     study = vlmprobe.run_study("study.yaml")      # every stage for models x datasets (StudyRun)
+    path = vlmprobe.import_features("uni.npy", "labels.csv", model="uni", dataset="crc")
 
 Each stage takes its settings as one config object (``ExtractConfig``, ``ProbeConfig``,
 ``UmapGrid``/``UmapConfig``, ``RiseConfig``) or as keyword options that change single settings,
@@ -36,6 +37,8 @@ _EXPORTS = {
     "extract": "vlmprobe.extraction", "ExtractConfig": "vlmprobe.extraction",
     "ExtractResult": "vlmprobe.extraction",
     "read_cache": "vlmprobe.cache", "Cache": "vlmprobe.cache",
+    # embeddings another tool computed, as a cache probe and umap read
+    "import_features": "vlmprobe.cache.imported",
     # the stages over caches
     "run_probe": "vlmprobe.probe", "ProbeConfig": "vlmprobe.probe", "ProbeRun": "vlmprobe.probe",
     "ProbeResult": "vlmprobe.probe",
@@ -53,6 +56,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # what static tools and IDEs see; at run time __getattr__ imports on demand
     from .cache import Cache, read_cache  # noqa: F401
+    from .cache.imported import import_features  # noqa: F401
     from .data import load_dataset  # noqa: F401
     from .data.phantoms import make_phantom  # noqa: F401
     from .encoders import Encoder, load_encoder  # noqa: F401

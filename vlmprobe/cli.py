@@ -42,6 +42,10 @@ OutOpt = typer.Option(None, "--out", help="Without CACHE arguments: the cache di
 TrustOpt = typer.Option(False, "--trust-remote-code", help="Allow entries that declare "
                         "trust_remote_code to run their hub repo's code (or "
                         "$VLMPROBE_TRUST_REMOTE_CODE=1).")
+RegistryOpt = typer.Option(None, "--registry", help="Extra model registry YAML file(s), beside "
+                          "$VLMPROBE_REGISTRY (repeatable).")
+DatasetsOpt = typer.Option(None, "--datasets", help="Extra dataset registry YAML file(s), beside "
+                           "$VLMPROBE_DATASETS (repeatable).")
 TapOpt = typer.Option(None, "--tap", help="Which stored tap to use (caches extracted with "
                       "`extract --tap`): a tap name, or 'all' for every tap of every cache (a "
                       "further tap is named <model>@<tap>; default: the entry's own tap).")
@@ -62,7 +66,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
 
 @app.command()
 def models(
-    name: Optional[str] = typer.Argument(None, help="One registry key (with --check)."),
+    names: Optional[List[str]] = typer.Argument(None, help="One registry key (with --check); "
+                                                "or `fetch NAME...`: download what those "
+                                                "entries need from the hub and lock it."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
     check: bool = typer.Option(False, "--check", help="Say per entry whether it can load here "
                                "and why not (packages, token, cached weights, offline); "
@@ -70,18 +76,34 @@ def models(
     compare_weights: Optional[List[str]] = typer.Option(
         None, "--compare-weights", help="Two keys (give the option twice, or A,B): load both "
         "and compare their vision tensors by content."),
-    registry: Optional[List[Path]] = typer.Option(None, "--registry", help="Extra registry "
-                                                  "YAML file(s), as $VLMPROBE_REGISTRY."),
+    registry: Optional[List[Path]] = RegistryOpt,
     trust_remote_code: bool = TrustOpt,
     markdown: bool = typer.Option(False, "--markdown", help="Print the README's model table."),
     twins: bool = typer.Option(False, "--twins", help="Also list the derived <model>_random "
                                "null baselines (same architecture, seeded random weights)."),
+    update: bool = typer.Option(False, "--update", help="With fetch: lock the hub's current "
+                                "files (default: the locked commits, if a lock exists)."),
 ):
-    """List the model registry (or check it, or compare two models' vision weights)."""
+    """List the model registry (or check it, compare two models' vision weights, or fetch
+    and lock what models need: `vlmprobe models fetch NAME...`)."""
     from .registry.models import (get_model_entry, load_registry, markdown_table, model_summary,
                                   random_twins)
 
     entries = load_registry(registry or ())
+    if names and names[0] == "fetch":
+        from .encoders.fetch import fetch_model
+
+        if len(names) == 1:
+            raise VlmprobeError("models fetch: name the models to fetch, e.g. `vlmprobe models "
+                                "fetch biomedclip plip` (see `vlmprobe models`).")
+        for key in names[1:]:
+            for line in fetch_model(get_model_entry(key, entries), update).summary():
+                _say(line)
+        return
+    if names and len(names) > 1:
+        raise VlmprobeError(f"models takes one key (with --check), or `fetch NAME...`; got "
+                            f"{names}.")
+    name = names[0] if names else None
     derived = random_twins(entries)
     if twins:
         entries = {**entries, **derived}
@@ -131,14 +153,14 @@ def models(
 
 
 @datasets_app.callback()
-def datasets(ctx: typer.Context):
-    """List the dataset registry (datasets.yaml)."""
+def datasets(ctx: typer.Context, user_files: Optional[List[Path]] = DatasetsOpt):
+    """List the dataset registry (datasets.yaml and user files)."""
     if ctx.invoked_subcommand is not None:
         return
-    from .registry import load_datasets_file
+    from .registry import load_datasets
 
     table = Table("name", "paper name", "modality", "classes", "expected N", "layout", "groups")
-    for e in load_datasets_file().values():
+    for e in load_datasets(user_files or ()).values():
         n = sum(e.expected_counts.values()) if e.expected_counts else e.expected_total
         table.add_row(e.name, e.paper_name, e.modality, str(len(e.classes) or "from CSV"),
                       f"{n:,}" if n else "-", e.layout, (e.group_key or "-").split(" (")[0])
@@ -171,6 +193,22 @@ def make_phantom_cmd(
     _say(f"Phantom {dataset} (seed {seed}) written to {path}")
 
 
+DatasetArg = typer.Argument(..., help="A registry key (see `vlmprobe datasets`), or your own: "
+                            "imagefolder:DIR (one folder per class) or csv:MANIFEST.csv.")
+NameOpt = typer.Option(None, "--name", help="Key of an own dataset (default: <folder or file "
+                       "name>-<8 hex of its resolved path>); caches and splits live under it.")
+PathColumnOpt = typer.Option(None, "--path-column", help="csv:FILE: the column of image paths "
+                             "(default 'path'), relative to the manifest's folder or --root.")
+LabelColumnOpt = typer.Option(None, "--label-column", help="csv:FILE: the column of class names "
+                              "(default 'label').")
+GroupColumnOpt = typer.Option(None, "--group-column", help="csv:FILE: the patient id column, so "
+                              "grouped splits keep a patient on one side.")
+MetaColumnsOpt = typer.Option(None, "--meta-columns", help="csv:FILE: comma list of the columns "
+                              "kept as metadata (default: every other column).")
+SliceStepOpt = typer.Option(None, "--slice-step", help="Volumes (NIfTI, DICOM series): every "
+                            "k-th axial slice (default 1).")
+DicomSeriesOpt = typer.Option(False, "--dicom-series", help="Read each folder of .dcm files as "
+                              "one series (axial slices after RAS orientation), not as images.")
 LabelLevelOpt = typer.Option(None, "--label-level", help="Level of a label hierarchy (HiCervix: "
                              "1, 2 or 3; default the entry's).")
 ClassesOpt = typer.Option(None, "--classes", help="Comma list: only these classes (e.g. the "
@@ -180,9 +218,37 @@ SizeOpt = typer.Option(None, "--size", help="MedMNIST image size 28/64/128/224 (
 WindowOpt = typer.Option(None, "--dicom-window", help="DICOM window: tags | minmax | CENTER,WIDTH.")
 
 
+def _own_options(name, path_column, label_column, group_column, meta_columns, slice_step,
+                 dicom_series) -> dict:
+    """The own-dataset options every dataset command takes, as :func:`load_dataset` options."""
+    from .data import dataset_options
+
+    return dataset_options(name=name, path_column=path_column, label_column=label_column,
+                           group_column=group_column, meta_columns=meta_columns,
+                           slice_step=slice_step, dicom_series=dicom_series)
+
+
+@datasets_app.command("info")
+def info_cmd(
+    dataset: str = DatasetArg,
+    user_files: Optional[List[Path]] = DatasetsOpt,
+    name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
+    label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
+    meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
+    dicom_series: bool = DicomSeriesOpt,
+):
+    """What a dataset is, where to get it (source, licence) and the folder structure expected."""
+    from .data.dataset import resolve_dataset, root_rule
+
+    entry = resolve_dataset(dataset, user_files or (), **_own_options(
+        name, path_column, label_column, group_column, meta_columns, slice_step, dicom_series))
+    _say(entry.describe())
+    _say(root_rule(entry))
+
+
 @datasets_app.command("check")
 def check_cmd(
-    dataset: str = typer.Argument(..., help="Dataset key (see `vlmprobe datasets`)."),
+    dataset: str = DatasetArg,
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (default "
                                         "$VLMPROBE_DATA/<dataset>)."),
     split: Optional[Path] = typer.Option(None, "--split", help="A saved split file (.csv): also "
@@ -193,6 +259,11 @@ def check_cmd(
     workers: int = typer.Option(1, "--workers", help="Decoding processes."),
     label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
     size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
+    user_files: Optional[List[Path]] = DatasetsOpt,
+    name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
+    label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
+    meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
+    dicom_series: bool = DicomSeriesOpt,
 ):
     """Verify a dataset copy: counts, unreadable files, duplicates, split leakage (exit 1 on errors)."""
     from collections import Counter
@@ -201,8 +272,11 @@ def check_cmd(
     from .data.check import check_dataset
 
     r = check_dataset(dataset, root, split=split, strict=strict, near_threshold=near,
-                      workers=workers, **dataset_options(label_level, classes, size, dicom_window))
-    _say(f"{dataset}: {r.n_images} images listed under {r.root}")
+                      workers=workers, datasets=user_files or (),
+                      **dataset_options(label_level, classes, size, dicom_window),
+                      **_own_options(name, path_column, label_column, group_column, meta_columns,
+                                     slice_step, dicom_series))
+    _say(f"{r.dataset}: {r.n_images} images listed under {r.root}")
     table = Table("class", "found", "expected")
     for c, (n, e) in r.counts.items():
         style = "red" if n == 0 and e != 0 else "yellow" if e is not None and n != e else ""
@@ -226,7 +300,7 @@ def check_cmd(
 
 @datasets_app.command("split")
 def split_cmd(
-    dataset: str = typer.Argument(..., help="Dataset key (see `vlmprobe datasets`)."),
+    dataset: str = DatasetArg,
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root."),
     out: Optional[Path] = typer.Option(None, "--out", help="Cache directory (default "
                                        "$VLMPROBE_CACHE); the split goes to <out>/<dataset>/splits."),
@@ -238,13 +312,21 @@ def split_cmd(
     workers: int = typer.Option(1, "--workers", help="Decoding processes (near-duplicate groups)."),
     label_level: Optional[int] = LabelLevelOpt, classes: Optional[str] = ClassesOpt,
     size: Optional[int] = SizeOpt, dicom_window: Optional[str] = WindowOpt,
+    user_files: Optional[List[Path]] = DatasetsOpt,
+    name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
+    label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
+    meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
+    dicom_series: bool = DicomSeriesOpt,
 ):
     """Write the shared train/test split(s) of a dataset and report the groups that cross them."""
     from .data import dataset_options
     from .data.check import dataset_split
 
     for r in dataset_split(dataset, root, out, grouping=grouping, seed=seed, workers=workers,
-                           repeats=repeats, **dataset_options(label_level, classes, size, dicom_window)):
+                           repeats=repeats, datasets=user_files or (),
+                           **dataset_options(label_level, classes, size, dicom_window),
+                           **_own_options(name, path_column, label_column, group_column,
+                                          meta_columns, slice_step, dicom_series)):
         _say(f"Split ({r.grouping}, seed {r.split.spec.seed}): {r.split.path}")
         msg = f"{r.n_crossing} of {r.n_groups} groups ({r.group_source}) cross train/test"
         stdout.print(f"[bold red]warning:[/] {escape(msg)}" if r.n_crossing else escape(msg))
@@ -253,7 +335,8 @@ def split_cmd(
 @app.command()
 def extract(
     model: str = typer.Option(..., "--model", help="Registry key (see `vlmprobe models`)."),
-    dataset: str = typer.Option(..., "--dataset", help="Dataset key (see `vlmprobe datasets`)."),
+    dataset: str = typer.Option(..., "--dataset", help="A registry key (see `vlmprobe "
+                                "datasets`), or your own: imagefolder:DIR or csv:MANIFEST.csv."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (default "
                                         "$VLMPROBE_DATA/<dataset>)."),
     out: Optional[Path] = OutOpt,
@@ -288,6 +371,12 @@ def extract(
     profile: bool = typer.Option(False, "--profile", help="Print where the wall time went "
                                  "(fingerprint, model load, waiting for batches, forward, chunk "
                                  "writes, consolidation)."),
+    registry: Optional[List[Path]] = RegistryOpt,
+    user_files: Optional[List[Path]] = DatasetsOpt,
+    name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
+    label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
+    meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
+    dicom_series: bool = DicomSeriesOpt,
 ):
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
@@ -300,8 +389,11 @@ def extract(
                         device=device, num_workers=workers, precision=precision, shard=shard,
                         fast_decode=fast_decode, taps=tap)
     r = run(model, dataset, root=root, out=out, config=cfg, force=force,
-            dataset_options=dataset_options(label_level, classes, size, dicom_window, intensity),
-            trust_remote_code=trust_remote_code or None)
+            dataset_options={**dataset_options(label_level, classes, size, dicom_window, intensity),
+                             **_own_options(name, path_column, label_column, group_column,
+                                            meta_columns, slice_step, dicom_series)},
+            trust_remote_code=trust_remote_code or None, registry=registry or (),
+            datasets=user_files or ())
     _say(r.summary())
     for line in r.profile_lines() if profile else ():
         _say(line)
@@ -522,6 +614,45 @@ def cache_merge_cmd(shards: List[Path] = typer.Argument(..., help="Shard files "
     from .extraction import merge_shards
 
     _say(f"Merged into {merge_shards(shards, remove=not keep)}")
+
+
+@cache_app.command("import")
+def cache_import_cmd(
+    features: Path = typer.Argument(..., help="Embeddings from another tool: .npy / .npz / .pt "
+                                    "[N, d] (rows in the labels CSV's order), TRIDENT .h5 "
+                                    "(features, coords; a file per slide, or their folder), "
+                                    "or an eva embeddings manifest .csv."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="The labels CSV (not for an "
+                                          "eva manifest, which has its targets)."),
+    model: str = typer.Option(..., "--model", help="The model name the cache is filed under."),
+    dataset: str = typer.Option(..., "--dataset", help="The dataset name the cache is filed "
+                                "under (caches of one dataset pair in probe tables)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The cache directory (default "
+                                       "$VLMPROBE_CACHE or ~/.cache/vlmprobe)."),
+    per: str = typer.Option("slide", "--per", help="TRIDENT .h5: slide (one sample per slide, "
+                            "patches pooled) | patch (one per patch, grouped by slide)."),
+    pool: str = typer.Option("mean", "--pool", help="How a slide's patch rows become one: mean "
+                             "(each patch weighs the same) | max (elementwise)."),
+    id_column: str = typer.Option("id", "--id-column", help="Labels CSV: the sample ids (a "
+                                  "TRIDENT file's stem); without it, row numbers."),
+    label_column: str = typer.Option("label", "--label-column", help="Labels CSV: the class "
+                                     "names."),
+    group_column: Optional[str] = typer.Option(None, "--group-column", help="Labels CSV: the "
+                                               "patient ids (grouped splits)."),
+    meta_columns: Optional[str] = typer.Option(None, "--meta-columns", help="Labels CSV: comma "
+                                               "list kept as metadata (default: the others)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing cache."),
+):
+    """Turn embeddings another tool computed, with their labels, into a vlmprobe cache that
+    probe and umap read (rise needs the encoder, so it refuses an imported cache)."""
+    from .cache.imported import import_features
+
+    path = import_features(features, labels, model=model, dataset=dataset, out=out, per=per,
+                           pool=pool, id_column=id_column, label_column=label_column,
+                           group_column=group_column, force=force,
+                           meta_columns=[c.strip() for c in meta_columns.split(",") if c.strip()]
+                           if meta_columns is not None else None)
+    _say(f"Imported {features} into {path}")
 
 
 @app.command()

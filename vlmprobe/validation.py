@@ -113,3 +113,30 @@ def build_entry(cls, path: Path, name: str, raw: dict):
     except TypeError as e:
         known = ", ".join(f.name for f in fields(cls) if f.name != "name")
         raise VlmprobeError(f"{path}: entry {name!r}: {e}. Known fields: {known}.") from None
+
+
+def merge_registry_files(kind: str, parsed: list[tuple[Path, dict]]) -> dict:
+    """The entries of registry files, the built-in first: a later file adds entries, and a key
+    defined twice is an error naming both files, unless the later entry says
+    ``replaces: builtin`` and the earlier one is the built-in's (users correct a shipped entry
+    without editing the package)."""
+    (builtin, first), *user = parsed
+    entries, origin = dict(first), dict.fromkeys(first, Path(builtin))
+    for path, parsed_entries in user:
+        for name, entry in parsed_entries.items():
+            replaces = getattr(entry, "replaces", None)
+            if replaces not in (None, "builtin"):
+                raise VlmprobeError(f"{path}: {kind} {name!r}: replaces={replaces!r}; the only "
+                                    "value is 'builtin' (take the place of the shipped entry).")
+            if name in entries and not (replaces == "builtin" and origin[name] == builtin):
+                hint = ("" if origin[name] != builtin else
+                        ", or add `replaces: builtin` to the entry in "
+                        f"{path} to use it instead of the shipped one")
+                raise VlmprobeError(f"{kind.capitalize()} {name!r} is defined in {origin[name]} "
+                                    f"and again in {path}; rename one{hint}.")
+            if replaces == "builtin" and origin.get(name) != builtin:
+                raise VlmprobeError(f"{path}: {kind} {name!r} says replaces: builtin, but no "
+                                    f"shipped {kind} is called {name!r} ({builtin}).")
+            entries[name], origin[name] = entry, Path(path)
+    return entries
+

@@ -110,8 +110,8 @@ def test_offline_without_cache_says_what_to_do(name, tmp_path, monkeypatch):
         load_encoder(name, device="cpu")
     msg = str(err.value)
     repo = get_model_entry(name).source.removeprefix("hf-hub:")
-    assert f"huggingface-cli download {repo}" in msg and str(tmp_path / "hub") in msg
-    assert ("huggingface-cli login" in msg) == get_model_entry(name).gated
+    assert f"hf download {repo}" in msg and str(tmp_path / "hub") in msg
+    assert ("hf auth login" in msg) == get_model_entry(name).gated
 
 
 def test_biomedclip_error_names_missing_text_tower_repo(tmp_path, monkeypatch):
@@ -119,7 +119,7 @@ def test_biomedclip_error_names_missing_text_tower_repo(tmp_path, monkeypatch):
     use_hub_cache(monkeypatch, cache)
     write_biomedclip(cache)
     shutil.rmtree(cache / ("models--" + BIOMEDBERT_REPO.replace("/", "--")))
-    with pytest.raises(VlmprobeError, match=f"huggingface-cli download {BIOMEDBERT_REPO}"):
+    with pytest.raises(VlmprobeError, match=f"hf download {BIOMEDBERT_REPO}"):
         load_encoder("biomedclip", device="cpu")
 
 

@@ -162,7 +162,7 @@ def test_wrong_prefix_and_wrong_dim_are_errors(hub):
 
 def test_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
     use_hub_cache(monkeypatch, tmp_path / "hub")
-    with pytest.raises(VlmprobeError, match=f"huggingface-cli download {LLAVA_MED_REPO}"):
+    with pytest.raises(VlmprobeError, match=f"hf download {LLAVA_MED_REPO}"):
         load_encoder("llavamed", device="cpu")
 
 

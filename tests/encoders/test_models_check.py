@@ -92,7 +92,7 @@ def test_check_reports_each_reason_offline(hub, monkeypatch):
     blocked = results["llavamed"]  # not cached, offline
     assert blocked["status"] == "blocked" and "HF_HUB_OFFLINE=1" in " ".join(blocked["reasons"])
     assert any(LLAVA_MED_REPO in f for f in blocked["missing_files"])
-    assert "huggingface-cli login" in " ".join(results["medsiglip"]["reasons"])
+    assert "hf auth login" in " ".join(results["medsiglip"]["reasons"])
     assert "--trust-remote-code" in " ".join(results["llm2clip"]["reasons"])
     assert "not verified against upstream" in " ".join(results["conch"]["reasons"])
     assert "upstream package missing: pip install git+https://github.com/mahmoodlab/CONCH.git" \

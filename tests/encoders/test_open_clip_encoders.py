@@ -213,14 +213,14 @@ def test_preprocessing_unlike_the_entry_is_refused(own_cache):
 def test_repo_without_open_clip_config_names_the_download(own_cache):
     cfg, _, _ = TINY["eva02"]
     write_snapshot(own_cache, _repo("eva02"), {"merges.txt": b"#"})  # repo cached, config not
-    with pytest.raises(VlmprobeError, match="huggingface-cli download timm/eva02_large_patch14"):
+    with pytest.raises(VlmprobeError, match="hf download timm/eva02_large_patch14"):
         load_encoder(_entry("eva02"), device="cpu")
 
 
 def test_offline_without_cache_names_the_repo(tmp_path, monkeypatch):
     use_hub_cache(monkeypatch, tmp_path / "hub")
     with pytest.raises(VlmprobeError,
-                       match="huggingface-cli download timm/vit_base_patch16_clip_224.openai"):
+                       match="hf download timm/vit_base_patch16_clip_224.openai"):
         load_encoder("clip_b16", device="cpu")
 
 

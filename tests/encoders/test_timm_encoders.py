@@ -84,7 +84,7 @@ def test_unknown_layer_name_is_an_error(hub):
 
 def test_gated_hub_model_offline_says_login(tmp_path, monkeypatch):
     use_hub_cache(monkeypatch, tmp_path / "hub")
-    with pytest.raises(VlmprobeError, match=f"huggingface-cli download {UNI_REPO}.*login"):
+    with pytest.raises(VlmprobeError, match=f"hf download {UNI_REPO}.*login"):
         load_encoder("uni", device="cpu")
 
 

@@ -25,7 +25,8 @@ def test_malformed_registry_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(VlmprobeError, match="extra.yaml is not valid YAML"):
         load_registry()
     bad.write_text("models:\n  efficientnet_lite0: {family: timm, source: random, embed_dim: 1, tap: pooled, preprocess: {image_size: 8}}\n")
-    with pytest.raises(VlmprobeError, match="defined twice"):
+    with pytest.raises(VlmprobeError, match=r"'efficientnet_lite0' is defined in .*"
+                       r"model_registry.yaml and again in .*extra.yaml.*replaces: builtin"):
         load_registry()
     bad.write_text("models:\n  y: {family: timm}\n")
     with pytest.raises(VlmprobeError, match="lacks required field"):

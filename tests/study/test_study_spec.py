@@ -196,3 +196,30 @@ def test_the_readme_study_example_is_a_valid_study(tmp_path):
     ids = [j.id for j in plan(spec)]
     assert "rise/biomedclip/breastus" in ids and "rise/biomedclip/hicervix" not in ids
     assert spec.settings("extract", spec.datasets[0], "biomedclip").config.precision == "fp16"
+
+
+def test_own_datasets_and_user_dataset_files_are_study_datasets(tmp_path, monkeypatch):
+    """imagefolder:DIR (its folder is the root) and a $VLMPROBE_DATASETS entry (its own root)."""
+    folder = tmp_path / "mine"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        (folder / label / "1.png").write_bytes(b"")
+    user = tmp_path / "datasets.yaml"
+    user.write_text(f"datasets:\n  cohort:\n    paper_name: Cohort\n    modality: US\n"
+                    f"    classes: [a, b]\n    layout: imagefolder\n    layout_help: a/ b/\n"
+                    f"    root: {folder}\n")
+    monkeypatch.setenv("VLMPROBE_DATASETS", str(user))
+    path = write(tmp_path, f"""\
+        out: out
+        models: [efficientnet_lite0]
+        datasets:
+          mine: {{dataset: "imagefolder:{folder}"}}
+          cohort:
+        stages: {{probe: {{}}}}
+        """, roots=())
+    spec = load_study(path)
+    assert [(d.name, d.dataset, d.root) for d in spec.datasets] == [
+        ("mine", f"imagefolder:{folder}", folder), ("cohort", "cohort", folder)]
+    with pytest.raises(VlmprobeError, match=r"datasets.mine.* is not a folder"):
+        load_study(write(tmp_path, path.read_text().replace(str(folder), str(tmp_path / "no")),
+                         roots=()))

@@ -29,6 +29,12 @@ Schema version 3 (``/`` is the file root)::
            (fp32 | fp16 | bf16), batch_size (the fixed batch boundaries), shard ("" for a whole
            cache, "i/n" for shard i of n: the samples of batches k with k % n == i)
 
+A cache made by ``vlmprobe cache import`` (:mod:`.imported`) from another tool's embeddings has
+the same layout: ``/relpaths`` are the sample ids, ``/files`` lists the features files (not
+images), the ``imported`` attribute (JSON) records the format, each file's sha256, the label
+columns and the pooling rule, and the ``encoder`` attribute names family ``imported`` (no
+weights: RISE refuses it).
+
 Version 3 added the optional /taps group (a v3 file with one tap is laid out as a v2 file, and
 keys did not change: v2 caches stay valid). Version 2 added embeddings_sha256, precision,
 batch_size and shard; version 1 files are still read (without the checksum check), but their key
@@ -148,6 +154,11 @@ class Cache:
     @property
     def provenance(self) -> dict:
         return self.attrs.get("provenance", {})
+
+    @property
+    def imported(self) -> dict | None:
+        """What an imported cache (``vlmprobe cache import``) was made from; None when extracted."""
+        return self.attrs.get("imported")
 
     @property
     def merged_from(self) -> list[str] | None:

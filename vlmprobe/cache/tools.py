@@ -31,7 +31,7 @@ def cache_info(path: str | Path) -> dict:
         "cache_key": c.cache_key, "dataset_fingerprint": c.dataset_fingerprint,
         "intensity_pipeline": c.intensity_pipeline or None,
         "weights_sha256": c.weights_sha256, "dataset_root": c.dataset_root,
-        "merged_from": c.merged_from,
+        "merged_from": c.merged_from, "imported": c.imported,
         "provenance": {k: prov.get(k) for k in ("vlmprobe_version", "git_commit", "time_utc",
                                                  "command_line", "device", "channels_last",
                                                  "fast_decode") if k in prov},

@@ -140,16 +140,19 @@ def _paths_line(groups: list[list[str]], n: int = 3) -> str:
     return shown + (f"; and {len(groups) - n} more" if len(groups) > n else "")
 
 
-def check_dataset(name: str, root: str | Path | None = None, split: str | Path | Split | None = None,
-                  strict: bool = False, near_threshold: int = NEAR_THRESHOLD, workers: int = 1,
-                  **options) -> CheckReport:
-    """Check a dataset copy against its ``datasets.yaml`` entry (and a saved split, if given).
+def check_dataset(dataset, root: str | Path | None = None,
+                  split: str | Path | Split | None = None, strict: bool = False,
+                  near_threshold: int = NEAR_THRESHOLD, workers: int = 1,
+                  datasets: list[Path] | tuple = (), **options) -> CheckReport:
+    """Check a dataset copy against its entry (and a saved split, if given).
 
     Errors: unreadable images, classes that should have images and have none, and leakage across
     a grouped split. Warnings: counts unlike the paper's (errors with ``strict``), duplicates,
-    and leakage across the paper's ungrouped split. ``options`` are :func:`load_dataset`'s.
+    and leakage across the paper's ungrouped split. ``dataset``, ``datasets`` and ``options`` are
+    :func:`load_dataset`'s (a key, ``imagefolder:DIR``, ``csv:FILE`` or an entry).
     """
-    ds = load_dataset(name, root, **options)
+    ds = load_dataset(dataset, root, datasets=datasets, **options)
+    name = ds.entry.name
     relpaths = [s.relpath for s in ds.samples]
     labels = np.array([s.label for s in ds.samples])
     digests, bits, errors = scan_images(ds, workers)
@@ -248,23 +251,26 @@ class SplitResult:
     n_crossing: int  # groups with images in both train and test
 
 
-def dataset_split(name: str, root: str | Path | None = None, out: str | Path | None = None,
+def dataset_split(dataset, root: str | Path | None = None, out: str | Path | None = None,
                   grouping: str = "paper", seed: int = 0, near_threshold: int = NEAR_THRESHOLD,
-                  workers: int = 1, repeats: int = 1, **options) -> list[SplitResult]:
+                  workers: int = 1, repeats: int = 1, datasets: list[Path] | tuple = (),
+                  **options) -> list[SplitResult]:
     """Write (or reuse) the split files every model of ``name`` will share, one per seed
     ``seed .. seed + repeats - 1`` (what ``vlmprobe probe --repeats`` reads), and say what leaks.
 
     Groups are the dataset's patient ids where it has them, else clusters of near-duplicate
     images (SARS-CoV-2 CT ships no patient ids, but a patient's slices look alike), computed
-    once for all seeds. The files land where ``vlmprobe probe`` looks: ``<cache dir>/<name>/splits/``.
+    once for all seeds. The files land where ``vlmprobe probe`` looks: ``<cache dir>/<key>/splits/``
+    (an own dataset's key too, so its caches find them).
     """
     if repeats < 1:
         raise VlmprobeError(f"repeats must be >= 1; got {repeats}.")
-    ds = load_dataset(name, root, **options)
+    ds = load_dataset(dataset, root, datasets=datasets, **options)
+    name = ds.entry.name
     relpaths = [s.relpath for s in ds.samples]
     groups = [s.metadata.get("group", "") for s in ds.samples]
     if any(groups):
-        source = ds.entry.group_key or "group"
+        source = ds.entry.group_key or ds.entry.group_column or "group"
     else:
         _, bits, errors = scan_images(ds, workers)
         clusters = near_duplicate_clusters(bits, near_threshold, np.array([not e for e in errors]))

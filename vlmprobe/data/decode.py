@@ -37,6 +37,7 @@ INTENSITIES = ("8bit", "float")
 
 
 MEMBER_SEP = "#"  # "<file>.npz#train_images/17": the file, then the array key and index inside it
+AXIAL = "axial"  # "<volume>#axial/12": an axial slice of a NIfTI file or DICOM series folder
 
 
 # -- decoding and fingerprints ---------------------------------------------------------------
@@ -46,16 +47,22 @@ def sample_file(relpath: str) -> str:
 
 
 def sample_kind(relpath: str) -> str:
+    if f"{MEMBER_SEP}{AXIAL}/" in relpath:
+        return "volume"
     suffix = Path(sample_file(relpath)).suffix.lower()
     return {".npz": "npz", ".dcm": "dicom"}.get(suffix, "raster")
 
 
 def read_sample(root: Path, relpath: str, dicom_window: str = "tags",
                 intensity: str = "8bit") -> Image.Image | np.ndarray:
-    """Decode one sample (file, DICOM file or npz slot) to 8-bit RGB, or for
-    ``intensity="float"`` to float32 [H, W, 3] in [0, 1]."""
+    """Decode one sample (file, DICOM file, npz slot or axial slice of a volume) to 8-bit RGB,
+    or for ``intensity="float"`` to float32 [H, W, 3] in [0, 1]."""
     if MEMBER_SEP not in relpath:
         return read_image(root / relpath, dicom_window, intensity=intensity)
+    if sample_kind(relpath) == "volume":
+        from .volumes import read_slice  # nibabel only where volumes are read
+
+        return read_slice(Path(root), relpath, dicom_window, intensity)
     file, member = relpath.split(MEMBER_SEP, 1)
     key, index = member.rsplit("/", 1)
     return _as_intensity(Image.fromarray(_npz_array(root / file, key)[int(index)]), intensity)
@@ -160,11 +167,32 @@ def read_dicom(path: Path, window: str = "tags",
     if not photometric.startswith("MONOCHROME"):  # colour: pydicom already gives RGB
         return _as_intensity(arr / (2 ** int(ds.get("BitsStored", 8)) - 1), intensity)
     x = apply_rescale(arr, ds).astype(np.float64)
-    centre, width = _window(ds, window, x)
-    y = np.clip((x - (centre - 0.5)) / max(width - 1, 1) + 0.5, 0, 1)
+    y = apply_window(x, *_window(ds, window, x))
     if photometric == "MONOCHROME1":
         y = 1 - y
     return _as_intensity(y, intensity)
+
+
+def apply_window(x: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """DICOM's linear window (PS3.3 C.11.2.1.2.1): values in [0, 1]."""
+    return np.clip((x - (centre - 0.5)) / max(width - 1, 1) + 0.5, 0, 1)
+
+
+def window_tags(ds) -> tuple[float, float] | None:
+    """The first WindowCenter/WindowWidth pair of a DICOM header, or None where absent."""
+    from pydicom.multival import MultiValue
+
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    centre, width = (v[0] if isinstance(v, MultiValue) else v  # several windows: the first
+                     for v in (ds.WindowCenter, ds.WindowWidth))
+    return float(centre), float(width)
+
+
+def minmax_window(x: np.ndarray) -> tuple[float, float]:
+    """The window that maps ``x``'s range onto [0, 1]."""
+    lo, hi = float(x.min()), float(x.max())
+    return (lo + hi) / 2 + 0.5, hi - lo + 1
 
 
 def fixed_window(window: str) -> tuple[float, float] | None:
@@ -180,25 +208,34 @@ def fixed_window(window: str) -> tuple[float, float] | None:
 
 
 def _window(ds, window: str, x: np.ndarray) -> tuple[float, float]:
-    from pydicom.multival import MultiValue
-
-    fixed = fixed_window(window)
-    if fixed:
-        return fixed
-    if window == "tags" and "WindowCenter" in ds and "WindowWidth" in ds:
-        centre, width = (v[0] if isinstance(v, MultiValue) else v  # several windows: the first
-                         for v in (ds.WindowCenter, ds.WindowWidth))
-        return float(centre), float(width)
-    lo, hi = float(x.min()), float(x.max())
-    return (lo + hi) / 2 + 0.5, hi - lo + 1
+    tags = window_tags(ds) if window == "tags" else None
+    return fixed_window(window) or tags or minmax_window(x)
 
 
 def file_digest(path: Path) -> str:
+    """blake2b-128 of a file's content; of a DICOM series folder, of its files' names and
+    digests (the folder is the sample's file: :mod:`.volumes`)."""
+    path = Path(path)
     h = hashlib.blake2b(digest_size=16)
+    if path.is_dir():
+        for member in _series_files(path):
+            h.update(f"{member.name}\t{file_digest(member)}\n".encode())
+        return h.hexdigest()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def file_size(path: Path) -> int:
+    """Bytes of a file, or of a DICOM series folder's files."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in _series_files(path)) if path.is_dir() \
+        else path.stat().st_size
+
+
+def _series_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() == ".dcm" and p.is_file())
 
 
 def fingerprint_files(root: Path, relpaths: list[str],
@@ -210,7 +247,7 @@ def fingerprint_files(root: Path, relpaths: list[str],
     so the fingerprint covers both the file and which samples of it are used.
     """
     files = sorted({sample_file(r) for r in relpaths})
-    known = {f: ((root / f).stat().st_size, file_digest(root / f)) for f in files}
+    known = {f: (file_size(root / f), file_digest(root / f)) for f in files}
     sizes = [known[sample_file(r)][0] for r in relpaths]
     digests = [known[sample_file(r)][1] for r in relpaths]
     h = hashlib.sha256()

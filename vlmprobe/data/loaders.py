@@ -16,9 +16,7 @@ import numpy as np
 from ..registry import DatasetEntry
 from ..validation import VlmprobeError
 from .decode import MEMBER_SEP, sample_file
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm"}
-
+from .own import is_image_file
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
 
@@ -60,8 +58,7 @@ def _safe_relpath(value: str, where: str, root: Path) -> str:
 
 
 def _images_in(folder: Path, keep: Callable[[Path], bool] = lambda p: True) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and keep(p))
+    return sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file() and keep(p))
 
 
 @_loader("imagefolder")
@@ -128,7 +125,7 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
         raise VlmprobeError(f"{path}: columns {absent} not found (it has {list(rows[0])}); fix "
                             f"the manifest or the {entry.name!r} entry in datasets.yaml.")
     index = {c: i for i, c in enumerate(entry.classes)}
-    samples = []
+    samples, rows_of = [], []
     for n, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"{path} row {n}"
         if None in row or None in row.values():
@@ -159,6 +156,14 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
         if entry.metadata_key == entry.path_column:  # the key metadata_csv is joined on
             meta[entry.path_column] = row[entry.path_column]
         samples.append(Sample(rel, label, meta))
+        rows_of.append(n)
+    missing = [(n, s.relpath) for n, s in zip(rows_of, samples) if not (root / s.relpath).exists()]
+    if missing:
+        more = f" (and {len(missing) - 3} more rows)" if len(missing) > 3 else ""
+        raise VlmprobeError(f"{path}: {len(missing)} row(s) name files that do not exist under "
+                            f"{root}: " + "; ".join(f"row {n}: {r}" for n, r in missing[:3]) + more
+                            + ". Fix the manifest, or point the root (--root) at the folder its "
+                            "paths are relative to.")
     return samples
 
 

@@ -8,7 +8,9 @@ with the wrong model. Families subclass it and register with :func:`register_fam
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Callable, ClassVar, Collection
 
 import torch
@@ -34,6 +36,63 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def key_mismatch(source, missing: list[str], unexpected: list[str],
+                 shapes: list[str] = ()) -> VlmprobeError:
+    """The error for a checkpoint that does not fit the architecture, naming the first missing
+    and unexpected keys (and shape mismatches)."""
+    parts = [f"{len(keys)} {what} (first: {', '.join(keys[:3])})" for what, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected),
+              ("shape mismatches", list(shapes))) if keys]
+    return VlmprobeError(f"{source} does not fit the architecture: {'; '.join(parts)}. Check that "
+                         "the entry's architecture and model_kwargs are the checkpoint's, and "
+                         "that weights names the right file.")
+
+
+def check_state_dict(model: torch.nn.Module, state: dict, source) -> None:
+    """Refuse ``state`` unless its keys and shapes are exactly ``model``'s."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise key_mismatch(source, missing, unexpected, shapes)
+
+
+def state_dict_error(err: Exception, source) -> VlmprobeError | None:
+    """A library's strict ``load_state_dict`` failure (torch's message) as :func:`key_mismatch`,
+    or None when ``err`` is something else."""
+    text = str(err)
+    if "Error(s) in loading state_dict" not in text:
+        return None
+    keys = {what: re.findall(r'"([^"]+)"', m.group(1)) if (m := re.search(
+        rf"{what} key\(s\) in state_dict: (.*?)(?:\.\s*$|\.\s*\n)", text, re.M | re.S)) else []
+        for what in ("Missing", "Unexpected")}
+    shapes = re.findall(r"size mismatch for ([^:]+): copying a param with shape (.+?) from "
+                        r"checkpoint, the shape in current model is (.+?)\.(?:\s|$)", text)
+    return key_mismatch(source, keys["Missing"], keys["Unexpected"],
+                        [f"{k} {a} vs {b}" for k, a, b in shapes])
+
+
+def read_state_dict(path: Path) -> dict:
+    """Tensors of a checkpoint file: safetensors, or a torch file read with ``weights_only``
+    (a nested ``state_dict`` / ``model`` is unwrapped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 — pickle and zip errors of many kinds
+        raise VlmprobeError(f"{path} is not a checkpoint vlmprobe can read safely (tensors "
+                            f"only, weights_only=True): {str(err)[:200]}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
 
 
 @torch.no_grad()
@@ -101,9 +160,17 @@ class Encoder(ABC):
 
     # -- shared behaviour ---------------------------------------------------------------------
     def load(self) -> "Encoder":
+        from .fetch import verified_snapshots
+        from .hub import local_weights
+
         if self.entry.tap not in self.taps:
             raise VlmprobeError(f"{self.family} entry {self.entry.name!r}: tap "
                                 f"{self.entry.tap!r} unknown; valid: {', '.join(self.taps)}.")
+        #: the verified snapshot folder of each repo the model's lock names (models fetch)
+        self.snapshots_ = {} if self.entry.weights else verified_snapshots(self.entry)
+        #: a local checkpoint file or snapshot directory to read instead of the hub, or None
+        self.local_ = local_weights(self.entry) or self.snapshots_.get(
+            self.repo_of(self.entry.source))
         self.model_ = self._load_model().eval()
         if self.entry.random_init:
             # on the CPU, then moved: CUDA's generator draws other numbers from the same seed,
@@ -116,6 +183,32 @@ class Encoder(ABC):
         if not self.entry.random_init:
             self.weights_sha256_ = self._weights_sha256()
         return self
+
+    def location(self, repo: str) -> str:
+        """Where the files of hub repo ``repo`` are read from: its locked snapshot folder, or
+        the entry's local snapshot directory for its own repo, else the repo (hub, HF cache)."""
+        snapshots, local = getattr(self, "snapshots_", {}), getattr(self, "local_", None)
+        if repo in snapshots:
+            return str(snapshots[repo])
+        return str(local) if local is not None and local.is_dir() and repo == self.repo_of(
+            self.entry.source) else repo
+
+    @staticmethod
+    def repo_of(source: str) -> str:
+        """The hub repo id of a ``source`` (``hf-hub:org/name``, ``hf_hub:org/name``, ...)."""
+        return source.split(":", 1)[1] if source.startswith(("hf-hub:", "hf_hub:", "timm:")) \
+            else source
+
+    def local_file(self, names: tuple[str, ...]) -> Path:
+        """The checkpoint file of a local ``weights`` entry: the file itself, or the first of
+        ``names`` (the library's own order) in the snapshot directory."""
+        if self.local_.is_file():
+            return self.local_
+        found = next((self.local_ / n for n in names if (self.local_ / n).is_file()), None)
+        if found is None:
+            raise VlmprobeError(f"Model {self.entry.name!r}: weights directory {self.local_} "
+                                f"holds none of {', '.join(names)}.")
+        return found
 
     @property
     def preprocess_cfg(self):

@@ -2,7 +2,8 @@
 
 ``check_entry`` inspects this environment only: the family's packages (``importlib`` finds them
 without importing), the user's opt-in to remote code, an HF token for gated repos, and whether
-the files a load reads are already in the HF / torch.hub caches (``try_to_load_from_cache``).
+the files a load reads are already in the HF / torch.hub caches (``try_to_load_from_cache``),
+and, for a model fetched with ``vlmprobe models fetch``, that they still match its lock.
 ``compare_weights`` loads two encoders and compares their vision tensors by content, so a user
 sees when two "different" models (LLaVA-Med and CLIP L/14-336) share one encoder.
 """
@@ -49,9 +50,28 @@ def _cached(location: str, names: tuple[str, ...], revision: str | None) -> bool
                for n in names)
 
 
+def _lock_state(entry: ModelEntry, result: CheckResult) -> str | None:
+    """The path of the entry's lock (``models fetch``) when its files match it; a mismatch is
+    a reason the entry cannot load (a load would refuse it)."""
+    from .fetch import lock_name, read_lock, verified_snapshots
+
+    if entry.weights:
+        return None
+    try:
+        lock = read_lock(lock_name(entry))
+        if lock is None:
+            return None
+        verified_snapshots(entry)
+    except VlmprobeError as err:
+        result.reasons.append(str(err))
+        return None
+    return lock["path"]
+
+
 def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> CheckResult:
     """Can ``entry`` load here, and if not, why not (every reason, not only the first)."""
     from . import remote_code_allowed
+    from .hub import gated_hint, local_weights
 
     result = CheckResult(entry.name, "ready")
     cls = FAMILIES.get(entry.family)
@@ -68,13 +88,18 @@ def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> Che
         result.reasons.append(problem)
     if entry.trust_remote_code and not remote_code_allowed(trust_remote_code):
         result.reasons.append("runs the hub repo's own code: pass --trust-remote-code")
-    if entry.gated:
+    locked = _lock_state(entry, result)
+    if entry.gated and not entry.weights and not locked:  # a verified lock loads from disk
         from huggingface_hub import get_token
 
         if get_token() is None:
-            result.reasons.append(f"gated: accept the licence at https://huggingface.co/"
-                                  f"{entry.source.split(':')[-1]} and `huggingface-cli login`")
-    if not missing:
+            result.reasons.append(f"gated: {gated_hint(entry.source.split(':')[-1])}")
+    if entry.weights:  # a local checkpoint: nothing from the hub for the entry's own repo
+        try:
+            local_weights(entry)
+        except VlmprobeError as err:
+            result.reasons.append(str(err))
+    elif not missing:
         try:
             needs = cls.needed_files(entry)
         except VlmprobeError as err:
@@ -87,6 +112,8 @@ def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> Che
                                                         else ": the first load downloads them"))
     blocking = [r for r in result.reasons if not r.startswith("weights not cached:")]
     result.status = "blocked" if blocking else "downloads" if result.missing_files else "ready"
+    if locked:
+        result.reasons.append(f"matches its lock {locked} (every locked file's sha256)")
     for note in getattr(cls, "check_notes", ()):
         result.reasons.append(note)
     return result

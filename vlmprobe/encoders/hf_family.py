@@ -1,10 +1,13 @@
 """transformers models from the Hugging Face hub (``source: <org>/<repo>``), with the repo's
-own AutoImageProcessor as the official transform."""
+own AutoImageProcessor as the official transform. An entry's local ``weights`` is a snapshot
+directory (``config.json``, weights, ``preprocessor_config.json``), read by ``from_pretrained``
+as the repo would be; there a checkpoint that leaves weights of the class unset (missing keys)
+is refused instead of running with random ones (hub repos keep transformers' own behaviour)."""
 from __future__ import annotations
 
 from ..validation import VlmprobeError
-from .base import Encoder, register_family
-from .hub import cached_weights_sha256, hub_fix_hint, import_family_package
+from .base import Encoder, key_mismatch, register_family
+from .hub import hub_fix_hint, import_family_package, weights_sha256
 
 
 class ProcessorTransform:
@@ -58,11 +61,17 @@ class TransformersEncoder(Encoder):
         return [(entry.source, ("config.json",)), (entry.source, weights),
                 (entry.processor_source or entry.source, ("preprocessor_config.json",))]
 
-    def _from_hub(self, cls, source: str, revision: str | None):
+    def _from_hub(self, cls, source: str, revision: str | None, model: bool = True):
+        """``cls.from_pretrained`` (a model, else a processor) from a hub repo or the entry's
+        local snapshot directory; a local model that leaves weights unset is refused."""
         e = self.entry
+        source = self.location(source)
         try:
-            return cls.from_pretrained(source, revision=revision,
-                                       trust_remote_code=e.trust_remote_code)
+            if not (model and self.entry.weights and source == str(self.local_)):
+                return cls.from_pretrained(source, revision=revision,
+                                           trust_remote_code=e.trust_remote_code)
+            model, info = cls.from_pretrained(source, trust_remote_code=e.trust_remote_code,
+                                              output_loading_info=True)
         except OSError as err:
             raise VlmprobeError(f"transformers could not load {cls.__name__} from {source!r}: "
                                 f"{err}\n{hub_fix_hint(e, source)}") from None
@@ -78,10 +87,18 @@ class TransformersEncoder(Encoder):
             raise VlmprobeError(f"transformers {transformers.__version__} could not build "
                                 f"{cls.__name__} from {source!r}: {str(err)[:300]}. Check the "
                                 "entry's description for the transformers version it needs.") from None
+        if info["missing_keys"] or info["mismatched_keys"]:
+            raise key_mismatch(source, list(info["missing_keys"]), list(info["unexpected_keys"]),
+                               [f"{k} {a} vs {b}" for k, a, b in info["mismatched_keys"]])
+        return model
 
     def _load_model(self):
         e = self.entry
         transformers = import_family_package(self, "transformers")
+        if self.local_ is not None and not self.local_.is_dir():
+            raise VlmprobeError(f"transformers entry {e.name!r}: weights {self.local_} is a file; "
+                                "give the snapshot directory (config.json, the weights, "
+                                "preprocessor_config.json), as save_pretrained writes it.")
         cls = getattr(transformers, e.architecture or "", None)
         if cls is None:
             raise VlmprobeError(f"transformers entry {e.name!r}: architecture {e.architecture!r} "
@@ -101,7 +118,7 @@ class TransformersEncoder(Encoder):
         e = self.entry
         source, revision = (e.processor_source, None) if e.processor_source else (e.source,
                                                                                   e.revision)
-        return ProcessorTransform(self._from_hub(AutoImageProcessor, source, revision))
+        return ProcessorTransform(self._from_hub(AutoImageProcessor, source, revision, model=False))
 
     def _forward(self, pixels):
         return _TAPS[self.entry.tap](self.model_, pixels)
@@ -113,5 +130,5 @@ class TransformersEncoder(Encoder):
         return super()._forward_taps(pixels, taps)
 
     def _weights_sha256(self):
-        return cached_weights_sha256(self.entry.source, self.WEIGHTS_FILES, self.entry.revision,
-                                     self.model_)
+        return weights_sha256(self.location(self.entry.source), self.WEIGHTS_FILES,
+                              self.entry.revision, self.model_)

@@ -93,10 +93,23 @@ class LlavaTowerEncoder(Encoder):
 
     @classmethod
     def needed_files(cls, entry):
+        """The config, the weight index (once cached: the shards holding the tower and
+        projector tensors, never the LLM-only ones) and the tower's preprocessor config."""
+        from huggingface_hub import try_to_load_from_cache
+
         tower_repo = entry.processor_source or entry.source
-        return [(entry.source, ("config.json",)),
-                (entry.source, ("model.safetensors.index.json", "model.safetensors")),
-                (tower_repo, ("preprocessor_config.json",))]
+        needs = [(entry.source, ("config.json",)),
+                 (entry.source, ("model.safetensors.index.json", "model.safetensors")),
+                 (tower_repo, ("preprocessor_config.json",))]
+        index = try_to_load_from_cache(entry.source, "model.safetensors.index.json",
+                                       revision=entry.revision)
+        if isinstance(index, str):
+            prefixes = tuple(entry.model_kwargs.get(k) for k in ("tower_prefix", "projector_prefix")
+                             if entry.model_kwargs.get(k))
+            shards = {f for k, f in _read_json(index)["weight_map"].items()
+                      if k.startswith(prefixes)}
+            needs += [(entry.source, (shard,)) for shard in sorted(shards)]
+        return needs
 
     @classmethod
     def missing_requirement(cls, entry) -> str | None:
@@ -117,7 +130,8 @@ class LlavaTowerEncoder(Encoder):
         from safetensors import safe_open
 
         e = self.entry
-        index = hub_file(e, e.source, "model.safetensors.index.json", e.revision, required=False)
+        source = self.location(e.source)
+        index = hub_file(e, source, "model.safetensors.index.json", e.revision, required=False)
         if index is not None:
             weight_map = _read_json(index)["weight_map"]
             shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
@@ -125,7 +139,7 @@ class LlavaTowerEncoder(Encoder):
             shards = ["model.safetensors"]
         out = {}
         for shard in shards:
-            path = hub_file(e, e.source, shard, e.revision)
+            path = hub_file(e, source, shard, e.revision)
             self._files.append(path)
             with safe_open(path, framework="pt") as f:
                 for key in f.keys():
@@ -149,14 +163,18 @@ class LlavaTowerEncoder(Encoder):
             raise VlmprobeError(f"llava_tower entry {e.name!r}: config.json has neither "
                                 "vision_config nor mm_vision_tower; set processor_source to the "
                                 "CLIP repo of the tower.")
-        tower_cfg = _read_json(hub_file(e, repo, "config.json"))
+        tower_cfg = _read_json(hub_file(e, self.location(repo), "config.json"))
         return CLIPVisionConfig(**tower_cfg.get("vision_config", tower_cfg))
 
     def _load_model(self):
         e = self.entry
         transformers = import_family_package(self, "transformers")
+        if self.local_ is not None and not self.local_.is_dir():
+            raise VlmprobeError(f"llava_tower entry {e.name!r}: weights {self.local_} is a file; "
+                                "give the checkpoint's snapshot directory (config.json and the "
+                                "safetensors shards).")
         self._files = []  # the shards read, for provenance and tests
-        config = _read_json(hub_file(e, e.source, "config.json", e.revision))
+        config = _read_json(hub_file(e, self.location(e.source), "config.json", e.revision))
         tower = transformers.CLIPVisionModel(self._tower_config(config))
         state = self._tensors(self._kw("tower_prefix"))
         state.pop("embeddings.position_ids", None)  # a buffer old transformers saved
@@ -197,7 +215,7 @@ class LlavaTowerEncoder(Encoder):
 
         e = self.entry
         repo = e.processor_source or e.source
-        path = hub_file(e, repo, "preprocessor_config.json")
+        path = hub_file(e, self.location(repo), "preprocessor_config.json")
         # LLaVA-S2 resizes and crops to its largest scale, as its CLIPVisionTowerS2 sets
         size = max(e.model_kwargs.get("s2_scales") or [0]) or None
         overrides = ({"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}

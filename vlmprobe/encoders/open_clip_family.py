@@ -10,6 +10,10 @@ tower config differs from the built-in one. The preprocessing open_clip builds m
 entry's facts (they drive geometry and the cache key), else the load stops too.
 A text tower from transformers (``text_cfg.hf_model_name``, e.g. BiomedBERT for BiomedCLIP) also
 needs that other repo's ``config.json``, even though its weights come from the CLIP checkpoint.
+
+An entry's local ``weights`` is a snapshot directory as the hub repo holds it (read by
+open_clip's own ``local-dir:`` loader, checked as the hub repo would be) or a checkpoint file
+loaded into the built-in config ``architecture`` names.
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import json
 import math
 from pathlib import Path
 
+from ..provenance import sha256_file
 from ..validation import VlmprobeError
-from .base import Encoder, register_family
-from .hub import cached_weights_sha256, hub_file, hub_fix_hint, import_family_package
+from .base import Encoder, register_family, state_dict_error
+from .hub import hub_file, hub_fix_hint, import_family_package, weights_sha256
 
 HF_HUB_PREFIX = "hf-hub:"
 CONFIG_NAME = "open_clip_config.json"
@@ -84,8 +89,8 @@ class OpenClipEncoder(Encoder):
     def _check_tower(self, builtin: dict | None, repo: str) -> None:
         if builtin is None:
             return
-        hub = _image_tower(json.loads(Path(hub_file(self.entry, repo, CONFIG_NAME)).read_text())
-                           ["model_cfg"])
+        config = hub_file(self.entry, self.location(repo), CONFIG_NAME)
+        hub = _image_tower(json.loads(Path(config).read_text())["model_cfg"])
         hub["quick_gelu"] = hub["quick_gelu"] or builtin["quick_gelu"]  # forced, see _load_model
         if hub != builtin:
             diff = {k: (hub[k], builtin[k]) for k in hub if hub[k] != builtin[k]}
@@ -125,15 +130,36 @@ class OpenClipEncoder(Encoder):
                                 f"revision ({e.revision!r}); remove 'revision' from the entry.")
         open_clip = import_family_package(self, "open_clip")
         builtin = self._builtin_tower(open_clip)
+        if self.local_ is not None and self.local_.is_file():
+            return self._load_file(open_clip, builtin)
         self._check_tower(builtin, repo)
+        name = f"local-dir:{self.local_}" if self.local_ is not None else e.source
         try:
             model, self._transform = open_clip.create_model_from_pretrained(
-                e.source, device=self.device, return_transform=True,
+                name, device=self.device, return_transform=True,
                 force_quick_gelu=bool(builtin and builtin["quick_gelu"]))
-        except (OSError, RuntimeError) as err:
+        except (OSError, RuntimeError, ValueError) as err:
             repos = [repo, *filter(None, [_text_tower_repo(repo)])]
-            raise VlmprobeError(f"open_clip could not load {e.source!r}: {err}\n"
-                                f"{hub_fix_hint(e, *repos)}") from None
+            raise state_dict_error(err, name) or VlmprobeError(
+                f"open_clip could not load {name!r}: {err}\n{hub_fix_hint(e, *repos)}") from None
+        self._check_preprocess(model)
+        return model
+
+    def _load_file(self, open_clip, builtin: dict | None):
+        """A checkpoint file in the built-in config ``architecture`` names (QuickGELU as it)."""
+        e = self.entry
+        if builtin is None:
+            raise VlmprobeError(f"open_clip entry {e.name!r}: a weights file needs the entry's "
+                                "architecture (the open_clip config it was saved from, e.g. "
+                                "ViT-B-16); or give the snapshot directory with its "
+                                f"{CONFIG_NAME}.")
+        try:
+            model, self._transform = open_clip.create_model_from_pretrained(
+                e.architecture, pretrained=str(self.local_), device=self.device,
+                return_transform=True, force_quick_gelu=builtin["quick_gelu"])
+        except (OSError, RuntimeError, ValueError) as err:
+            raise state_dict_error(err, self.local_) or VlmprobeError(
+                f"open_clip could not load {self.local_} as {e.architecture}: {err}") from None
         self._check_preprocess(model)
         return model
 
@@ -146,5 +172,7 @@ class OpenClipEncoder(Encoder):
     def _weights_sha256(self):
         from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-        return cached_weights_sha256(self.repo_id, (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME), None,
-                                     self.model_)
+        if self.local_ is not None and self.local_.is_file():
+            return sha256_file(self.local_)
+        return weights_sha256(self.location(self.repo_id), (HF_SAFE_WEIGHTS_NAME,
+                                                             HF_WEIGHTS_NAME), None, self.model_)

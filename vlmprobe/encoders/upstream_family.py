@@ -3,7 +3,8 @@ upstream package's own public API, which the user installs from its repository.
 
 Upstream code is never copied into vlmprobe (CONCH's licence forbids modified copies; the others
 are not packaged). Each entry names its API in ``model_kwargs.api``; the calls below mirror the
-upstream commits named in ``UPSTREAM``. vlmprobe's tests drive them against stand-in modules that
+upstream commits named in ``UPSTREAM``. An entry's local ``weights`` (the checkpoint file, or
+the folder holding it) is handed to the same upstream call instead of the hub repo. vlmprobe's tests drive them against stand-in modules that
 mimic those signatures only, so ``vlmprobe models --check`` says that these load paths are not
 verified against upstream code.
 """
@@ -44,7 +45,7 @@ def _hub_source(encoder) -> str:
     return source
 
 
-def local_weights(entry) -> Path:
+def file_source(entry) -> Path:
     """``file:<path>``: absolute, or relative to ``$VLMPROBE_WEIGHTS`` (default ~/.cache/vlmprobe/weights)."""
     path = Path(entry.source.removeprefix("file:")).expanduser()
     if not path.is_absolute():
@@ -57,6 +58,10 @@ def _load_conch(enc, conch):
     hf_auth_token=...)`` -> (model, preprocess); weights are the repo's ``pytorch_model.bin``."""
     from huggingface_hub import get_token, try_to_load_from_cache
 
+    if enc.local_ is not None:  # its checkpoint_path may be a local file as well as hf_hub:
+        enc._weights_file = str(enc.local_file(("pytorch_model.bin",)))
+        return conch.create_model_from_pretrained(enc.entry.architecture, enc._weights_file,
+                                                  device=enc.device)
     source = _hub_source(enc)
     model, preprocess = conch.create_model_from_pretrained(
         enc.entry.architecture, source, device=enc.device, hf_auth_token=get_token())
@@ -68,7 +73,10 @@ def _load_conch(enc, conch):
 def _load_flair(enc, flair):
     """jusiro/FLAIR: ``FLAIRModel.from_pretrained(repo)`` (huggingface_hub mixin); its own
     ``preprocess_image`` (/255, longer side to 512, zero-pad right/bottom) is the transform."""
-    model = flair.FLAIRModel.from_pretrained(_hub_source(enc)[len("hf_hub:"):])
+    if enc.local_ is not None and not enc.local_.is_dir():
+        raise VlmprobeError(f"Model {enc.entry.name!r}: FLAIR loads a folder (config.json and "
+                            f"the weights, as from_pretrained reads it), not {enc.local_}.")
+    model = flair.FLAIRModel.from_pretrained(enc.location(_hub_source(enc)[len("hf_hub:"):]))
 
     def transform(image):
         return model.preprocess_image(np.asarray(image.convert("RGB")))[0].cpu()
@@ -81,7 +89,7 @@ def _load_cxrclip(enc, cxrclip_model):
     from torchvision import transforms as T
     from transformers import AutoTokenizer
 
-    path = local_weights(enc.entry)
+    path = enc.local_ if enc.local_ is not None else file_source(enc.entry)
     if not path.is_file():
         raise VlmprobeError(f"Model {enc.entry.name!r}: checkpoint {path} not found. CXR-CLIP "
                             "checkpoints are not on the hub: download one from the links in "
@@ -121,7 +129,8 @@ def _load_unimedclip(enc, open_clip_fork):
     if not e.weights_file:
         raise VlmprobeError(f"upstream entry {e.name!r}: weights_file (the .pt in "
                             f"{e.source}) is not recorded; set it in the registry entry.")
-    path = hub_file(e, _hub_source(enc)[len("hf_hub:"):], e.weights_file)
+    path = (str(enc.local_file((e.weights_file,))) if enc.local_ is not None
+            else hub_file(e, _hub_source(enc)[len("hf_hub:"):], e.weights_file))
     mean, std = open_clip_fork.get_mean_std()
     model, _, preprocess = create(e.architecture, path, device=enc.device, force_quick_gelu=True,
                                   mean=mean, std=std, inmem=True,
@@ -180,13 +189,17 @@ class UpstreamEncoder(Encoder):
     @classmethod
     def needed_files(cls, entry):
         if entry.source.startswith("file:"):
-            path = local_weights(entry)
+            path = file_source(entry)
             return [(str(path.parent), (path.name,))]
         repo = entry.source.removeprefix("hf_hub:")
         files = {"conch": ("pytorch_model.bin",), "flair": ("model.safetensors", "pytorch_model.bin")}
         names = files.get(entry.model_kwargs.get("api")) or ((entry.weights_file,)
                                                               if entry.weights_file else ())
-        return [(repo, names)] if names else []
+        needs = [(repo, names)] if names else []
+        configs = {"conch": ("meta.yaml",), "flair": ("config.json",)}  # what their loaders read
+        if entry.model_kwargs.get("api") in configs:
+            needs.append((repo, configs[entry.model_kwargs["api"]]))
+        return needs
 
     def _load_model(self):
         api, e = _api(self.entry), self.entry

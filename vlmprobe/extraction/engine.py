@@ -36,7 +36,7 @@ from ..encoders import Encoder, load_encoder
 from ..encoders.transforms import fast_transform, input_transform
 from ..messages import progress_bar
 from ..provenance import provenance
-from ..registry import ModelEntry, get_model_entry
+from ..registry import DatasetEntry, ModelEntry, get_model_entry
 from ..validation import VlmprobeError, config, with_options
 from .batches import (WorkerThreads, _channels_last, _Collate, _DecodedImages, _first_sample,
                       auto_batch_size, check_precision, encode, encode_async)
@@ -210,12 +210,19 @@ class _Request:
         return [self.entry.tap, *self.extra_taps]
 
 
-def _request(model: str, dataset: str, root, out, cfg: ExtractConfig, dataset_options: dict | None,
-             trust_remote_code: bool | None, prof: Profile) -> _Request:
-    entry = get_model_entry(model)
+def _request(model: str | ModelEntry, dataset: str | DatasetEntry | ImageDataset, root, out,
+             cfg: ExtractConfig, dataset_options: dict | None, trust_remote_code: bool | None,
+             prof: Profile, registry=(), datasets=()) -> _Request:
+    entry = model if isinstance(model, ModelEntry) else get_model_entry(model, registry=registry)
     with prof.phase("listing"):
-        data = load_dataset(dataset, root, **(dataset_options or {}))
-    final = cache_path(cache_dir(out), dataset, model, data.cache_view)
+        if isinstance(dataset, ImageDataset):
+            if dataset_options or root is not None:
+                raise VlmprobeError("A listed dataset (ImageDataset) is used as it is: pass its "
+                                    "key or entry to change root or options.")
+            data = dataset
+        else:
+            data = load_dataset(dataset, root, datasets=datasets, **(dataset_options or {}))
+    final = cache_path(cache_dir(out), data.entry.name, entry.name, data.cache_view)
     part = parse_shard(cfg.shard)
     if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
         raise VlmprobeError(f"--batch-size {cfg.batch_size!r}: give a positive integer or 'auto'.")
@@ -232,7 +239,7 @@ def _request(model: str, dataset: str, root, out, cfg: ExtractConfig, dataset_op
         transform = input_transform(encoder, data.entry.intensity)  # refuses float if it cannot
         fast = fast_transform(encoder.transform_) if cfg.fast_decode and not as_float else None
         if cfg.fast_decode and fast is None:
-            log.warning(f"--fast-decode has no effect for {model}: "
+            log.warning(f"--fast-decode has no effect for {entry.name}: "
                         + ("--intensity float resizes float tensors already." if as_float else
                            "its transform does not start with a torchvision bilinear/bicubic "
                            "Resize; decoding exactly."))
@@ -410,12 +417,20 @@ def _consolidate(req: _Request, cfg: ExtractConfig, work: WorkDir, mine: list[in
     return cache, n_skipped
 
 
-def extract(model: str, dataset: str, root: str | Path | None = None,
-            out: str | Path | None = None, config: ExtractConfig | None = None, *,
-            dataset_options: dict | None = None, force: bool = False, progress: bool = True,
-            trust_remote_code: bool | None = None, **options) -> ExtractResult:
+def extract(model: str | ModelEntry, dataset: str | DatasetEntry | ImageDataset,
+            root: str | Path | None = None, out: str | Path | None = None,
+            config: ExtractConfig | None = None, *, dataset_options: dict | None = None,
+            force: bool = False, progress: bool = True, trust_remote_code: bool | None = None,
+            registry: list[Path] | tuple = (), datasets: list[Path] | tuple = (),
+            **options) -> ExtractResult:
     """Embed ``dataset`` with ``model``; writes ``<out>/<dataset>/<model>.h5`` (``<model>@<view>.h5``
     for a non-default label view, see :func:`vlmprobe.cache.cache_path`) and returns it.
+
+    ``model``: a registry key (``registry``: user model files beside ``$VLMPROBE_REGISTRY``) or
+    a :class:`~vlmprobe.registry.ModelEntry`. ``dataset``: a registry key (``datasets``: user
+    dataset files beside ``$VLMPROBE_DATASETS``), ``imagefolder:DIR``, ``csv:MANIFEST.csv``, a
+    :class:`~vlmprobe.registry.DatasetEntry` or a listed :class:`~vlmprobe.data.ImageDataset`;
+    ``<dataset>`` in the path is its key.
 
     ``config`` (:class:`ExtractConfig`) says how it runs; keyword ``options`` change single
     settings of it (``extract(m, d, batch_size="auto", device="cuda")``).
@@ -436,7 +451,8 @@ def extract(model: str, dataset: str, root: str | Path | None = None,
     """
     cfg = with_options(config or ExtractConfig(), options)
     prof = Profile()
-    req = _request(model, dataset, root, out, cfg, dataset_options, trust_remote_code, prof)
+    req = _request(model, dataset, root, out, cfg, dataset_options, trust_remote_code, prof,
+                   registry, datasets)
     served = _existing(req, cfg.precision, force, prof)
     if served is not None:
         return served

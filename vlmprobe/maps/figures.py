@@ -95,7 +95,10 @@ def stratified_choice(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 def read_thumbnails(cache: Cache, indices, root: Path | None = None,
                     px: int = THUMB_PX) -> dict[int, Image.Image]:
     """Thumbnails (longest side ``px``) of these samples, by index; those that cannot be read are
-    left out with one warning that names the folder searched and how to point at the images."""
+    left out with one warning that names the folder searched and how to point at the images.
+    An imported cache (``vlmprobe cache import``) has no images: none, and no warning."""
+    if cache.imported:
+        return {}
     folder = images_root(cache, root)
     dicom = cache.dicom_window
     out, missing = {}, []

@@ -2,7 +2,9 @@
 
 A model is data (source, tap, dim, preprocessing), its family is code (an adapter class in
 :mod:`vlmprobe.encoders`). Users add models by pointing ``$VLMPROBE_REGISTRY`` at extra YAML files
-(``:``-separated); a key defined twice is an error, as in eva's registry.
+(``:``-separated) or passing them (``--registry FILE``); a key defined twice is an error naming
+both files, unless the user entry says ``replaces: builtin``. A user entry may read its weights
+from a local file or snapshot directory (``weights:``), for air-gapped machines.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from importlib.resources import files
 from pathlib import Path
 
-from ..validation import VlmprobeError, build_entry, read_yaml_entries, unknown_key_error
+from ..validation import (VlmprobeError, build_entry, merge_registry_files, read_yaml_entries,
+                          unknown_key_error)
 
 REGISTRY_ENV = "VLMPROBE_REGISTRY"
 #: the built-in registry, shipped inside the package
@@ -85,9 +88,18 @@ class ModelEntry:
     install: str | None = None
     #: facts not known or not verified, said instead of invented
     notes: str = ""
+    #: a local checkpoint file or snapshot directory read instead of the hub (air-gapped machines)
+    weights: str | None = None
+    #: "builtin": this user entry takes the place of the shipped entry of the same key
+    replaces: str | None = None
+
+    #: where the weights are read from is not what the model is: a copy of the same weights
+    #: elsewhere gives the same embeddings (their sha256 is in every cache key), so these fields
+    #: stay out of the entry's identity (:meth:`to_dict`, recorded in caches and keys)
+    LOCATION_FIELDS = ("weights", "replaces")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k not in self.LOCATION_FIELDS}
         d["preprocess"] = self.preprocess.to_dict()
         return d
 
@@ -156,17 +168,12 @@ def registry_files(extra: list[Path] | tuple = ()) -> list[Path]:
 
 def load_registry(extra: list[Path] | tuple = ()) -> dict[str, ModelEntry]:
     """All entries from the built-in registry, ``$VLMPROBE_REGISTRY`` files and ``extra``."""
-    entries: dict[str, ModelEntry] = {}
-    for path in registry_files(extra):
-        for name, entry in _parse_file(path).items():
-            if name in entries:
-                raise VlmprobeError(f"Model {name!r} is defined twice (again in {path}); rename one.")
-            entries[name] = entry
-    return entries
+    return merge_registry_files("model", [(p, _parse_file(p)) for p in registry_files(extra)])
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    return sorted(fnmatch.filter(load_registry(), pattern))
+def list_models(pattern: str = "*", registry: list[Path] | tuple = ()) -> list[str]:
+    """The model keys matching ``pattern`` (fnmatch), sorted; ``registry``: extra files."""
+    return sorted(fnmatch.filter(load_registry(registry), pattern))
 
 
 RANDOM_SUFFIX = "_random"
@@ -190,10 +197,12 @@ def random_twins(entries: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
             if not e.baseline and e.name + RANDOM_SUFFIX not in entries}
 
 
-def get_model_entry(name: str, entries: dict[str, ModelEntry] | None = None) -> ModelEntry:
-    """The entry ``name``; ``<model>_random`` resolves to :func:`random_twin` of ``<model>``
-    unless the registry defines that name itself."""
-    entries = load_registry() if entries is None else entries
+def get_model_entry(name: str, entries: dict[str, ModelEntry] | None = None,
+                    registry: list[Path] | tuple = ()) -> ModelEntry:
+    """The entry ``name`` (of ``entries``, else of the registries with the extra files
+    ``registry``); ``<model>_random`` resolves to :func:`random_twin` of ``<model>`` unless the
+    registry defines that name itself."""
+    entries = load_registry(registry) if entries is None else entries
     base = name.removesuffix(RANDOM_SUFFIX)
     if name not in entries and name.endswith(RANDOM_SUFFIX) and base in entries:
         return random_twin(entries[base])
@@ -209,7 +218,7 @@ def model_summary(entry: ModelEntry) -> dict:
     p = entry.preprocess
     return {**head, "image_size": p.image_size, "gated": entry.gated,
             "trust_remote_code": entry.trust_remote_code, "licence": entry.licence,
-            **entry.to_dict()}
+            **entry.to_dict(), **{k: getattr(entry, k) for k in entry.LOCATION_FIELDS}}
 
 
 def markdown_table(entries: dict[str, ModelEntry] | None = None) -> str:

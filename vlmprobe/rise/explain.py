@@ -168,6 +168,12 @@ def cache_encoder(cache: Cache, device="cpu", trust_remote_code: bool | None = N
     too) and the tap its embeddings are, refused when the weights are not the cache's."""
     from ..encoders import load_encoder  # imported late: torch models
 
+    if cache.imported:
+        raise VlmprobeError(f"{cache.path} holds embeddings imported from "
+                            f"{', '.join(cache.imported['files'])} (vlmprobe cache import): RISE "
+                            "runs images through the encoder that made them, and vlmprobe has "
+                            "none for an imported cache. probe and umap read it; for RISE, add "
+                            "the model as a registry entry and run `vlmprobe extract`.")
     encoder = load_encoder(cache.registry_key, device,
                            trust_remote_code=trust_remote_code)
     if encoder.weights_sha256_ != cache.weights_sha256:
@@ -279,7 +285,7 @@ class _Explainer:
         float cache), after checking the file is the one the cache was made from."""
         path = self.root / sample_file(rel)
         digest = dict(zip(self.cache.files["relpath"], self.cache.files["digest"]))[rel]
-        if not path.is_file() or file_digest(path) != digest:
+        if not path.exists() or file_digest(path) != digest:
             raise VlmprobeError(f"{path} is missing or differs from the file {self.cache.path} "
                                 "was extracted from; pass --root pointing at that dataset copy.")
         window, intensity = self.cache.dicom_window, self.cache.intensity

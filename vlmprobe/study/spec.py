@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from importlib.resources import files
 from pathlib import Path, PurePath
 
-from ..data import data_root
-from ..registry import DatasetEntry, get_dataset_entry, get_model_entry, load_registry
+from ..data.dataset import data_root, resolve_dataset
+from ..registry import DatasetEntry, get_model_entry, load_registry
 from ..validation import VlmprobeError, check_dir, unknown_key_error
 from .stages import CLASS_LABEL, STAGES, Settings, Stage
 
@@ -34,7 +34,8 @@ _LAUNCHER = ("name", "jobs", "cluster", "resources")
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset of the study: ``name`` is its key in the study file, ``dataset`` the registry
-    key (the same unless one dataset is studied under several options)."""
+    key (the same unless one dataset is studied under several options) or an own dataset,
+    ``imagefolder:DIR`` or ``csv:MANIFEST.csv``, whose root is its folder."""
 
     name: str
     dataset: str
@@ -256,8 +257,8 @@ def _datasets(spec: StudySpec, raw) -> list[DatasetSpec]:
         entry = _mapping(spec, entry, keys, f"dataset {name!r}")
         _known_keys(spec, entry, _DATASET, "dataset key", keys)
         key = entry.get("dataset", name)
-        try:
-            get_dataset_entry(str(key))
+        try:  # a registry key (built in or $VLMPROBE_DATASETS), imagefolder:DIR or csv:FILE
+            found = resolve_dataset(str(key))
         except VlmprobeError as e:
             hint = (" To study a dataset twice (other options), name it and give 'dataset: <key>'."
                     if "dataset" not in entry else "")
@@ -270,8 +271,8 @@ def _datasets(spec: StudySpec, raw) -> list[DatasetSpec]:
                                      f"{seen[ident]!r}; keep one (or give other options).")
         seen[ident] = name
         root = (_path(spec, entry["root"], keys + ("root",)) if "root" in entry
-                else data_root(key).resolve())
-        layout = get_dataset_entry(key).layout_help
+                else data_root(found.name, None, found).resolve())
+        layout = found.layout_help
         try:
             check_dir(root, f"Dataset root for {name!r}", layout)
         except VlmprobeError as e:
