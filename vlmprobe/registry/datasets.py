@@ -53,6 +53,10 @@ class DatasetEntry:
     intensity: str = "8bit"
     # A subset of the classes (in the full list's order); None: all. Part of the label view.
     class_subset: list[str] | None = None
+    # Metadata columns that record how an image was made rather than what it shows (burnt-in
+    # text, site, scanner, image quality; not ids or paths): the report's background-bias audit
+    # probes each from the features against the shuffled-label floor.
+    nuisance_columns: list[str] = field(default_factory=list)
 
 
 def load_datasets_file(path: Path = DATASETS_FILE) -> dict[str, DatasetEntry]:
