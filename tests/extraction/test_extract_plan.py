@@ -125,6 +125,8 @@ def test_chunk_writer_writes_on_its_thread_and_raises_a_failed_write(tmp_path):
     assert work.done() == {0} and work.read(0).embeddings.sum() == 12
     work.clear()  # its folder gone: the next write cannot land
     writer = ChunkWriter(work)
-    writer.write(1, chunk)
+    # the failure surfaces at this write when the thread was quick, else at close
     with pytest.raises(VlmprobeError, match="Could not write .*chunk-000001.bin"):
+        writer.write(1, chunk)
         writer.close()
+    writer.pool.shutdown(wait=True)
