@@ -1,0 +1,92 @@
+"""The report: its tables equal the probe JSON they came from, every section is there, a job
+that failed leaves its cells marked with the reason, and an older run record names what to
+rerun."""
+from __future__ import annotations
+
+import json
+from html import escape
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from report_study import study_report  # noqa: F401 (a fixture)
+
+from vlmprobe.cli import app
+from vlmprobe.probe import ProbeConfig, run_probe
+from vlmprobe.cache import read_cache
+from vlmprobe.report import run_report
+from vlmprobe.validation import VlmprobeError
+
+SECTIONS = ("overview", "probe", "paper", "umap", "rise", "audit", "cka", "provenance")
+
+
+def _cells_match_json(report, html: str) -> int:
+    """Every probe cell of the report equals its row in the table's JSON (read as plain JSON),
+    and its text is in the HTML; returns how many cells were checked."""
+    checked = 0
+    for c in report.cells:
+        rows = json.loads(open(c.source).read())["results"]
+        row = next(r for r in rows if r["dataset"] == c.dataset and r["label_view"] == c.label
+                   and r["model"] + (" (baseline)" if r["baseline"] else "")
+                   + (" (shuffled labels)" if r["shuffled_labels"] else "") == c.name)
+        lo, hi = row["test_ci95"][c.metric]
+        assert (c.value, c.ci_low, c.ci_high) == (row["test"][c.metric], lo, hi)
+        text = f"{100 * row['test'][c.metric]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+        assert text in html, text
+        checked += 1
+    return checked
+
+
+def test_a_cache_directory_report_shows_its_probe_table_cell_for_cell(phantom_cache, tmp_path):
+    _, path = phantom_cache
+    cache_dir = path.parent.parent
+    run_probe([read_cache(path)], ProbeConfig(n_bootstrap=100)).save(cache_dir)
+    report = run_report(cache_dir, tmp_path / "report", audit=False)
+    html_path, md_path = report.write()
+    html = html_path.read_text()
+    assert _cells_match_json(report, html) == 1  # macro-F1 (3 classes: no binary F1)
+    assert all(f'<section id="{s}">' in html for s in SECTIONS)
+    assert "Fewer than two models" in html  # CKA needs two
+    assert "# vlmprobe report" in md_path.read_text()
+
+
+def test_an_older_run_record_names_the_study_to_rerun(tmp_path):
+    (tmp_path / "run_record.json").write_text(json.dumps(
+        {"schema": "vlmprobe-study-record", "schema_version": 0, "study_file": "my_study.yaml",
+         "jobs": {}, "runs": []}))
+    with pytest.raises(VlmprobeError, match=r"older vlmprobe \(run record schema 0.*lacks "
+                                            r"resolved, out.*vlmprobe study my_study.yaml"):
+        run_report(tmp_path)
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code != 0 and "my_study.yaml" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):  # noqa: F811
+    out, html_path = study_report
+    html = html_path.read_text()
+    md = html_path.with_suffix(".md").read_text()
+    assert all(f'<section id="{s}">' in html for s in SECTIONS)
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", html)  # everything inside
+    # the failed dataset: its cells marked, the reason shown
+    assert "extract/vit_random_64/brainmr failed" in html and "Missing cells: brainmr" in html
+    assert html.count('class="missing"') >= 2
+    record = json.loads((out / "run_record.json").read_text())
+    reason = record["jobs"]["extract/vit_random_64/brainmr"]["reason"].splitlines()[0]
+    assert escape(reason) in html and reason in md
+    # the probe cells equal their JSON; the audit and CKA are there
+    report = run_report(out, html_path.parent)  # fits are read back, not refitted
+    assert _cells_match_json(report, html) == 2 + 2 + 2  # class, its floor, word
+    assert {(a["column"], a["model"]) for a in report.audit} == {
+        ("word", "vit_random_64"), ("word", "lite0_random_64 (baseline)")}
+    assert report.cka["breastus_phantom"].models == ["vit_random_64", "lite0_random_64 (baseline)"]
+    assert "cka.breastus-phantom" in md and "RISE panels: vit_random_64" in html
+    # the report's own floor rows (a table of their own, beside it) are among those cells
+    floors = {c.source for c in report.cells if "(shuffled labels)" in c.name}
+    assert len(floors) == 1 and str(html_path.parent / "fits") in floors.pop()
+    # linked instead of embedded: relative links that resolve
+    linked = run_report(out, tmp_path / "linked", embed=False)
+    page = linked.write()[0].read_text()
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (page and (tmp_path / "linked" / src).resolve().is_file()), src
