@@ -94,3 +94,12 @@ def test_the_report_opens_offline_in_chromium_with_no_request_or_error(
     finally:
         driver.quit()
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception)])
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch, ci, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no chromium, chromedriver: install Debian's chromium"):
+        _chromium()
