@@ -39,6 +39,14 @@ def write_tiny_registry(folder: Path) -> Path:
     return path
 
 
+def not_a_dataset(folder: Path, name: str = "brainmr") -> Path:
+    """A dataset root that holds no images, so a study's jobs on it fail as a user's would."""
+    root = folder / name
+    root.mkdir(parents=True)
+    (root / "notes.txt").write_text(f"not a {name} folder")
+    return root
+
+
 @pytest.fixture
 def tiny_model(tmp_path, monkeypatch):
     """Registers the fast entries of tiny_models.py (``$VLMPROBE_REGISTRY``, inherited by

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_tiny_registry
+from conftest import not_a_dataset, write_tiny_registry
 from tiny_models import MODEL
 
 MODELS = ("vit_random_64", MODEL)
@@ -18,9 +18,7 @@ def study_report(shared_phantom, tmp_path_factory) -> tuple[Path, Path]:
     from vlmprobe.study import run_study
 
     folder = tmp_path_factory.mktemp("report_study")
-    broken = folder / "brainmr"
-    broken.mkdir()
-    (broken / "notes.txt").write_text("not a brain MRI folder")
+    not_a_dataset(folder)
     study = folder / "study.yaml"
     study.write_text(f"""\
 out: out
