@@ -71,6 +71,8 @@ def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):  # noqa
     assert not re.search(r"""(src|href)=["'](?!data:|#)""", html)  # everything inside
     # the failed dataset: its cells marked, the reason shown
     assert "extract/vit_random_64/brainmr failed" in html and "Missing cells: brainmr" in html
+    assert "brainmr / lite0_random_64 (baseline) (extract/lite0_random_64/brainmr failed" in html
+    assert "<td>lite0_random_64</td>" not in html  # the twin is named as a baseline throughout
     assert html.count('class="missing"') >= 2
     record = json.loads((out / "run_record.json").read_text())
     reason = record["jobs"]["extract/vit_random_64/brainmr"]["reason"].splitlines()[0]

@@ -138,8 +138,10 @@ class _Builder:
         return out
 
     def name(self, d: DatasetRun, model: str) -> str:
-        """A study model as tables name it ("(baseline)" for a random-weight twin)."""
-        path = d.caches.get(model)
+        """A study model as tables name it ("(baseline)" for a random-weight twin), from its
+        cache of ``d`` or, where that is missing, of another dataset."""
+        path = d.caches.get(model) or next((o.caches[model] for o in self.source.datasets
+                                            if model in o.caches), None)
         if path is None:
             return model
         if path not in self._caches:
@@ -230,7 +232,7 @@ class _Builder:
                 marks[(d.name, best.name)] = "best"
             for _, _, name in _significant_below_best(real, compare_models(real), "macro_f1"):
                 marks[(d.name, name)] = "below"
-        rows, missing = [], []
+        rows, missing = [], {}
         for name in real_names + null_names:
             row = [name]
             for d in datasets:
@@ -240,7 +242,7 @@ class _Builder:
                     reason = (d.problem("extract", model) or d.problem("probe")
                               or self.unreadable(d, label) or "no result for this model")
                     if name in {self.name(d, m) for m in d.models} or d.problem("probe"):
-                        missing.append(f"{d.name} / {name}: {reason}")
+                        missing.setdefault(reason, []).append(f"{d.name} / {name}")
                     cells = [Cell("—", "missing", reason)]
                     row += cells * (2 if binary[d.name] else 1)
                     continue
@@ -266,7 +268,8 @@ class _Builder:
         blocks = [Section(f"probe-{_slug(label)}", title, [], level=3),
                   Table(header, rows, caption, groups)]
         if missing:
-            blocks.append(Para("Missing cells: " + "; ".join(missing), "warn"))
+            blocks.append(Para("Missing cells: " + "; ".join(
+                f"{', '.join(cells)} ({reason})" for reason, cells in missing.items()), "warn"))
         comparisons = compare_models([r for r in results if not r.shuffled_labels])
         if comparisons:
             blocks.append(Details(f"Paired comparisons ({len(comparisons)})", [Table(
@@ -320,7 +323,8 @@ class _Builder:
                 doc = read_json(path)
                 meta = doc.get("provenance", {})
                 for row in doc.get("rows", []):
-                    rows.append([meta.get("model", path.stem), str(row.get("n_neighbors")),
+                    rows.append([self.name(d, meta.get("model", path.stem)),
+                                 str(row.get("n_neighbors")),
                                  str(row.get("min_dist")), _num(row.get("trustworthiness")),
                                  _num(row.get("knn_preservation")),
                                  _num(row.get("knn_acc_2d")), _num(row.get("knn_acc_orig"))])
@@ -367,7 +371,7 @@ class _Builder:
             for path in d.rise:
                 numbers, doc = self.rise_numbers(path)
                 meta, cfg = doc.get("provenance", {}), doc.get("config", {})
-                model = meta.get("model", path.stem)
+                model = self.name(d, meta.get("model", path.stem))
                 rows = [[probe, str(v["n"])] + [_num(v[k]) for k, _ in RISE_NUMBERS]
                         for probe, v in numbers.items()]
                 blocks.append(Table(
