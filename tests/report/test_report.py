@@ -49,6 +49,11 @@ def test_a_cache_directory_report_shows_its_probe_table_cell_for_cell(phantom_ca
     assert all(f'<section id="{s}">' in html for s in SECTIONS)
     assert "Fewer than two models" in html  # CKA needs two
     assert "# vlmprobe report" in md_path.read_text()
+    result = CliRunner().invoke(app, ["report", str(cache_dir), "--out", str(tmp_path / "cli"),
+                                      "--no-audit"])
+    assert result.exit_code == 0, result.output
+    before_provenance = html.split('<section id="provenance">')[0]  # which has the time
+    assert (tmp_path / "cli" / "report.html").read_text().startswith(before_provenance)
 
 
 def test_an_older_run_record_names_the_study_to_rerun(tmp_path):

@@ -21,8 +21,8 @@ from matplotlib.figure import Figure as MplFigure
 from ..cache import read_cache
 from ..figures import save_figure, styled
 from ..probe import ProbeResult, read_table
-from ..probe.tables import PAPER_HEADER, _significant_below_best, compare_models, compare_paper
-from ..probe.tables import solver_note
+from ..probe.tables import (PAPER_HEADER, _significant_below_best, compare_models, compare_paper,
+                            solver_note)
 from ..provenance import provenance
 from ..rise.explain import _mean
 from ..validation import VlmprobeError
