@@ -11,6 +11,9 @@ import torch
 from PIL import Image
 from tiny_models import MODEL, TINY_REGISTRY
 
+#: session fixtures of one test folder that another shares (imported twice, a fixture would run twice)
+pytest_plugins = ["report.report_study"]
+
 CLASSES = ("normal", "benign", "malignant")
 PHANTOM = "breastus_phantom"
 

@@ -10,8 +10,6 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from report_study import study_report  # noqa: F401 (a fixture)
-
 from vlmprobe.cli import app
 from vlmprobe.probe import ProbeConfig, run_probe
 from vlmprobe.cache import read_cache
@@ -68,7 +66,7 @@ def test_an_older_run_record_names_the_study_to_rerun(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):  # noqa: F811
+def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):
     out, html_path = study_report
     html = html_path.read_text()
     md = html_path.with_suffix(".md").read_text()

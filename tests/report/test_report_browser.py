@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from report_study import study_report  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "build" / "test-artifacts"
@@ -44,7 +43,7 @@ def _chromium() -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_the_report_opens_offline_in_chromium_with_no_request_or_error(
-        study_report, tmp_path):  # noqa: F811
+        study_report, tmp_path):
     browser, driver_path = _chromium()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
