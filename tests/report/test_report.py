@@ -1,19 +1,20 @@
-"""The report: its tables equal the probe JSON they came from, every section is there, a job
-that failed leaves its cells marked with the reason, and an older run record names what to
-rerun."""
+"""The report: its tables equal the probe JSON they came from, the paper's cells stand beside
+ours, every section is there, a job that failed leaves its cells marked with the reason, and an
+older run record names what to rerun."""
 from __future__ import annotations
 
 import json
-from html import escape
 import re
+from html import escape
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from vlmprobe.cache import Cache, read_cache, write_cache
 from vlmprobe.cli import app
 from vlmprobe.probe import ProbeConfig, run_probe
-from vlmprobe.cache import read_cache
-from vlmprobe.report import run_report
+from vlmprobe.report import linear_cka, run_report
 from vlmprobe.validation import VlmprobeError
 
 SECTIONS = ("overview", "probe", "paper", "umap", "rise", "audit", "cka", "provenance")
@@ -95,3 +96,33 @@ def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):
     page = linked.write()[0].read_text()
     for src in re.findall(r'<img src="([^"]+)"', page):
         assert (page and (tmp_path / "linked" / src).resolve().is_file()), src
+
+
+def test_the_papers_numbers_stand_beside_ours_for_its_models_and_datasets(tmp_path):
+    """Two of the paper's models on BUSI (synthetic embeddings written as their caches): the
+    paper's Table 3 cells beside ours, with the solver; the CKA of the two."""
+    rng = np.random.default_rng(0)
+    y = np.arange(150) % 3
+    relpaths = [f"img{i:04d}.png" for i in range(len(y))]
+    X = rng.normal(size=(3, 12))[y] * 2 + rng.normal(size=(len(y), 12))
+    embeddings = {"medsiglip": X, "biomedclip": X @ rng.normal(size=(12, 8))}
+    for model, Z in embeddings.items():
+        write_cache(tmp_path / "caches" / "breastus" / f"{model}.h5", Cache(
+            embeddings=Z.astype(np.float32), labels=y, relpaths=relpaths,
+            class_names=["normal", "benign", "malignant"], model=model, dataset="breastus",
+            dataset_fingerprint="f", cache_key=model,
+            files={"relpath": relpaths, "size": [1] * len(y), "digest": ["d"] * len(y)}))
+    run = run_probe(tmp_path / "caches", ProbeConfig(n_bootstrap=200))
+    run.save(tmp_path / "caches")
+    report = run_report(tmp_path / "caches", audit=False)
+    html = report.write()[0].read_text()
+    paper = html.split('<section id="paper">')[1].split("</section>")[0]
+    assert paper.count("<td>Table 3</td>") == 4  # accuracy and F1 of each model
+    ours = {r.model: r for r in run}
+    lo, hi = ours["medsiglip"].test_ci95["accuracy"]
+    assert (f"<td>{100 * ours['medsiglip'].test['accuracy']:.1f} [{100 * lo:.1f}, "
+            f"{100 * hi:.1f}]</td><td>82 ± 2.3</td>") in paper
+    assert "Solver: fast (tol 0.001, max_iter 200)" in paper
+    cka = report.cka["breastus"]
+    assert cka.models == ["biomedclip", "medsiglip"] and cka.n_images == len(y)
+    assert cka.linear[0, 1] == pytest.approx(linear_cka(embeddings["biomedclip"], X), rel=1e-5)
