@@ -91,6 +91,14 @@ def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):
     # the report's own floor rows (a table of their own, beside it) are among those cells
     floors = {c.source for c in report.cells if "(shuffled labels)" in c.name}
     assert len(floors) == 1 and str(html_path.parent / "fits") in floors.pop()
+    # a study stopped before its UMAP job: the record lacks it, the report says so
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    del record["jobs"]["umap/breastus_phantom"]
+    (stopped / "run_record.json").write_text(json.dumps(record))
+    page = run_report(stopped, audit=False).write()[0].read_text()
+    umap = page.split('<section id="umap">')[1].split('<section id="rise">')[0]
+    assert "No maps: umap/breastus_phantom missing: not in the run record" in umap
     # linked instead of embedded: relative links that resolve
     linked = run_report(out, tmp_path / "linked", embed=False)
     page = linked.write()[0].read_text()
