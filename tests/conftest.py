@@ -11,6 +11,9 @@ import torch
 from PIL import Image
 from tiny_models import MODEL, TINY_REGISTRY
 
+#: session fixtures of one test folder that another shares (imported twice, a fixture would run twice)
+pytest_plugins = ["report.report_study"]
+
 CLASSES = ("normal", "benign", "malignant")
 PHANTOM = "breastus_phantom"
 
@@ -37,6 +40,14 @@ def write_tiny_registry(folder: Path) -> Path:
     path = folder / "tiny_registry.yaml"
     path.write_text(TINY_REGISTRY)
     return path
+
+
+def not_a_dataset(folder: Path, name: str = "brainmr") -> Path:
+    """A dataset root that holds no images, so a study's jobs on it fail as a user's would."""
+    root = folder / name
+    root.mkdir(parents=True)
+    (root / "notes.txt").write_text(f"not a {name} folder")
+    return root
 
 
 @pytest.fixture

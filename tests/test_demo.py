@@ -7,6 +7,7 @@ import pytest
 
 from vlmprobe.demo import DATASETS, run_demo
 from vlmprobe.probe import read_table
+from vlmprobe.report.build import _slug
 from vlmprobe.study import read_record
 
 
@@ -14,7 +15,7 @@ from vlmprobe.study import read_record
 def test_the_demo_study_ends_in_a_summary_of_what_it_found_and_where(tiny_model, tmp_path):
     models = ("vit_random_64", tiny_model)
     options = dict(n=60, site_n=60, n_masks=16, n_images=1, models=models, progress=False)
-    summary = run_demo(tmp_path / "demo", **options)
+    summary, report = run_demo(tmp_path / "demo", **options)
     text = summary.read_text()
     record = read_record(tmp_path / "demo" / "run_record.json")
     jobs = record["jobs"]
@@ -33,7 +34,11 @@ def test_the_demo_study_ends_in_a_summary_of_what_it_found_and_where(tiny_model,
         assert f"a margin of {100 * (rows[models[0]] - rows[models[1]]):+.1f} points" in text
         assert f"The nuisance ({nuisance}) is predictable" in text
     assert text.count("**Where the probes look (RISE, 1 test image(s)") == 2
+    page = report.read_text()  # the study's report, beside the summary
+    assert report == tmp_path / "demo" / "report" / "report.html"
+    assert all(f"<section id=\"audit-{_slug(name)}\">" in page for name in DATASETS)
+    assert "declares no nuisance column" not in page  # the demo declares word and site
 
-    again = run_demo(tmp_path / "demo", **options)  # everything done: skipped, same summary
+    again, _ = run_demo(tmp_path / "demo", **options)  # everything done: skipped, same summary
     assert again.read_text() == text
     assert read_record(tmp_path / "demo" / "run_record.json")["runs"][1]["counts"]["done"] == 0

@@ -12,6 +12,7 @@ Every stage of the study from Python, with the results the command line gives::
     saliency = vlmprobe.run_rise([cache], vlmprobe.RiseConfig(n_masks=1024))
     study = vlmprobe.run_study("study.yaml")      # every stage for models x datasets (StudyRun)
     path = vlmprobe.import_features("uni.npy", "labels.csv", model="uni", dataset="crc")
+    html, md = vlmprobe.write_report("study_out")  # the study's report (run_report: the object)
 
 Each stage takes its settings as one config object (``ExtractConfig``, ``ProbeConfig``,
 ``UmapGrid``/``UmapConfig``, ``RiseConfig``) or as keyword options that change single settings,
@@ -48,6 +49,8 @@ _EXPORTS = {
     "RiseRun": "vlmprobe.rise", "RiseMaps": "vlmprobe.rise",
     # a whole study (models x datasets x stages) from one YAML file
     "run_study": "vlmprobe.study", "plan_study": "vlmprobe.study", "StudyRun": "vlmprobe.study",
+    # the report of a study or a cache directory
+    "run_report": "vlmprobe.report", "write_report": "vlmprobe.report", "Report": "vlmprobe.report",
     # messages and errors
     "show_messages": "vlmprobe.messages", "VlmprobeError": "vlmprobe.validation",
 }
@@ -66,6 +69,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time __getattr__ imp
     from .probe import ProbeConfig, ProbeResult, ProbeRun, run_probe  # noqa: F401
     from .registry import DatasetEntry, ModelEntry, list_datasets, list_models  # noqa: F401
     from .rise import ImageChoice, RiseConfig, RiseMaps, RiseRun, run_rise  # noqa: F401
+    from .report import Report, run_report, write_report  # noqa: F401
     from .study import StudyRun, plan_study, run_study  # noqa: F401
     from .validation import VlmprobeError  # noqa: F401
 

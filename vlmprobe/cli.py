@@ -707,10 +707,38 @@ def demo(
     summary (run again to continue where it stopped)."""
     from .demo import run_demo
 
-    summary = run_demo(out, n=n, site_n=site_n, seed=seed, n_masks=n_masks, n_images=images)
+    summary, report = run_demo(out, n=n, site_n=site_n, seed=seed, n_masks=n_masks,
+                               n_images=images)
     console.rule("summary")
     _say(summary.read_text())
     _say(f"Demo finished. Summary: {summary}")
+    _say(f"Report: {report}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A study's output folder (with run_record.json) "
+                                   "or a cache directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The report's folder (default: "
+                                       "RUN_DIR/report)."),
+    bandwidth: float = typer.Option(0.5, "--bandwidth", help="RBF CKA: σ as a fraction of the "
+                                    "median pairwise distance."),
+    rbf_images: int = typer.Option(2000, "--rbf-images", help="RBF CKA: at most this many "
+                                   "images (a seeded subsample)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the RBF subsample."),
+    audit: bool = typer.Option(True, "--audit/--no-audit", help="Fit the shuffled-label floors "
+                               "and the nuisance probes of the background-bias audit."),
+    embed: Optional[bool] = typer.Option(None, "--embed/--link", help="Figures and maps inside "
+                                         "the HTML, or linked beside it (default: embedded up to "
+                                         "50 MB)."),
+):
+    """One self-contained HTML report of a study (and its Markdown twin): probe tables, the
+    paper's numbers, UMAP, RISE, a background-bias audit, CKA, provenance."""
+    from .report import write_report
+
+    html, md = write_report(run_dir, out, bandwidth=bandwidth, rbf_images=rbf_images,
+                            seed=seed, audit=audit, embed=embed)
+    _say(f"Report: {html} (Markdown: {md})")
 
 
 def main() -> None:

@@ -4,14 +4,16 @@ ground truth, ending in a summary of what was found and where every table and fi
 phantoms (BUSI with a burnt-in word correlated with the class; brain MRI with an acquisition-site
 mark) -> ``study.yaml`` -> the study: extract (pretrained efficientnet_lite0 and its random-weight
 twin) -> probe (the class, and the nuisance as a label) -> UMAP -> RISE -> ``SUMMARY.md``, read
-from the study's run record. Running it again continues (or skips) what is done.
+from the study's run record, and the study's report (``report/report.html``, :mod:`vlmprobe.report`). Running it again continues (or skips) what is done.
 """
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from .data.phantoms import make_phantom
+from .report import write_report
 from .study import read_record, run_study
 from .validation import VlmprobeError
 
@@ -30,10 +32,11 @@ log = logging.getLogger(__name__)
 
 
 def demo_study(models: tuple[str, ...], n_masks: int, n_images: int) -> str:
-    """The demo's study file: every stage, each dataset probed for its class and its nuisance
-    (RISE explains one image fewer on the site phantom, which has no lesion masks to score)."""
+    """The demo's study file: every stage, each dataset probed for its class and its nuisance,
+    which it declares (``nuisance_columns``) for the report's background-bias audit (RISE explains one image fewer on the site phantom, which has no lesion masks to score)."""
     datasets = "".join(
-        f"  {name}:\n    root: data/{name}\n    stages:\n"
+        f"  {name}:\n    root: data/{name}\n    options: {{nuisance_columns: [{col}]}}\n"
+        f"    stages:\n"
         f"      probe: {{label: [class, {col}]}}\n      umap: {{color_by: [{col}]}}\n"
         f"      rise: {{labels: [class, {col}], choice: {{k: {max(1, n_images - i)}}}}}\n"
         for i, (name, (_, col, _)) in enumerate(DATASETS.items()))
@@ -46,11 +49,12 @@ def demo_study(models: tuple[str, ...], n_masks: int, n_images: int) -> str:
 
 def run_demo(out: Path, n: int = BREASTUS_N, seed: int = 0, n_masks: int = 1024,
              n_images: int = 3, site_n: int = SITE_N,
-             models: tuple[str, str] = (MODEL, BASELINE), progress: bool = True) -> Path:
-    """The demo study under ``out``; returns the path of ``SUMMARY.md``. ``models``: the model
-    and its null baseline."""
+             models: tuple[str, str] = (MODEL, BASELINE),
+             progress: bool = True) -> tuple[Path, Path]:
+    """The demo study under ``out``; returns the paths of ``SUMMARY.md`` and of the study's
+    report (HTML). ``models``: the model and its null baseline."""
     out = Path(out).resolve()
-    log.info(f"1/3 phantoms (seed {seed}) under {out / 'data'}")
+    log.info(f"1/4 phantoms (seed {seed}) under {out / 'data'}")
     for name, (phantom, _, _) in DATASETS.items():
         root = out / "data" / name
         if (root / "phantom.json").is_file():
@@ -60,7 +64,7 @@ def run_demo(out: Path, n: int = BREASTUS_N, seed: int = 0, n_masks: int = 1024,
                          progress=progress)
     study = out / "study.yaml"
     study.write_text(demo_study(models, n_masks, n_images))
-    log.info(f"2/3 the study {study}: {' and '.join(models)} x {', '.join(DATASETS)}: extract, "
+    log.info(f"2/4 the study {study}: {' and '.join(models)} x {', '.join(DATASETS)}: extract, "
              "probe (class and nuisance), UMAP, RISE")
     run = run_study(study, progress=progress)
     if not run.ok:
@@ -68,10 +72,14 @@ def run_demo(out: Path, n: int = BREASTUS_N, seed: int = 0, n_masks: int = 1024,
                   f"{s.log})" for s in run.states if s.status not in ("done", "skipped")]
         raise VlmprobeError(f"The demo study did not finish: {'; '.join(failed)}. Run `vlmprobe "
                             "demo` again to continue where it stopped.")
-    log.info("3/3 summary, from the run record")
+    log.info("3/4 summary, from the run record")
     path = out / "SUMMARY.md"
     path.write_text(summary(read_record(run.record), models))
-    return path
+    log.info("4/4 the report (tables, maps, saliency, bias audit, CKA, provenance)")
+    start = time.perf_counter()
+    html, _ = write_report(out)
+    log.info(f"report written in {time.perf_counter() - start:.0f} s: {html}")
+    return path, html
 
 
 def _pct(x: float | None) -> str:

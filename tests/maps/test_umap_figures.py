@@ -116,7 +116,9 @@ def test_html_is_self_contained_with_at_most_2000_images(tmp_path):
     data = _payload(html)
     assert len(data["x"]) == len(data["path"]) == n and data["path"][7] == cache.relpaths[7]
     assert len(data["images"]) == MAX_IMAGES == sum(t >= 0 for t in data["thumb"])
-    assert data["names"][data["label"][0]] == cache.class_names[cache.labels[0]]
+    by_class = data["colourings"][0]
+    assert by_class["name"] == "class"
+    assert by_class["names"][by_class["index"][0]] == cache.class_names[cache.labels[0]]
     assert "pred" not in data  # no saved probe: no prediction field
     assert path.stat().st_size < 8_000_000
 
@@ -175,7 +177,7 @@ const el = () => ({style: {}, classList: {toggle() {}}, append() {}, replaceChil
                    getBoundingClientRect: () => ({left: 0, top: 0}),
                    clientWidth: 800, clientHeight: 600});
 const els = {data: {textContent: DATA}, map: Object.assign(el(), {getContext: () => fakeCtx}),
-             tip: el(), legend: el()};
+             tip: el(), legend: el(), colour: el()};
 global.document = {getElementById: id => els[id], createElement: el};
 global.window = {devicePixelRatio: 1, innerWidth: 1000, innerHeight: 800, addEventListener() {}};
 SCRIPT
@@ -183,7 +185,9 @@ const drawn = arcs, i = D.order[0];
 listeners.mousemove({clientX: sx(i), clientY: sy(i)});
 const shown = els.tip.style.display;
 listeners.wheel({deltaY: -100, clientX: 400, clientY: 300, preventDefault() {}});
-console.log(JSON.stringify({drawn, shown, after: arcs}));
+const zoomed = arcs;
+els.colour.value = "1"; listeners.change();  // recoloured by the first metadata column
+console.log(JSON.stringify({drawn, shown, after: zoomed, by: C.name, redrawn: arcs - zoomed}));
 """
 
 
@@ -201,7 +205,25 @@ def test_html_javascript_draws_every_point_and_shows_the_tip(tmp_path):
                          timeout=60)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert out == {"drawn": 30, "shown": "block", "after": 60}  # every point, then redrawn on zoom
+    # every point, redrawn on zoom, and again when recoloured by the site
+    assert out == {"drawn": 30, "shown": "block", "after": 60, "by": "site", "redrawn": 30}
+
+
+def test_html_recolours_by_any_metadata_column_but_ids_and_paths(tmp_path):
+    X, y = clustered(n_per=10)
+    cache = npz_cache(tmp_path, X, y)
+    n = len(X)
+    cache.metadata.update({"age": [str(20 + 2 * i) if i % 7 else "" for i in range(n)],
+                           "mask_path": [f"masks/{i}.png" for i in range(n)]})
+    data = _payload(write_html(cache, X[:, :2], UmapConfig(), tmp_path / "m", {}).read_text())
+    by = {c["name"]: c for c in data["colourings"]}
+    assert list(by) == ["class", "age", "site"] and data["skipped"] == ["mask_path"]
+    site = by["site"]
+    assert [site["names"][v] for v in site["index"]] == cache.metadata["site"]
+    age = by["age"]  # 26 values: 8 equal-width bins of 20..78, missing ones apart
+    assert age["kind"] == "numeric" and len(age["names"]) == 9 and age["names"][-1] == "(missing)"
+    assert [age["index"][i] for i in (1, 7, n - 1)] == [0, 8, 7]
+    assert age["names"][0].startswith("22 – ") and age["names"][7].endswith(" – 78")
 
 
 def test_cli_passes_fast_thumbnails_and_root(tmp_path):

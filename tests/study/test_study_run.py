@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import not_a_dataset
 from typer.testing import CliRunner
 
 from vlmprobe.cache import read_cache
@@ -39,9 +40,7 @@ def _one_dataset_study(tmp_path: Path, model: str, root: Path, extract: str, res
 @pytest.mark.slow
 def test_a_failing_dataset_fails_only_its_jobs_and_a_rerun_does_only_those(
         shared_phantom, tiny_model, tmp_path):
-    broken = tmp_path / "brainmr"
-    broken.mkdir()
-    (broken / "notes.txt").write_text("not a brain MRI folder")
+    broken = not_a_dataset(tmp_path)
     study = tmp_path / "study.yaml"
     study.write_text(f"""\
 out: out

@@ -4,7 +4,11 @@ Points are drawn on a canvas by the few lines of JavaScript inlined below (no pl
 dependency would either be inlined, megabytes per file, or fetched from a CDN, which does not open
 offline). Hovering a point shows its image, relative path, label, the --color-by columns' values
 and, when ``vlmprobe probe`` saved per-image test predictions for the cache, the probe's
-prediction. Wheel zooms, drag pans, double-click resets, a legend entry hides its class.
+prediction. Wheel zooms, drag pans, double-click resets, a legend entry hides its points.
+
+The map can be recoloured by the class or any metadata column (:func:`colourings`): a column of
+at most ``MAX_VALUES`` values by value, a numeric one with more in ``NUMERIC_BINS`` equal-width
+bins; a column with a value per image or nearly (ids, paths) is not offered, and the page says so.
 
 At most ``MAX_IMAGES`` (2,000) thumbnails, chosen with the seed, are embedded as small base64
 JPEGs (≈ 2 kB each), so a 30k-point map stays a few MB; other points hover without an image.
@@ -17,6 +21,7 @@ import io
 import json
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.colors import to_hex
 
@@ -27,6 +32,9 @@ from .figures import palette, point_style, read_thumbnails, values
 
 MAX_IMAGES = 2000
 IMAGE_PX = 64
+MAX_VALUES = 20  # distinct values a column is coloured by one by one (the figures' legend limit)
+NUMERIC_BINS = 8
+MISSING_COLOUR = "#bbbbbb"
 
 
 def probe_predictions(cache: Cache, out: Path | None = None) -> dict[str, str] | None:
@@ -53,26 +61,74 @@ def hover_images(cache: Cache, seed: int, root: Path | None = None,
     return {i: _jpeg(im) for i, im in read_thumbnails(cache, chosen, root, IMAGE_PX).items()}
 
 
+def _numeric(values: list[str]) -> np.ndarray | None:
+    """The values as floats (NaN where empty), or None if any is not a number."""
+    try:
+        return np.array([float(v) if v != "" else np.nan for v in values])
+    except ValueError:
+        return None
+
+
+def _binned(name: str, values: list[str]) -> dict | None:
+    """A numeric column in equal-width bins (viridis, missing values grey), or None."""
+    x = _numeric(values)
+    if x is None or np.isnan(x).all():
+        return None
+    lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+    edges = np.linspace(lo, hi, NUMERIC_BINS + 1)
+    cmap = matplotlib.colormaps["viridis"]
+    names = [f"{a:.4g} – {b:.4g}" for a, b in zip(edges[:-1], edges[1:])]
+    colours = [to_hex(cmap(k / max(1, NUMERIC_BINS - 1))) for k in range(NUMERIC_BINS)]
+    index = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, NUMERIC_BINS - 1)
+    missing = np.isnan(x)
+    if missing.any():
+        names.append("(missing)")
+        colours.append(MISSING_COLOUR)
+        index[missing] = NUMERIC_BINS
+    return {"name": name, "kind": "numeric", "names": names, "colours": colours,
+            "index": index.tolist()}
+
+
+def colourings(cache: Cache) -> tuple[list[dict], list[str]]:
+    """What the map can be coloured by: the class, then each metadata column (by value, or in
+    bins where numeric with many values), each as legend names, colours and a legend index per
+    point; and the columns left out (a value per image or nearly: ids, paths)."""
+    out, skipped = [], []
+    for column in [None, *sorted(cache.metadata)]:
+        vals = values(cache, column)
+        names = sorted(set(vals))
+        if column is None or len(names) <= MAX_VALUES:
+            colours = palette(names)
+            index = {v: k for k, v in enumerate(names)}
+            out.append({"name": column or "class", "kind": "values", "names": names,
+                        "colours": [to_hex(colours[v]) for v in names],
+                        "index": [index[v] for v in vals]})
+        elif (binned := _binned(column, cache.metadata[column])) is not None:
+            out.append(binned)
+        else:
+            skipped.append(column)
+    return out, skipped
+
+
 def write_html(cache: Cache, coords: np.ndarray, cfg, path: Path, images: dict[int, str],
                predictions: dict[str, str] | None = None, columns: list[str] = ()) -> Path:
-    """``<path>.html``: the map with hover details; ``images`` from :func:`hover_images`,
-    ``predictions`` from :func:`probe_predictions` (None: no prediction field), ``columns``
-    metadata columns also shown on hover (the --color-by ones)."""
+    """``<path>.html``: the map with hover details, recoloured by any column
+    (:func:`colourings`); ``images`` from :func:`hover_images`, ``predictions`` from
+    :func:`probe_predictions` (None: no prediction field), ``columns`` metadata columns also
+    shown on hover (the --color-by ones)."""
     n = len(coords)
-    vals = values(cache, None)
-    names = sorted(set(vals))
-    colours = palette(names)
     thumb = np.full(n, -1)
     thumb[sorted(images)] = np.arange(len(images))
     size, alpha = point_style(n)
+    colour_by, skipped = colourings(cache)
     data = {
         "title": f"{cache.model}{' (null baseline)' if cache.baseline else ''} on {cache.dataset} "
                  f"(N={n}), UMAP metric={cfg.metric}, n_neighbors={cfg.n_neighbors}, "
                  f"min_dist={cfg.min_dist:g}, {seed_text(cfg)}",
-        "names": names, "colours": [to_hex(colours[c]) for c in names],
+        "colourings": colour_by, "skipped": skipped,
         "x": np.round(coords[:, 0].astype(float), 4).tolist(),
         "y": np.round(coords[:, 1].astype(float), 4).tolist(),
-        "label": [names.index(v) for v in vals], "path": list(cache.relpaths),
+        "path": list(cache.relpaths),
         "thumb": thumb.tolist(), "images": [images[i] for i in sorted(images)],
         "order": np.random.default_rng(cfg.seed).permutation(n).tolist(),
         "radius": max(1.0, float(np.sqrt(size))), "alpha": alpha,
@@ -102,11 +158,13 @@ canvas{flex:1;min-width:0;cursor:crosshair}
 #legend{width:220px;overflow:auto;padding:6px;border-left:1px solid #ddd}
 #legend div{cursor:pointer;padding:1px 0}#legend .off{opacity:.3}
 #legend span{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:5px}
+#legend p{color:#666;margin:8px 0 0}
 #tip{position:fixed;pointer-events:none;background:#fff;border:1px solid #888;padding:4px;
 display:none;max-width:260px;word-break:break-all;box-shadow:0 1px 4px #0004}
 #tip img{display:block;width:96px;image-rendering:auto;margin-bottom:3px}
 </style></head><body>
-<header>__TITLE__ &middot; wheel: zoom, drag: pan, double-click: reset, legend: hide a class</header>
+<header>__TITLE__ &middot; colour by <select id="colour"></select> &middot; wheel: zoom, drag: pan,
+double-click: reset, legend: hide its points</header>
 <main><canvas id="map"></canvas><div id="legend"></div></main><div id="tip"></div>
 <script id="data" type="application/json">__DATA__</script>
 <script>
@@ -114,7 +172,8 @@ display:none;max-width:260px;word-break:break-all;box-shadow:0 1px 4px #0004}
 const D = JSON.parse(document.getElementById("data").textContent);
 const cv = document.getElementById("map"), ctx = cv.getContext("2d");
 const tip = document.getElementById("tip"), n = D.x.length, hidden = new Set();
-let W = 0, H = 0, view = null, drag = null;
+const select = document.getElementById("colour"), legend = document.getElementById("legend");
+let W = 0, H = 0, view = null, drag = null, C = D.colourings[0];
 function home() {
   const lo = a => a.reduce((m, v) => Math.min(m, v)), hi = a => a.reduce((m, v) => Math.max(m, v));
   const x0 = lo(D.x), x1 = hi(D.x), y0 = lo(D.y), y1 = hi(D.y);
@@ -130,8 +189,8 @@ function resize() {
 function draw() {
   ctx.clearRect(0, 0, W, H); ctx.globalAlpha = D.alpha;
   for (const i of D.order) {
-    if (hidden.has(D.label[i])) continue;
-    ctx.fillStyle = D.colours[D.label[i]];
+    if (hidden.has(C.index[i])) continue;
+    ctx.fillStyle = C.colours[C.index[i]];
     ctx.beginPath(); ctx.arc(sx(i), sy(i), D.radius, 0, 2 * Math.PI); ctx.fill();
   }
   ctx.globalAlpha = 1;
@@ -139,7 +198,7 @@ function draw() {
 function nearest(px, py) {
   let best = -1, bd = 100;  // within 10 px
   for (let i = 0; i < n; i++) {
-    if (hidden.has(D.label[i])) continue;
+    if (hidden.has(C.index[i])) continue;
     const d = (sx(i) - px) ** 2 + (sy(i) - py) ** 2;
     if (d < bd) { bd = d; best = i; }
   }
@@ -152,8 +211,12 @@ function show(i, ev) {
     const img = document.createElement("img");
     img.src = "data:image/jpeg;base64," + D.images[D.thumb[i]]; tip.append(img);
   }
-  tip.append(line(D.path[i]), line("label: " + D.names[D.label[i]]));
-  for (const [col, v] of Object.entries(D.columns)) tip.append(line(col + ": " + v[i]));
+  const cls = D.colourings[0];
+  tip.append(line(D.path[i]), line("label: " + cls.names[cls.index[i]]));
+  if (C !== cls) tip.append(line(C.name + ": " + C.names[C.index[i]]));
+  for (const [col, v] of Object.entries(D.columns)) {
+    if (col !== C.name) tip.append(line(col + ": " + v[i]));
+  }
   if (D.pred) tip.append(line(D.pred[i] === null ? "probe: not a test image"
                                                  : "probe prediction: " + D.pred[i]));
   tip.style.display = "block";
@@ -182,15 +245,29 @@ cv.addEventListener("wheel", ev => {
   view.s *= Math.exp(-ev.deltaY * 0.0015);
   view.cx = mx - (px - W / 2) / view.s; view.cy = my + (py - H / 2) / view.s; draw();
 }, {passive: false});
-const counts = D.names.map(() => 0); D.label.forEach(l => counts[l]++);
-D.names.forEach((name, c) => {
-  const row = document.createElement("div"), dot = document.createElement("span");
-  dot.style.background = D.colours[c];
-  row.append(dot, (name || "(none)") + " (n=" + counts[c] + ")");
-  row.onclick = () => { hidden.has(c) ? hidden.delete(c) : hidden.add(c);
-                        row.classList.toggle("off"); draw(); };
-  document.getElementById("legend").append(row);
+function colourBy(k) {
+  C = D.colourings[k]; hidden.clear(); legend.replaceChildren();
+  const counts = C.names.map(() => 0); C.index.forEach(v => counts[v]++);
+  C.names.forEach((name, v) => {
+    const row = document.createElement("div"), dot = document.createElement("span");
+    dot.style.background = C.colours[v];
+    row.append(dot, (name || "(none)") + " (n=" + counts[v] + ")");
+    row.onclick = () => { hidden.has(v) ? hidden.delete(v) : hidden.add(v);
+                          row.classList.toggle("off"); draw(); };
+    legend.append(row);
+  });
+  if (D.skipped.length) {
+    legend.append(Object.assign(document.createElement("p"), {textContent:
+      "not offered (a value per image or nearly): " + D.skipped.join(", ")}));
+  }
+  if (view) draw();
+}
+D.colourings.forEach((c, k) => {
+  const o = document.createElement("option"); o.value = k;
+  o.textContent = c.name + (c.kind === "numeric" ? " (binned)" : ""); select.append(o);
 });
+select.addEventListener("change", () => colourBy(+select.value));
+colourBy(0);
 window.addEventListener("resize", resize); resize();
 </script></body></html>
 """

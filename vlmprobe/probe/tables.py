@@ -139,10 +139,7 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
                 "Holm per dataset/label.")
     if paper:
         _write_grid(out_dir / f"{name}.paper",
-                    ["model", "dataset", "paper table", "paper metric", "our metric", "ours % [95% CI]",
-                     "paper % (mean ± sd)", "ours - paper [CI]", "paper inside our CI", "solver",
-                     "bootstrap unit"],
-                    compare_paper(results),
+                    PAPER_HEADER, compare_paper(results),
                     "Ours: mean of the 5 fold-models on the test set (with several outer splits: "
                     "the mean over splits) with its bootstrap CI; the paper's values as printed "
                     "(rounded). Cells without a paper value are omitted. " + solver_note(results))
@@ -253,6 +250,12 @@ def merge_results(old: list[ProbeResult], new: list[ProbeResult]) -> list[ProbeR
 
 #: the paper's Tables 3 and 4 (percent, as printed), shipped inside the package
 PAPER_TABLES = Path(str(files(__package__) / "paper_tables.csv"))
+
+
+#: the columns of :func:`compare_paper`'s rows
+PAPER_HEADER = ["model", "dataset", "paper table", "paper metric", "our metric", "ours % [95% CI]",
+                "paper % (mean ± sd)", "ours - paper [CI]", "paper inside our CI", "solver",
+                "bootstrap unit"]
 
 
 def compare_paper(results: list[ProbeResult], paper_csv: Path = PAPER_TABLES) -> list[list[str]]:

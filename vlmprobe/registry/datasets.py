@@ -73,6 +73,10 @@ class DatasetEntry:
     replaces: str | None = None
     #: the registry file that defined the entry, or the folder / manifest an own dataset names
     defined_in: str = ""
+    # Metadata columns that record how an image was made rather than what it shows (burnt-in
+    # text, site, scanner, image quality; not ids or paths): the report's background-bias audit
+    # probes each from the features against the shuffled-label floor.
+    nuisance_columns: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         """What ``vlmprobe datasets info`` prints, and a missing root's error repeats: what the
