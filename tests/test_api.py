@@ -62,6 +62,7 @@ def test_every_export_resolves_after_every_submodule_is_imported():
     lambda: vlmprobe.RiseConfig(n_mask=10),
     lambda: vlmprobe.UmapGrid(neighbors=(5,)),
     lambda: vlmprobe.ExtractConfig(batchsize=8),
+    lambda: vlmprobe.ReportConfig(rbf_image=100),
 ])
 def test_a_config_with_an_unknown_setting_names_it_and_the_close_one(make):
     with pytest.raises(VlmprobeError, match=r"has no setting '\w+'\. Did you mean '\w+'\? Its "
@@ -77,6 +78,8 @@ def test_stage_options_are_checked_like_config_fields(tmp_path):
         vlmprobe.run_umap([cache], neighbours=(5,))
     with pytest.raises(VlmprobeError, match="ExtractConfig has no setting 'worker'"):
         vlmprobe.extract("efficientnet_lite0", "breastus", root=tmp_path, worker=0)
+    with pytest.raises(VlmprobeError, match="ReportConfig has no setting 'rbf_image'"):
+        vlmprobe.run_report(tmp_path, rbf_image=100)
 
 
 def test_a_stage_given_something_that_is_not_a_cache_says_what_it_takes(tmp_path):

@@ -51,6 +51,7 @@ _EXPORTS = {
     "run_study": "vlmprobe.study", "plan_study": "vlmprobe.study", "StudyRun": "vlmprobe.study",
     # the report of a study or a cache directory
     "run_report": "vlmprobe.report", "write_report": "vlmprobe.report", "Report": "vlmprobe.report",
+    "ReportConfig": "vlmprobe.report",
     # messages and errors
     "show_messages": "vlmprobe.messages", "VlmprobeError": "vlmprobe.validation",
 }
@@ -69,7 +70,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time __getattr__ imp
     from .probe import ProbeConfig, ProbeResult, ProbeRun, run_probe  # noqa: F401
     from .registry import DatasetEntry, ModelEntry, list_datasets, list_models  # noqa: F401
     from .rise import ImageChoice, RiseConfig, RiseMaps, RiseRun, run_rise  # noqa: F401
-    from .report import Report, run_report, write_report  # noqa: F401
+    from .report import Report, ReportConfig, run_report, write_report  # noqa: F401
     from .study import StudyRun, plan_study, run_study  # noqa: F401
     from .validation import VlmprobeError  # noqa: F401
 

@@ -736,7 +736,7 @@ def report(
     paper's numbers, UMAP, RISE, a background-bias audit, CKA, provenance."""
     from .report import write_report
 
-    html, md = write_report(run_dir, out, bandwidth=bandwidth, rbf_images=rbf_images,
+    html, md = write_report(run_dir, out=out, bandwidth=bandwidth, rbf_images=rbf_images,
                             seed=seed, audit=audit, embed=embed)
     _say(f"Report: {html} (Markdown: {md})")
 

@@ -1,5 +1,6 @@
 """A small study the report tests share: two fast models on the shared breastus phantom (every
-stage) and a brain MRI dataset whose root holds no images, so its jobs fail as a user's would."""
+stage, then the study's report) and a brain MRI dataset whose root holds no images, so its jobs
+fail as a user's would."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,8 @@ MODELS = ("vit_random_64", MODEL)
 @pytest.fixture(scope="session")
 def study_report(shared_phantom, tmp_path_factory) -> tuple[Path, Path]:
     """(the study's output folder, its report's HTML), run and written once per test run."""
-    from vlmprobe.report import write_report
     from vlmprobe.study import run_study
+    from vlmprobe.study.record import read_record
 
     folder = tmp_path_factory.mktemp("report_study")
     not_a_dataset(folder)
@@ -35,6 +36,7 @@ stages:
   probe: {{n_bootstrap: 200}}
   umap: {{n_neighbors: [15], min_dist: [0.1], color_by: [word]}}
   rise: {{n_masks: 16, choice: {{k: 1}}, causal_steps: 5}}
+  report: {{}}
 launcher: {{name: local, jobs: 1}}
 """)
     with pytest.MonkeyPatch.context() as mp:
@@ -42,5 +44,8 @@ launcher: {{name: local, jobs: 1}}
         mp.setenv("OMP_NUM_THREADS", "1")
         run = run_study(study, progress=False)
         assert not run.ok  # the brain MRI jobs fail, the phantom's finish
-        html, _ = write_report(folder / "out")
-    return folder / "out", html
+    # the study writes its report after the jobs, failed ones included, and records it
+    assert run.report == folder / "out" / "report" / "report.html"
+    last = read_record(run.record)["runs"][-1]
+    assert last["report"]["status"] == "done" and last["report"]["html"] == str(run.report)
+    return folder / "out", run.report

@@ -41,7 +41,7 @@ def test_a_cache_directory_report_shows_its_probe_table_cell_for_cell(phantom_ca
     _, path = phantom_cache
     cache_dir = path.parent.parent
     run_probe([read_cache(path)], ProbeConfig(n_bootstrap=100)).save(cache_dir)
-    report = run_report(cache_dir, tmp_path / "report", audit=False)
+    report = run_report(cache_dir, out=tmp_path / "report", audit=False)
     html_path, md_path = report.write()
     html = html_path.read_text()
     assert _cells_match_json(report, html) == 1  # macro-F1 (3 classes: no binary F1)
@@ -82,7 +82,7 @@ def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):
     reason = record["jobs"]["extract/vit_random_64/brainmr"]["reason"].splitlines()[0]
     assert escape(reason) in html and reason in md
     # the probe cells equal their JSON; the audit and CKA are there
-    report = run_report(out, html_path.parent)  # fits are read back, not refitted
+    report = run_report(out, out=html_path.parent)  # fits are read back, not refitted
     assert _cells_match_json(report, html) == 2 + 2 + 2  # class, its floor, word
     assert {(a["column"], a["model"]) for a in report.audit} == {
         ("word", "vit_random_64"), ("word", "lite0_random_64 (baseline)")}
@@ -100,7 +100,7 @@ def test_the_report_of_a_study_with_failed_jobs(study_report, tmp_path):
     umap = page.split('<section id="umap">')[1].split('<section id="rise">')[0]
     assert "No maps: umap/breastus_phantom missing: not in the run record" in umap
     # linked instead of embedded: relative links that resolve
-    linked = run_report(out, tmp_path / "linked", embed=False)
+    linked = run_report(out, out=tmp_path / "linked", embed=False)
     page = linked.write()[0].read_text()
     for src in re.findall(r'<img src="([^"]+)"', page):
         assert (page and (tmp_path / "linked" / src).resolve().is_file()), src

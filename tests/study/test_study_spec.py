@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from vlmprobe.cli import app
 from vlmprobe.probe import ProbeConfig
+from vlmprobe.report import ReportConfig
 from vlmprobe.rise import ImageChoice
 from vlmprobe.study import load_study, run_study, write_template
 from vlmprobe.study.jobs import plan
 from vlmprobe.study.spec import TEMPLATE, _hints
-from vlmprobe.study.stages import STAGES
+from vlmprobe.study.stages import STAGES, report_stage
 from vlmprobe.validation import VlmprobeError
 
 BASE = """\
@@ -52,6 +53,7 @@ def test_init_writes_the_template_once_and_it_loads_with_its_roots(tmp_path):
     spec = load_study(write(tmp_path, path.read_text()))
     assert spec.models == ["efficientnet_lite0", "efficientnet_lite0_random"]
     assert spec.stages == ["extract", "probe", "umap", "rise"]
+    assert spec.report.config == ReportConfig()  # the template asks for the study's report
     assert spec.out == tmp_path / "study_out" and spec.launcher.name == "local"
     assert [d.root for d in spec.datasets] == [tmp_path / "data/breastus",
                                                tmp_path / "data/brainmr"]
@@ -88,6 +90,10 @@ def test_init_writes_the_template_once_and_it_loads_with_its_roots(tmp_path):
      r"Unknown dataset option 'sise'\. Did you mean 'size'"),
     (("{root: data/brainmr}", "{root: data/brainmr, stages: {umap: {}}}"), 5,
      r"the study runs no 'umap' stage"),
+    (("  rise:", "  report: {bandwith: 0.3}\n  rise:"), 8,
+     r"ReportConfig has no setting 'bandwith'\. Did you mean 'bandwidth'"),
+    (("  rise:", "  report: {rbf_images: lots}\n  rise:"), 8,
+     r"stages\.report\.rbf_images: expected an integer, got 'lots'"),
 ])
 def test_bad_input_names_the_line_and_the_fix(tmp_path, change, line, message):
     path = write(tmp_path, BASE.replace(*change))
@@ -168,7 +174,7 @@ def test_null_baselines_get_no_rise_job_unless_asked(tmp_path):
 def test_every_stage_option_is_typed_by_a_resolvable_annotation():
     """Stage options are checked by the configs' and API calls' annotations: each must resolve,
     or its options would go unchecked until a job runs."""
-    for stage in STAGES.values():
+    for stage in (*STAGES.values(), report_stage()):
         for obj in (stage.config, *stage.calls):
             assert _hints(obj), f"{stage.name}: annotations of {obj} do not resolve"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from ..probe.tables import (PAPER_HEADER, _significant_below_best, compare_model
                             solver_note)
 from ..provenance import provenance
 from ..rise.explain import _mean
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, config, with_options
 from . import fits
 from .cka import CkaResult, cka_matrix
 from .document import (Cell, Code, Details, Document, Figure, Page, Para, Section, Table, to_html,
@@ -101,11 +101,8 @@ class Report:
 
 
 class _Builder:
-    def __init__(self, source: Source, folder: Path, bandwidth: float, rbf_images: int,
-                 seed: int, audit: bool):
-        self.source, self.folder = source, folder
-        self.bandwidth, self.rbf_images, self.seed, self.do_audit = (bandwidth, rbf_images,
-                                                                     seed, audit)
+    def __init__(self, source: Source, folder: Path, config: ReportConfig):
+        self.source, self.folder, self.config = source, folder, config
         self.report = Report(source, Document("", "", []), folder)
         self._tables: dict[Path, list[ProbeResult] | str] = {}
         self._caches: dict[Path, object] = {}
@@ -210,7 +207,7 @@ class _Builder:
         if not datasets:
             return []
         per = {d.name: self.rows(d, label) for d in datasets}
-        if label == CLASS and self.do_audit:  # the shuffled-label floor: a null row
+        if label == CLASS and self.config.audit:  # the shuffled-label floor: a null row
             for d in datasets:
                 per[d.name] += self.floor(d, None)[0]
         binary = {d.name: any(r.positive_class for r in per[d.name]) for d in datasets}
@@ -395,7 +392,7 @@ class _Builder:
                        "same probe trained on shuffled labels. Far above the floor: the "
                        "features carry the nuisance, and a classifier on them can use it as a "
                        "shortcut.")]
-        if not self.do_audit:
+        if not self.config.audit:
             return Section("audit", "Background-bias audit",
                            [Para("Not computed (--no-audit).", "note")])
         for d in self.source.datasets:
@@ -451,7 +448,7 @@ class _Builder:
     def cka(self) -> Section:
         blocks = [Para("Centered kernel alignment between the models' embeddings of the same "
                        "images (1: the same up to rotation and scale). Linear CKA and RBF CKA "
-                       f"with σ = {self.bandwidth:g} × the median pairwise distance (per "
+                       f"with σ = {self.config.bandwidth:g} × the median pairwise distance (per "
                        "model), both by the debiased HSIC estimator (Song et al., 2012), which "
                        "is near 0 for unrelated embeddings even when the images are few.")]
         for d in self.source.datasets:
@@ -462,7 +459,8 @@ class _Builder:
                                    "nothing to compare.", "note"))
                 continue
             try:
-                m = cka_matrix(caches, self.bandwidth, self.rbf_images, self.seed)
+                cfg = self.config
+                m = cka_matrix(caches, cfg.bandwidth, cfg.rbf_images, cfg.seed)
             except VlmprobeError as e:
                 blocks.append(Para(str(e), "warn"))
                 continue
@@ -515,8 +513,7 @@ class _Builder:
         if splits:
             blocks.append(Para("Split files: " + ", ".join(splits)))
         blocks.append(Details("This report's provenance", [Code(json.dumps(
-            provenance(stage="report", source=str(src.path), bandwidth=self.bandwidth,
-                       rbf_images=self.rbf_images, seed=self.seed), indent=1,
+            provenance(stage="report", source=str(src.path), **asdict(self.config)), indent=1,
             default=str))]))
         return Section("provenance", "Provenance", blocks)
 
@@ -557,27 +554,41 @@ def _cka_figure(m: CkaResult, stem: Path, dataset: str) -> Path:
                                                  dataset=dataset))[0]
 
 
-def run_report(run_dir: str | Path, out: str | Path | None = None, *, bandwidth: float = 0.5,
-               rbf_images: int = 2000, seed: int = 0, audit: bool = True,
-               embed: bool | None = None) -> Report:
+@config
+class ReportConfig:
+    """The report's settings, recorded in its provenance.
+
+    ``bandwidth``: the RBF kernel's σ as a fraction of the median pairwise distance;
+    ``rbf_images``: the images RBF CKA uses at most (a subsample drawn with ``seed``); ``audit``:
+    fit the shuffled-label floors and the nuisance probes; ``embed``: every figure and map inside
+    the HTML (None: unless they exceed EMBED_LIMIT_MB)."""
+
+    bandwidth: float = 0.5
+    rbf_images: int = 2000
+    seed: int = 0
+    audit: bool = True
+    embed: bool | None = None
+
+
+def run_report(run_dir: str | Path, config: ReportConfig | None = None, *,
+               out: str | Path | None = None, **options) -> Report:
     """The report of a study's output folder (with ``run_record.json``) or of a cache
     directory, not yet written (:meth:`Report.write`). ``out``: its folder (default
-    ``<run_dir>/report``). ``bandwidth``: the RBF kernel's σ as a fraction of the median
-    pairwise distance; ``rbf_images``: the images RBF CKA uses at most; ``audit``: fit the
-    shuffled-label floors and the nuisance probes; ``embed``: every figure and map inside the
-    HTML (default: unless they exceed EMBED_LIMIT_MB)."""
+    ``<run_dir>/report``); keyword ``options`` change single settings of ``config``
+    (:class:`ReportConfig`), e.g. ``run_report(run_dir, audit=False)``."""
+    cfg = with_options(config or ReportConfig(), options)
     source = read_source(run_dir)
     folder = Path(out).expanduser().resolve() if out else source.path / "report"
-    report = _Builder(source, folder, bandwidth, rbf_images, seed, audit).build()
+    report = _Builder(source, folder, cfg).build()
     size = sum(p.stat().st_size for p in report.document.assets() if p.is_file())
-    report.embed = size <= EMBED_LIMIT_MB * 1e6 if embed is None else embed
+    report.embed = size <= EMBED_LIMIT_MB * 1e6 if cfg.embed is None else cfg.embed
     if not report.embed:
         log.info(f"report: {size / 1e6:.0f} MB of figures and maps: linked beside the HTML, "
                  "not embedded")
     return report
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None,
-                 **options) -> tuple[Path, Path]:
+def write_report(run_dir: str | Path, config: ReportConfig | None = None, *,
+                 out: str | Path | None = None, **options) -> tuple[Path, Path]:
     """Builds and writes the report (:func:`run_report`); returns the HTML and Markdown paths."""
-    return run_report(run_dir, out, **options).write()
+    return run_report(run_dir, config, out=out, **options).write()

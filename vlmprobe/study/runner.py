@@ -10,7 +10,7 @@ import statistics
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.live import Live
@@ -56,6 +56,7 @@ class StudyRun:
     record: Path
     states: list[JobState]
     interrupted: bool = False
+    report: Path | None = None  # the study's report (HTML), where the study file asks for one
 
     @property
     def ok(self) -> bool:
@@ -274,7 +275,29 @@ def _run(spec: StudySpec, pool, name: str, at_once: int | None, path: Path, reru
     run.update(finished=now_utc(), interrupted=interrupted,
                counts={k: sum(s.status == k for s in states.values()) for k in FINISHED})
     write_record(path, record)
-    return StudyRun(spec, path, list(states.values()), interrupted)
+    report = None
+    if spec.report is not None and not interrupted:
+        report = _write_report(spec, run)
+        write_record(path, record)
+    return StudyRun(spec, path, list(states.values()), interrupted, report)
+
+
+def _write_report(spec: StudySpec, run: dict) -> Path | None:
+    """The study's report over what its jobs left (failed jobs' cells marked), noted in the run's
+    record; a report that cannot be written is noted there, the jobs' results stay."""
+    from ..report import write_report  # it reads the study's record: imported when used
+
+    start = time.perf_counter()
+    try:
+        html, md = write_report(spec.out, spec.report.config)
+    except VlmprobeError as e:
+        run["report"] = {"status": "failed", "reason": str(e)}
+        log.error(f"The report could not be written: {e}")
+        return None
+    run["report"] = {"status": "done", "html": str(html), "markdown": str(md),
+                     "duration_s": round(time.perf_counter() - start, 1)}
+    log.info(f"Report: {html}")
+    return html
 
 
 def _finish(record: dict, index: int, state: JobState, result: dict,
@@ -303,6 +326,7 @@ def _resolved(spec: StudySpec, launcher: str, at_once: int | None) -> dict:
                   "datasets": {d.name: {"dataset": d.dataset, "root": d.root,
                                         "options": d.options} for d in spec.datasets},
                   "stages": spec.stages,
+                  "report": asdict(spec.report.config) if spec.report else None,
                   "launcher": {"name": launcher, "jobs": at_once, "cluster": spec.launcher.cluster,
                                "resources": spec.launcher.resources}})
 

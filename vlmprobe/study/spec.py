@@ -21,7 +21,7 @@ from pathlib import Path, PurePath
 from ..data.dataset import data_root, resolve_dataset
 from ..registry import DatasetEntry, get_model_entry, load_registry
 from ..validation import VlmprobeError, check_dir, unknown_key_error
-from .stages import CLASS_LABEL, STAGES, Settings, Stage
+from .stages import CLASS_LABEL, STAGES, Settings, Stage, report_stage
 
 #: ``vlmprobe study FILE --init`` copies this, shipped inside the package
 TEMPLATE = Path(str(files(__package__) / "template.yaml"))
@@ -70,6 +70,7 @@ class StudySpec:
     stage_options: dict[str, dict]
     launcher: LauncherSpec
     lines: dict = field(default_factory=dict, repr=False)  # key path -> line, for messages
+    report: Settings | None = None  # the study's report, written after its jobs; None: none
 
     def where(self, *path) -> str:
         """``file:line: a.b.c`` for a key of the file (the nearest line that exists)."""
@@ -209,11 +210,16 @@ def _path(spec: StudySpec, value, keys: tuple) -> Path:
 # -- the sections -------------------------------------------------------------------------------
 def _stages(spec: StudySpec, raw) -> tuple[list[str], dict[str, dict]]:
     raw = _mapping(spec, raw, ("stages",), "stages")
-    _known_keys(spec, raw, tuple(STAGES), "stage", ("stages",))
+    _known_keys(spec, raw, (*STAGES, "report"), "stage", ("stages",))
     if "rise" in raw and "probe" not in raw:
         raise _error(spec, ("stages", "rise"), "rise explains the probes the probe stage saves; "
                                                "add 'probe:' to the stages.")
     chosen = [s for s in STAGES if s in raw or s == "extract"]  # every study extracts
+    if "report" in raw:
+        where = ("stages", "report")
+        report = report_stage()
+        spec.report = _settings(report, _options(spec, report, raw["report"], where),
+                                spec.where(*where))
     return chosen, {s: _options(spec, STAGES[s], raw.get(s), ("stages", s)) for s in chosen}
 
 

@@ -5,11 +5,13 @@ function is a study option with no change here), and the function a job of it ru
 extract: one job per model x dataset, ``vlmprobe.extract`` (a valid cache is reported up to date);
 probe: one job per dataset over its models' caches, ``run_probe(...).save()`` per label;
 umap: one job per dataset, ``run_umap`` (models side by side); rise: one job per model x dataset,
-``run_rise`` through the probes the probe job saved.
+``run_rise`` through the probes the probe job saved. The report (``report:``) is written once
+after the jobs, over the whole study.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import time
@@ -55,6 +57,17 @@ STAGES = {s.name: s for s in (
     Stage("rise", RiseConfig, (run_rise,), frozenset({"caches", "config", "out"}),
           per_model=True),
 )}
+
+
+@functools.cache
+def report_stage() -> Stage:
+    """The study's report (:mod:`vlmprobe.report`): not a job but one step after every job, over
+    the whole output folder; its options are ReportConfig's. Imported when a study file is read,
+    since the report reads the study's run record (:mod:`.record`)."""
+    from ..report import ReportConfig, write_report
+
+    return Stage("report", ReportConfig, (write_report,), frozenset({"run_dir", "config", "out"}),
+                 per_model=False)
 
 
 @dataclass(frozen=True)
