@@ -49,7 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, check_name
 
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
@@ -337,7 +337,8 @@ def _read(path: Path) -> Cache:
                 embeddings=embeddings, labels=f["labels"][()],
                 relpaths=_strings(f["relpaths"]),
                 class_names=json.loads(f.attrs["class_names"]),
-                model=str(f.attrs["model"]), dataset=str(f.attrs["dataset"]),
+                model=check_name(str(f.attrs["model"]), "model", str(path)),
+                dataset=check_name(str(f.attrs["dataset"]), "dataset", str(path)),
                 dataset_fingerprint=str(f.attrs["dataset_fingerprint"]),
                 cache_key=str(f.attrs["cache_key"]),
                 metadata={k: _strings(v) for k, v in f["meta"].items()},

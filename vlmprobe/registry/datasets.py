@@ -10,6 +10,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ..validation import build_entry, read_yaml_entries, unknown_key_error
+from .models import check_field_types
 
 #: the built-in registry, shipped inside the package
 DATASETS_FILE = Path(str(files(__package__) / "datasets.yaml"))
@@ -56,8 +57,10 @@ class DatasetEntry:
 
 
 def load_datasets_file(path: Path = DATASETS_FILE) -> dict[str, DatasetEntry]:
-    return {name: build_entry(DatasetEntry, path, name, raw)
-            for name, raw in read_yaml_entries(path, "datasets").items()}
+    entries = read_yaml_entries(path, "datasets")
+    for name, raw in entries.items():
+        check_field_types(DatasetEntry, path, name, raw)
+    return {name: build_entry(DatasetEntry, path, name, raw) for name, raw in entries.items()}
 
 
 def get_dataset_entry(name: str) -> DatasetEntry:
