@@ -5,36 +5,19 @@ the cache an earlier run wrote byte for byte as it was."""
 from __future__ import annotations
 
 import re
-import sys
 
 import numpy as np
 import pytest
 
 from vlmprobe.cache import read_cache
-from vlmprobe.cli import main
 from vlmprobe.data import load_dataset, read_image
 from vlmprobe.data.check import check_dataset
 from vlmprobe.registry.datasets import load_datasets_file
 
 import bad_inputs as bad
+from cli_helpers import cli
 
 pydicom = pytest.importorskip("pydicom")
-
-
-def cli(capsys, *args: str) -> tuple[int, str]:
-    """Exit code and output (stdout + stderr, one line per message) of ``vlmprobe *args``."""
-    argv, sys.argv = sys.argv, ["vlmprobe", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else int(e.code is not None)
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text, text
-    return code, text
 
 
 def test_corpus_has_at_least_30_cases():
