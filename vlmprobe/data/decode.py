@@ -127,6 +127,11 @@ def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = No
     except Image.UnidentifiedImageError:
         raise VlmprobeError(f"{path} is not an image PIL can read ({_content_hint(path)}); "
                             "replace it with the image, or remove it.") from None
+    except VlmprobeError:
+        raise
+    except Exception as e:  # noqa: BLE001 — any decoder failure on a damaged file, named
+        raise VlmprobeError(f"{path} cannot be decoded ({type(e).__name__}: {e}); the file is "
+                            "damaged or truncated: replace it with a complete copy.") from None
 
 
 def _content_hint(path: Path) -> str:
