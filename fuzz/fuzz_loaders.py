@@ -3,8 +3,8 @@ npz, a CSV manifest or a registry YAML file -> vlmprobe reads it. The contract u
 loader returns what it read or raises VlmprobeError naming the file; any other exception is a
 finding. Run by hand, not in CI (README, "Guarantees"):
 
-    pip install -e '.[fuzz,dicom]'
-    python fuzz/fuzz_loaders.py -atheris_runs=20000 [corpus_dir]
+    pip install ".[fuzz,dicom]"
+    mkdir -p fuzz-corpus && python fuzz/fuzz_loaders.py -atheris_runs=20000 fuzz-corpus/
 """
 from __future__ import annotations
 
