@@ -102,3 +102,13 @@ def test_a_cache_naming_a_path_cannot_make_a_stage_write_outside(attr, phantom_c
     code, text = cli(capsys, "probe", str(cache_file), "--out", str(tmp_path / "out"))
     assert code == 2 and "is not a plain name" in text
     assert not (tmp_path.parent / "outside").exists() and not (tmp_path / "outside").exists()
+
+
+def test_a_cache_whose_image_paths_leave_the_dataset_root_is_refused(phantom_cache):
+    cache_file = phantom_cache[1]
+    with h5py.File(cache_file, "r+") as f:
+        paths = f["relpaths"][()]
+        paths[0] = b"../../etc/passwd"
+        f["relpaths"][...] = paths
+    with pytest.raises(VlmprobeError, match="image path '../../etc/passwd' leaves the dataset"):
+        read_cache(cache_file)
