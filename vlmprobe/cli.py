@@ -741,10 +741,32 @@ def report(
     _say(f"Report: {html} (Markdown: {md})")
 
 
+#: what Ctrl-C prints: every output is written beside and renamed, so none is left half-written
+RESUME_HINT = ("interrupted: nothing half-written was left behind. Run the same command again "
+               "to resume: finished outputs are kept, extract continues from its finished chunks "
+               "and umap from its saved coordinates.")
+
+
 def main() -> None:
+    import signal
+
     logging.captureWarnings(True)  # Python warnings (e.g. unreadable thumbnails) as messages
+    interrupted = []
+
+    def on_sigint(signum, frame):  # note it, then Python's own KeyboardInterrupt
+        interrupted.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         app()
     except VlmprobeError as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise SystemExit(2) from None
+    except (KeyboardInterrupt, SystemExit) as e:  # click turns Ctrl-C into "Aborted!", exit 1
+        if not interrupted and not isinstance(e, KeyboardInterrupt):
+            raise
+        console.print(RESUME_HINT, soft_wrap=True, highlight=False, markup=False)
+        raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGINT, previous)

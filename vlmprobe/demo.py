@@ -3,14 +3,16 @@ ground truth, ending in a summary of what was found and where every table and fi
 
 phantoms (BUSI with a burnt-in word correlated with the class; brain MRI with an acquisition-site
 mark) -> ``study.yaml`` -> the study: extract (pretrained efficientnet_lite0 and its random-weight
-twin) -> probe (the class, and the nuisance as a label) -> UMAP -> RISE -> ``SUMMARY.md``, read
-from the study's run record, and the study's report (``report/report.html``, :mod:`vlmprobe.report`). Running it again continues (or skips) what is done.
+twin) -> probe (the class, and the nuisance as a label) -> UMAP -> RISE -> the study's report
+(``report/report.html``, :mod:`vlmprobe.report`) -> ``SUMMARY.md``, read from the study's run
+record. Running it again continues (or skips) what is done.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from .cache.chunks import write_atomic
 from .data.phantoms import make_phantom
 from .study import read_record, run_study
 from .validation import VlmprobeError
@@ -63,7 +65,7 @@ def run_demo(out: Path, n: int = BREASTUS_N, seed: int = 0, n_masks: int = 1024,
             make_phantom(phantom, root, n=n if phantom == "breastus" else site_n, seed=seed,
                          progress=progress)
     study = out / "study.yaml"
-    study.write_text(demo_study(models, n_masks, n_images))
+    write_atomic(study, demo_study(models, n_masks, n_images))
     log.info(f"2/3 the study {study}: {' and '.join(models)} x {', '.join(DATASETS)}: extract, "
              "probe (class and nuisance), UMAP, RISE, then its report (tables, maps, saliency, "
              "bias audit, CKA, provenance)")
@@ -79,7 +81,7 @@ def run_demo(out: Path, n: int = BREASTUS_N, seed: int = 0, n_masks: int = 1024,
                             f"{record['runs'][-1]['report']['reason']}")
     log.info("3/3 summary, from the run record")
     path = out / "SUMMARY.md"
-    path.write_text(summary(record, models))
+    write_atomic(path, summary(record, models))
     return path, run.report
 
 

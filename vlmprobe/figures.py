@@ -12,6 +12,8 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
+from .cache.chunks import written_beside
+
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "figure.dpi": 100, "savefig.dpi": 200, "axes.spines.top": False,
          "axes.spines.right": False, "svg.fonttype": "none"}
@@ -31,6 +33,9 @@ def save_figure(fig: Figure, path: Path, metadata: dict | None = None) -> list[P
     path.parent.mkdir(parents=True, exist_ok=True)
     desc = json.dumps(metadata or {}, default=str, sort_keys=True)
     png, svg = path.with_name(path.name + ".png"), path.with_name(path.name + ".svg")
-    fig.savefig(png, bbox_inches="tight", metadata={"Description": desc, "Software": "vlmprobe"})
-    fig.savefig(svg, bbox_inches="tight", metadata={"Description": desc[:2000]})
+    with written_beside(png) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight",
+                    metadata={"Description": desc, "Software": "vlmprobe"})
+    with written_beside(svg) as tmp:
+        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Description": desc[:2000]})
     return [png, svg]

@@ -55,6 +55,31 @@ def with_options(settings, options: dict):
     return replace(settings, **options) if options else settings
 
 
+def check_name(value: str, what: str, where: str) -> str:
+    """``value`` if it can be one file or folder name of an output: stage outputs are named after
+    a cache's model and dataset, so a cache, split or registry file from elsewhere must not
+    carry a name with a path separator or ``..`` that would make vlmprobe write outside the
+    output directory."""
+    if (not isinstance(value, str) or value in ("", ".", "..") or "/" in value or "\\" in value
+            or "\0" in value):
+        raise VlmprobeError(f"{where}: {what} {value!r} is not a plain name (it may not be empty, "
+                            "'.', '..' or contain '/', '\\' or NUL): vlmprobe names output files "
+                            "after it, so it would write outside the output directory. The file "
+                            "was not written by vlmprobe, or was altered; do not use it.")
+    return value
+
+
+def read_npz(path: Path, what: str, fix: str) -> dict[str, np.ndarray]:
+    """Every array of an npz file, read now, never unpickling: an object array (a pickle, which
+    runs code when loaded) is refused like a damaged file, naming ``what`` it should be and the
+    ``fix``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 — numpy's many ways to fail on foreign bytes
+        raise VlmprobeError(f"{path} is not a readable {what} ({e}); {fix}") from None
+
+
 def check_dir(path: Path, what: str, expected_layout: str) -> Path:
     """A directory that exists and is not empty, or an error naming it and the layout wanted."""
     path = Path(path).expanduser()
@@ -88,15 +113,35 @@ def check_labels_for_cv(labels: Sequence, n_folds: int, test_fraction: float, so
         )
 
 
+def _unique_keys_loader():
+    """yaml.SafeLoader refusing a key given twice in one mapping (plain YAML keeps the last one
+    silently, so a pasted entry would replace another unseen). Safe: no ``!!python`` tags."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice in one mapping (first on line "
+                        f"{seen[key]}); keep one", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_entries(path: Path, section: str) -> dict[str, dict]:
     """``{name: mapping}`` under the top-level ``section`` key of a registry YAML file."""
     import yaml
 
     try:
-        doc = yaml.safe_load(Path(path).read_text())
+        doc = yaml.load(Path(path).read_text(), Loader=_unique_keys_loader())  # noqa: S506 — safe
     except yaml.YAMLError as e:
         raise VlmprobeError(f"{path} is not valid YAML: {e}") from None
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise VlmprobeError(f"Cannot read {path}: {e}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get(section), dict):
         raise VlmprobeError(f"{path}: expected a top-level '{section}:' mapping of name -> entry.")
@@ -108,6 +153,7 @@ def read_yaml_entries(path: Path, section: str) -> dict[str, dict]:
 
 def build_entry(cls, path: Path, name: str, raw: dict):
     """``cls(name=name, **raw)``, or an error naming the file, the entry and the known fields."""
+    check_name(name, "entry name", str(path))  # caches and outputs are named after it
     try:
         return cls(name=name, **raw)
     except TypeError as e:

@@ -22,7 +22,7 @@ def test_cache_roundtrip_and_provenance(extracted, lite0):
     assert c.embeddings.shape == (30, 1280) and c.embeddings.dtype == np.float32
     assert c.class_names == ["normal", "benign", "malignant"]
     assert c.skipped["relpath"] == ["benign/benign (99).png"]
-    assert "UnidentifiedImageError" in c.skipped["error"][0]
+    assert "benign (99).png is not an image PIL can read" in c.skipped["error"][0]
     assert len(c.files["relpath"]) == 31  # the fingerprint covers the unreadable file too
     assert set(c.metadata) == {"mask_paths"}
     prov = c.attrs["provenance"]

@@ -70,6 +70,31 @@ def test_sigkill_at_several_points_then_rerun_is_bitwise_identical(busi, referen
     assert not work.path.exists() and not WriterLock(_target(out)).path.exists()
 
 
+@pytest.mark.slow
+def test_ctrl_c_says_where_to_resume_and_the_rerun_is_bitwise_identical(busi, reference,
+                                                                         tmp_path):
+    import signal
+    import time
+
+    from vlmprobe.cli import RESUME_HINT
+
+    out = tmp_path / "out"
+    work = WorkDir(_target(out))
+    p = subprocess.Popen(_cmd(busi, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 120
+    while len(work.done()) < 3:
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.002)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate()
+    assert p.returncode == 130 and RESUME_HINT in err and "Traceback" not in err, err
+    assert not _target(out).exists() and len(work.done()) >= 3
+    done = subprocess.run(_cmd(busi, out), capture_output=True, text=True)
+    assert done.returncode == 0 and "Resuming" in done.stderr, done.stderr
+    assert_same_cache(read_cache(_target(out)), reference)
+
+
 def test_a_live_writer_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(busi, tmp_path):
     out = tmp_path / "out"
     lock = WriterLock(_target(out)).acquire()  # held by this (live) process

@@ -26,8 +26,10 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -64,13 +66,17 @@ def io_error(path: Path, e: Exception, what: str) -> VlmprobeError:
                          "are kept; re-run the same command to continue.")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent or whole."""
+@contextmanager
+def written_beside(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to (``.<name>.tmp-<pid>``: a writer that takes
+    the format from the suffix must be given it), fsynced and renamed onto ``path`` when the block ends
+    without error, removed otherwise: a reader, or a run killed at any point, finds ``path``
+    either absent, as it was, or whole (every output file of every stage is written so)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
@@ -78,6 +84,12 @@ def write_atomic(path: Path, data: bytes) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` so that ``path`` is either absent or whole."""
+    with written_beside(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 @dataclass
@@ -118,12 +130,17 @@ def decode_chunk(path: Path) -> Chunk:
             or hashlib.sha256(payload).digest() != raw[-_DIGEST:]):
         raise VlmprobeError(f"Chunk {path} is corrupt (checksum mismatch). Delete it and re-run "
                             "the same command to recompute that chunk.")
-    with np.load(io.BytesIO(payload)) as z:
-        return Chunk(z["idx"], z["embeddings"], z["failed_idx"],
-                     [str(s) for s in z["failed_error"]],
-                     {k.removeprefix("tap/"): z[k] for k in z.files if k.startswith("tap/")},
-                     [(int(i), str(w)) for i, w in zip(z["cpu_decoded_idx"], z["cpu_decoded_why"])]
-                     if "cpu_decoded_idx" in z.files else [])
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+            return Chunk(z["idx"], z["embeddings"], z["failed_idx"],
+                         [str(s) for s in z["failed_error"]],
+                         {k.removeprefix("tap/"): z[k] for k in z.files if k.startswith("tap/")},
+                         [(int(i), str(w))
+                          for i, w in zip(z["cpu_decoded_idx"], z["cpu_decoded_why"])]
+                         if "cpu_decoded_idx" in z.files else [])
+    except (ValueError, KeyError) as e:  # object arrays (a pickle) are never read
+        raise VlmprobeError(f"Chunk {path} holds data vlmprobe does not write ({e}). Delete it "
+                            "and re-run the same command to recompute that chunk.") from None
 
 
 class WorkDir:

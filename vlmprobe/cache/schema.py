@@ -50,12 +50,12 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import h5py
 import numpy as np
 
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, check_name
 
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
@@ -344,11 +344,19 @@ def _read(path: Path) -> Cache:
             if expected is not None and embeddings_sha256(embeddings) != str(expected):
                 raise VlmprobeError(f"{path} is corrupt: its embeddings do not match their "
                                     "checksum. Delete it and re-run `vlmprobe extract`.")
+            relpaths = _strings(f["relpaths"])
+            outside = next((r for r in relpaths if PurePosixPath(r).is_absolute()
+                            or ".." in PurePosixPath(r).parts), None)
+            if outside is not None:  # stages read images (RISE, thumbnails) by these paths
+                raise VlmprobeError(f"{path}: image path {outside!r} leaves the dataset root; "
+                                    "vlmprobe writes relative paths only, so the file was not "
+                                    "written by vlmprobe or was altered. Do not use it.")
             return Cache(
                 embeddings=embeddings, labels=f["labels"][()],
-                relpaths=_strings(f["relpaths"]),
+                relpaths=relpaths,
                 class_names=json.loads(f.attrs["class_names"]),
-                model=str(f.attrs["model"]), dataset=str(f.attrs["dataset"]),
+                model=check_name(str(f.attrs["model"]), "model", str(path)),
+                dataset=check_name(str(f.attrs["dataset"]), "dataset", str(path)),
                 dataset_fingerprint=str(f.attrs["dataset_fingerprint"]),
                 cache_key=str(f.attrs["cache_key"]),
                 metadata={k: _strings(v) for k, v in f["meta"].items()},

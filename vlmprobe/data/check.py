@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 from ..cache.paths import cache_dir
 from ..validation import VlmprobeError
 from .dataset import ImageDataset, load_dataset
-from .decode import read_sample
+from .decode import read_sample, sample_kind
 from .splits import Split, SplitSpec, crossing_groups, load_or_create_split, read_split
 
 HASH_SIZE = 8  # dHash of a 9x8 thumbnail: 64 bits
@@ -33,7 +33,7 @@ NEAR_THRESHOLD = 6  # Hamming distance (of 64 bits) at or below which two images
 @dataclass(frozen=True)
 class Finding:
     level: str  # "error" | "warning" | "info"
-    kind: str  # unreadable, missing_class, count, exact_duplicates, near_duplicates, group_leak, duplicate_leak
+    kind: str  # unreadable, missing_class, count, exact_duplicates, near_duplicates, group_leak, duplicate_leak, exif_rotated
     message: str
     paths: tuple[str, ...] = ()
 
@@ -69,20 +69,39 @@ def dhash_bits(im: Image.Image, size: int = HASH_SIZE) -> np.ndarray:
     return (g[:, 1:] > g[:, :-1]).ravel()
 
 
-def _scan_one(args: tuple[Path, str, str]) -> tuple[str, np.ndarray | None, str]:
-    """(pixel digest, dHash bits, error) of one sample; any decoder error means unreadable."""
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera or phone records its rotation in (1: upright)
+
+
+def exif_orientation(root: Path, relpath: str) -> int:
+    """The EXIF orientation of a raster file (1 where it has none). vlmprobe reads pixels as the
+    official pipelines do, EXIF ignored, so an image shown rotated by a viewer is embedded
+    unrotated: worth a warning, not a change."""
+    if sample_kind(relpath) != "raster":
+        return 1
+    try:
+        with Image.open(root / relpath) as im:
+            return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 — an unreadable file is reported by the decode itself
+        return 1
+
+
+def _scan_one(args: tuple[Path, str, str]) -> tuple[str, np.ndarray | None, str, int]:
+    """(pixel digest, dHash bits, error, EXIF orientation) of one sample; any decoder error
+    means unreadable."""
     root, relpath, window = args
     try:
         im = read_sample(root, relpath, window)
     except Exception as e:  # noqa: BLE001 — reported by path, never silently dropped
-        return "", None, f"{type(e).__name__}: {e}"
+        return "", None, f"{type(e).__name__}: {e}", 1
     a = np.asarray(im)
     digest = hashlib.blake2b(a.tobytes() + str(a.shape).encode(), digest_size=16).hexdigest()
-    return digest, dhash_bits(im), ""
+    return digest, dhash_bits(im), "", exif_orientation(root, relpath)
 
 
-def scan_images(ds: ImageDataset, workers: int = 1) -> tuple[list[str], np.ndarray, list[str]]:
-    """Pixel digests, dHash bits [N, 64] (zeros where unreadable) and errors ("" if readable)."""
+def scan_images(ds: ImageDataset,
+                workers: int = 1) -> tuple[list[str], np.ndarray, list[str], list[int]]:
+    """Pixel digests, dHash bits [N, 64] (zeros where unreadable), errors ("" if readable) and
+    EXIF orientations (1: none or upright)."""
     jobs = [(ds.root, s.relpath, ds.entry.dicom_window) for s in ds.samples]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -90,10 +109,10 @@ def scan_images(ds: ImageDataset, workers: int = 1) -> tuple[list[str], np.ndarr
     else:
         results = [_scan_one(j) for j in jobs]
     bits = np.zeros((len(jobs), HASH_SIZE * HASH_SIZE), bool)
-    for i, (_, b, _) in enumerate(results):
+    for i, (_, b, _, _) in enumerate(results):
         if b is not None:
             bits[i] = b
-    return [r[0] for r in results], bits, [r[2] for r in results]
+    return [r[0] for r in results], bits, [r[2] for r in results], [r[3] for r in results]
 
 
 def near_duplicate_clusters(bits: np.ndarray, threshold: int = NEAR_THRESHOLD,
@@ -155,7 +174,7 @@ def check_dataset(dataset, root: str | Path | None = None,
     name = ds.entry.name
     relpaths = [s.relpath for s in ds.samples]
     labels = np.array([s.label for s in ds.samples])
-    digests, bits, errors = scan_images(ds, workers)
+    digests, bits, errors, orientations = scan_images(ds, workers)
     readable = np.array([not e for e in errors])
     entry = ds.entry
     found = Counter(labels.tolist())
@@ -166,6 +185,13 @@ def check_dataset(dataset, root: str | Path | None = None,
     bad = [(r, e) for r, e in zip(relpaths, errors) if e]
     for r, e in bad:
         add(Finding("error", "unreadable", f"{ds.root / r}: {e}", (r,)))
+    rotated = [r for r, o in zip(relpaths, orientations) if o != 1]
+    if rotated:
+        add(Finding("warning", "exif_rotated", f"{len(rotated)} image(s) carry an EXIF rotation "
+                    "that vlmprobe ignores, as the models' official pipelines do (a viewer shows "
+                    f"them turned): {', '.join(rotated[:5])}" + (" ..." if len(rotated) > 5 else "")
+                    + ". Rotate the pixels themselves if the model should see them upright.",
+                    tuple(rotated)))
     for c, (n, expected) in counts.items():
         if n == 0 and expected != 0:
             add(Finding("error", "missing_class", f"class {c!r} has no images (expected "
@@ -272,7 +298,7 @@ def dataset_split(dataset, root: str | Path | None = None, out: str | Path | Non
     if any(groups):
         source = ds.entry.group_key or ds.entry.group_column or "group"
     else:
-        _, bits, errors = scan_images(ds, workers)
+        _, bits, errors, _ = scan_images(ds, workers)
         clusters = near_duplicate_clusters(bits, near_threshold, np.array([not e for e in errors]))
         groups = [f"cluster{c}" for c in clusters]
         source = f"near-duplicate clusters (dHash <= {near_threshold})"

@@ -50,7 +50,18 @@ def sample_kind(relpath: str) -> str:
     if f"{MEMBER_SEP}{AXIAL}/" in relpath:
         return "volume"
     suffix = Path(sample_file(relpath)).suffix.lower()
-    return {".npz": "npz", ".dcm": "dicom"}.get(suffix, "raster")
+    # a file without a suffix is listed only if it is a DICOM (:func:`is_dicom_file`)
+    return {".npz": "npz", ".dcm": "dicom", "": "dicom"}.get(suffix, "raster")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` starts like a DICOM Part 10 file (128-byte preamble, then ``DICM``):
+    DICOM exports often carry no suffix (``IM000001``), or a wrong one."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def read_sample(root: Path, relpath: str, dicom_window: str = "tags",
@@ -84,7 +95,7 @@ def _as_intensity(image: Image.Image | np.ndarray, intensity: str) -> Image.Imag
 @lru_cache(maxsize=2)
 def _npz_array(path: Path, key: str) -> np.ndarray:
     """One array of an npz, kept: reading a key decompresses all of it, so once per worker."""
-    with np.load(path) as npz:
+    with np.load(path, allow_pickle=False) as npz:
         return npz[key]
 
 
@@ -98,7 +109,7 @@ def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = No
     extract's ``--fast-decode``) lets a JPEG decode at the smallest DCT scale whose sides stay
     >= ``draft``; other formats ignore it.
     """
-    if Path(path).suffix.lower() == ".dcm":
+    if Path(path).suffix.lower() == ".dcm" or is_dicom_file(path):
         return read_dicom(path, dicom_window, intensity)
     try:
         with warnings.catch_warnings():
@@ -107,6 +118,10 @@ def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = No
                 if draft and im.format == "JPEG":
                     im.draft(im.mode, (draft, draft))
                 im.load()
+                if im.mode == "F":
+                    raise VlmprobeError(f"{path} holds 32-bit float pixels, whose intensity "
+                                        "range no convention fixes; save it as an 8- or 16-bit "
+                                        "image with the window you want.")
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     arr = np.asarray(im, dtype=np.float64)
                     if intensity == "float":
@@ -116,6 +131,30 @@ def read_image(path: Path, dicom_window: str = "tags", *, draft: int | None = No
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise VlmprobeError(f"{path}: {e} Skipped as a possible decompression bomb; if the file "
                             "is trusted, raise PIL.Image.MAX_IMAGE_PIXELS.") from None
+    except Image.UnidentifiedImageError:
+        raise VlmprobeError(f"{path} is not an image PIL can read ({_content_hint(path)}); "
+                            "replace it with the image, or remove it.") from None
+    except VlmprobeError:
+        raise
+    except Exception as e:  # noqa: BLE001 — any decoder failure on a damaged file, named
+        raise VlmprobeError(f"{path} cannot be decoded ({type(e).__name__}: {e}); the file is "
+                            "damaged or truncated: replace it with a complete copy.") from None
+
+
+def _content_hint(path: Path) -> str:
+    """What a file that is not an image holds, as far as its first bytes tell (an HTML error
+    page saved under the image's name is the classic failed download)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+    if not head:
+        return "the file is empty"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        return "it is an HTML/XML page, e.g. a failed download"
+    return f"unknown content starting {head[:8]!r}"
 
 
 #: what installs the DICOM decoders (pyproject's ``dicom`` extra)
@@ -135,7 +174,8 @@ def require_pydicom(who: Path | str):
 
 
 def dicom_pipeline(window: str, intensity: str = "8bit") -> str:
-    return (f"dicom: RescaleSlope/Intercept -> window {window} (DICOM linear) -> "
+    voi = "; VOI LUT Sequence where no window tags" if window == "tags" else ""
+    return (f"dicom: RescaleSlope/Intercept -> window {window} (DICOM linear{voi}) -> "
             "MONOCHROME1 inverted -> "
             + ("float32 RGB in [0, 1], no 8-bit rounding" if intensity == "float" else "8-bit RGB"))
 
@@ -145,21 +185,33 @@ def read_dicom(path: Path, window: str = "tags",
     """A single-frame DICOM as 8-bit RGB (or float32 [H, W, 3] in [0, 1] for
     ``intensity="float"``): modality rescale, window, MONOCHROME1 inversion.
 
-    ``window``: "tags" uses WindowCenter/WindowWidth (the first pair), falling back to the
-    image's min-max where the tags are absent; "minmax" always uses min-max; "C,W" fixes one.
+    ``window``: "tags" uses WindowCenter/WindowWidth (the first pair), else the first VOI LUT
+    Sequence item (``pydicom.pixels.apply_voi_lut``), falling back to the image's min-max where
+    neither is present; "minmax" always uses min-max; "C,W" fixes one.
     """
     pydicom = require_pydicom(path)
     from pydicom.pixels import apply_rescale
 
-    ds = pydicom.dcmread(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except (pydicom.errors.InvalidDicomError, EOFError, ValueError, KeyError) as e:
+        raise VlmprobeError(f"{path} is not a readable DICOM file ({type(e).__name__}: {e}); "
+                            "replace it with a complete copy, or remove it.") from None
     if int(ds.get("NumberOfFrames", 1) or 1) > 1:
         raise VlmprobeError(f"{path} has {ds.NumberOfFrames} frames; vlmprobe embeds single "
                             "images. Export the frames you want as separate files.")
+    if "PixelData" not in ds:
+        raise VlmprobeError(f"{path} has no pixel data (a DICOM header, report or structured "
+                            "document, not an image); remove it from the dataset.")
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as e:
         raise VlmprobeError(f"{path}: cannot decode transfer syntax "
-                            f"{ds.file_meta.TransferSyntaxUID.name} ({e}).") from None
+                            f"{_transfer_syntax(ds)} ({e}).") from None
+    except (ValueError, AttributeError, KeyError, TypeError) as e:
+        raise VlmprobeError(f"{path}: its pixel data does not match its header (Rows x Columns, "
+                            f"bits, samples) ({type(e).__name__}: {e}); the file is damaged or "
+                            "truncated: replace it with a complete copy.") from None
     photometric = ds.get("PhotometricInterpretation", "MONOCHROME2")
     if photometric == "PALETTE COLOR":
         raise VlmprobeError(f"{path} is PALETTE COLOR, which vlmprobe does not decode yet; "
@@ -167,7 +219,10 @@ def read_dicom(path: Path, window: str = "tags",
     if not photometric.startswith("MONOCHROME"):  # colour: pydicom already gives RGB
         return _as_intensity(arr / (2 ** int(ds.get("BitsStored", 8)) - 1), intensity)
     x = apply_rescale(arr, ds).astype(np.float64)
-    y = apply_window(x, *_window(ds, window, x))
+    if window == "tags" and "WindowCenter" not in ds and ds.get("VOILUTSequence"):
+        y = _voi_lut(x, ds)
+    else:
+        y = apply_window(x, *_window(ds, window, x))
     if photometric == "MONOCHROME1":
         y = 1 - y
     return _as_intensity(y, intensity)
@@ -193,6 +248,24 @@ def minmax_window(x: np.ndarray) -> tuple[float, float]:
     """The window that maps ``x``'s range onto [0, 1]."""
     lo, hi = float(x.min()), float(x.max())
     return (lo + hi) / 2 + 0.5, hi - lo + 1
+
+
+def _transfer_syntax(ds) -> str:
+    uid = ds.get("file_meta", {}).get("TransferSyntaxUID")
+    if not uid:
+        return "(none given)"
+    return uid if uid.name == str(uid) else f"{uid.name} ({uid})"
+
+
+def _voi_lut(x: np.ndarray, ds) -> np.ndarray:
+    """The first VOI LUT Sequence item applied to modality values ``x``, scaled to [0, 1] by the
+    LUT's output bit depth (LUT Descriptor's third value)."""
+    from pydicom.pixels import apply_voi_lut
+
+    item = ds.VOILUTSequence[0]
+    bits = int(item.LUTDescriptor[2])
+    out = apply_voi_lut(np.rint(x).astype(np.int64), ds, prefer_lut=True)  # a LUT takes integers
+    return np.clip(out.astype(np.float64) / (2 ** bits - 1), 0, 1)
 
 
 def fixed_window(window: str) -> tuple[float, float] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -84,12 +85,21 @@ def _load_busi(entry: DatasetEntry, root: Path) -> list[Sample]:
     return samples
 
 
+def _csv_text(path: Path) -> str:
+    """A CSV file's text: UTF-8 (a byte-order mark dropped, as Excel writes one), else Latin-1,
+    the other encoding spreadsheets save manifests in (every byte decodes, so never an error)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _read_manifest(path: Path) -> list[dict[str, str]]:
     delimiter = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f, delimiter=delimiter))
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        return list(csv.DictReader(io.StringIO(_csv_text(path), newline=""), delimiter=delimiter))
+    except (OSError, csv.Error) as e:
         raise VlmprobeError(f"Manifest {path} is unreadable ({e}); fix it or point --root at "
                             "another copy.") from None
 
@@ -104,7 +114,7 @@ def _manifest_path(entry: DatasetEntry, root: Path) -> Path:
 def manifest_classes(entry: DatasetEntry, root: Path) -> list[str]:
     """HiCervix lists its classes only in its manifest: take them from the label column, sorted."""
     path = _manifest_path(entry, root)
-    return sorted({row.get(entry.label_column, "") for row in _read_manifest(path)} - {""})
+    return sorted({row.get(entry.label_column) or "" for row in _read_manifest(path)} - {""})
 
 
 @_loader("csv")
@@ -125,7 +135,7 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
         raise VlmprobeError(f"{path}: columns {absent} not found (it has {list(rows[0])}); fix "
                             f"the manifest or the {entry.name!r} entry in datasets.yaml.")
     index = {c: i for i, c in enumerate(entry.classes)}
-    samples, rows_of = [], []
+    samples, row_of = [], {}
     for n, row in enumerate(rows, start=2):  # row 1 is the header
         where = f"{path} row {n}"
         if None in row or None in row.values():
@@ -149,6 +159,11 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
             raise VlmprobeError(f"path_format {entry.path_format!r} of {entry.name!r} names a "
                                 f"column {e} that {path} lacks.") from None
         rel = _safe_relpath(value, where, root)
+        if rel in row_of:
+            raise VlmprobeError(f"{where} names {rel!r} again (first on row {row_of[rel]}): an "
+                                "image listed twice would be counted twice and could land on "
+                                "both sides of a split. Keep one row per image.")
+        row_of[rel] = n
         meta = {k: v for k, v in row.items() if k not in used} if entry.metadata_columns is None \
             else {k: row[k] for k in entry.metadata_columns}
         if group:
@@ -156,8 +171,7 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
         if entry.metadata_key == entry.path_column:  # the key metadata_csv is joined on
             meta[entry.path_column] = row[entry.path_column]
         samples.append(Sample(rel, label, meta))
-        rows_of.append(n)
-    missing = [(n, s.relpath) for n, s in zip(rows_of, samples) if not (root / s.relpath).exists()]
+    missing = [(n, rel) for rel, n in row_of.items() if not (root / rel).exists()]
     if missing:
         more = f" (and {len(missing) - 3} more rows)" if len(missing) > 3 else ""
         raise VlmprobeError(f"{path}: {len(missing)} row(s) name files that do not exist under "
@@ -171,13 +185,29 @@ def _load_csv(entry: DatasetEntry, root: Path) -> list[Sample]:
 def _load_medmnist(entry: DatasetEntry, root: Path) -> list[Sample]:
     """MedMNIST ``<name>[_SIZE].npz``: only the ``entry.splits`` the paper's N comes from."""
     path = _medmnist_file(entry, root)
-    with np.load(path) as npz:
-        labels = {s: npz[f"{s}_labels"].reshape(len(npz[f"{s}_labels"]), -1)[:, 0]
-                  for s in entry.splits if f"{s}_labels" in npz.files}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            labels = {s: npz[f"{s}_labels"].reshape(len(npz[f"{s}_labels"]), -1)[:, 0]
+                      for s in entry.splits if f"{s}_labels" in npz.files}
+            images = {s: (npz[f"{s}_images"].shape, npz[f"{s}_images"].dtype)
+                      for s in labels if f"{s}_images" in npz.files}
+    except Exception as e:  # noqa: BLE001 — numpy fails many ways on foreign bytes; pickles too
+        raise VlmprobeError(f"{path} is not a readable MedMNIST npz ({e}); replace it with the "
+                            "release file.") from None
     if len(labels) < len(entry.splits):
         raise VlmprobeError(f"{path} lacks {[s for s in entry.splits if s not in labels]}_labels; "
                             "is it a MedMNIST release file?")
     for split, y in labels.items():
+        shape, dtype = images.get(split, ((), None))
+        if dtype != np.uint8 or len(shape) not in (3, 4) or shape[0] != len(y) or (
+                len(shape) == 4 and shape[3] not in (1, 3)):
+            found = "missing" if dtype is None else f"{dtype} {shape}"
+            raise VlmprobeError(f"{path}: {split}_images is {found}; a MedMNIST file holds uint8 "
+                                f"images [{len(y)}, H, W] or [{len(y)}, H, W, 3], one per "
+                                f"{split}_labels row. Replace it with the release file.")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise VlmprobeError(f"{path}: {split}_labels is {y.dtype}; MedMNIST labels are "
+                                "integers. Replace it with the release file.")
         if y.size and not 0 <= y.min() <= y.max() < len(entry.classes):
             raise VlmprobeError(f"{path}: {split}_labels holds values outside "
                                 f"0..{len(entry.classes) - 1} (classes {entry.classes}); is it "
@@ -200,8 +230,8 @@ def join_metadata(samples: list[Sample], csv_path: Path, key: str = "path") -> l
     """Add the columns of a CSV to each sample, matched on ``key``: the relpath for ``path``,
     else the sample's manifest column of that name (ISIC's ``image`` id)."""
     try:
-        with open(csv_path, newline="") as f:
-            rows = {row.pop(key): row for row in csv.DictReader(f)}
+        rows = {row.pop(key): row for row in csv.DictReader(io.StringIO(_csv_text(csv_path),
+                                                                         newline=""))}
     except (OSError, KeyError, csv.Error) as e:
         raise VlmprobeError(f"Metadata file {csv_path} is unreadable or has no {key!r} column "
                             f"({e!r}); fix or remove it.") from None

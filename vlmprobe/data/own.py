@@ -14,6 +14,7 @@ from pathlib import Path
 from ..registry import DatasetEntry
 from ..registry.datasets import IMAGE_SUFFIXES
 from ..validation import VlmprobeError
+from .decode import is_dicom_file
 
 #: the layouts an own dataset names before the colon
 OWN_LAYOUTS = ("imagefolder", "csv")
@@ -26,7 +27,9 @@ def is_own_spec(dataset) -> bool:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.name.lower().endswith(IMAGE_SUFFIXES)
+    """An image by its suffix, or a DICOM file without one (exports such as ``IM000001``)."""
+    return path.name.lower().endswith(IMAGE_SUFFIXES) or (
+        not path.suffix and path.is_file() and is_dicom_file(path))
 
 
 def own_key(path: Path) -> str:

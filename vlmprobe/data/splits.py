@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from ..cache.chunks import write_atomic, written_beside
 from ..provenance import provenance
 from ..validation import VlmprobeError, check_labels_for_cv
 
@@ -127,14 +128,12 @@ def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source:
 
 def write_split(split: Split, labels_by_path: dict[str, str], path: Path, extra: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with written_beside(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["relpath", "label", "test", "fold"])
         for r, t, k in zip(split.relpaths, split.test, split.fold):
             w.writerow([r, labels_by_path[r], int(t), int(k)])
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(
+    write_atomic(path.with_suffix(".json"), json.dumps(
         {"spec": split.spec.__dict__, "columns": {"relpath": "path relative to the dataset root",
          "label": "label name", "test": "1 = held-out test image",
          "fold": "cross-validation fold of a training image, -1 for test images"},

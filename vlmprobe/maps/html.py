@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.colors import to_hex
 
 from ..cache import Cache
+from ..cache.chunks import write_atomic
 from ..probe import probe_path
 from .config import seed_text
 from .figures import palette, point_style, read_thumbnails, values
@@ -140,7 +141,7 @@ def write_html(cache: Cache, coords: np.ndarray, cfg, path: Path, images: dict[i
     payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     html = _TEMPLATE.replace("__TITLE__", _escape(data["title"])).replace("__DATA__", payload)
     out = path.with_name(path.name + ".html")
-    out.write_text(html, encoding="utf-8")
+    write_atomic(out, html)
     return out
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import Cache, stage_dir
+from ..cache.chunks import written_beside
+from ..validation import read_npz
 from .config import UmapConfig, UmapGrid
 from .knn import knn_graph
 
@@ -53,7 +55,7 @@ def _coords_path(cache: Cache, cfg: UmapConfig, out: Path | None) -> Path:
 
 def _load(path: Path, cache: Cache) -> np.ndarray | None:
     if path.is_file():
-        saved = np.load(path, allow_pickle=False)
+        saved = read_npz(path, "UMAP coordinates file", "delete it to compute the map again.")
         if str(saved["cache_key"]) == cache.cache_key:
             return saved["coords"]
     return None
@@ -86,7 +88,8 @@ def grid_coords(cache: Cache, grid: UmapGrid, out: Path | None = None,
     for i, c in zip(todo, fits):
         coords[i], path = c, _coords_path(cache, configs[i], out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, coords=c, relpaths=np.array(cache.relpaths), cache_key=cache.cache_key,
-                 config=json.dumps(asdict(configs[i])))
+        with written_beside(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, coords=c, relpaths=np.array(cache.relpaths), cache_key=cache.cache_key,
+                     config=json.dumps(asdict(configs[i])))
         log.info(f"  {configs[i].tag()} saved at {time.perf_counter() - t0:.1f} s")
     return coords

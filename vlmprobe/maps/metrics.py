@@ -24,6 +24,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from ..cache import Cache
+from ..cache.chunks import write_atomic, written_beside
 from ..provenance import provenance
 from .config import UmapGrid
 
@@ -161,11 +162,11 @@ def map_scores(cache: Cache, grid: UmapGrid, coords: list[np.ndarray]) -> list[d
 
 def write_scores(cache: Cache, grid: UmapGrid, rows: list[dict], stem: Path) -> list[Path]:
     csv_path, json_path = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".json")
-    with open(csv_path, "w", newline="") as f:
+    with written_beside(csv_path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     meta = provenance(stage="umap", model=cache.model, dataset=cache.dataset,
                       cache_key=cache.cache_key, grid=asdict(grid))
-    json_path.write_text(json.dumps({"provenance": meta, "rows": rows}, indent=1, default=str))
+    write_atomic(json_path, json.dumps({"provenance": meta, "rows": rows}, indent=1, default=str))
     return [csv_path, json_path]

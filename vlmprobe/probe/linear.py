@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import Cache, stage_dir
-from ..validation import VlmprobeError
+from ..cache.chunks import write_atomic, written_beside
+from ..validation import VlmprobeError, read_npz
 
 
 @dataclass
@@ -43,9 +44,10 @@ class LinearProbe:
         """Write ``<stem>.npz`` (arrays) and ``<stem>.json`` (class names, C, provenance)."""
         npz, sidecar = _stem_files(stem)
         npz.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(npz, mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept)
-        sidecar.write_text(json.dumps({"class_names": self.class_names, **self.info}, indent=2,
-                                      default=str))
+        with written_beside(npz) as tmp, open(tmp, "wb") as f:
+            np.savez(f, mean=self.mean, scale=self.scale, coef=self.coef, intercept=self.intercept)
+        write_atomic(sidecar, json.dumps({"class_names": self.class_names, **self.info}, indent=2,
+                                         default=str))
         return npz
 
     @classmethod
@@ -53,7 +55,7 @@ class LinearProbe:
         npz, sidecar = _stem_files(stem)
         if not npz.is_file():
             raise VlmprobeError(f"No saved probe at {npz}; run `vlmprobe probe` on this cache first.")
-        arrays = np.load(npz, allow_pickle=False)
+        arrays = read_npz(npz, "saved probe", "run `vlmprobe probe` on the cache again.")
         info = json.loads(sidecar.read_text())
         return cls(arrays["mean"], arrays["scale"], arrays["coef"], arrays["intercept"],
                    info.pop("class_names"), info)

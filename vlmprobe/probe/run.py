@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import Cache, describe_fingerprint_difference, stage_inputs
+from ..cache.chunks import written_beside
 from ..data.splits import GROUPINGS, SplitSpec, load_or_create_split, split_path
 from ..provenance import provenance
 from ..validation import VlmprobeError, with_options
@@ -41,7 +42,7 @@ def _write_predictions(path: Path, result_fields: dict, class_names: list[str]) 
     """Per test image: true class, refit prediction and scores, each fold-model's prediction."""
     s = result_fields["test_samples"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with written_beside(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["relpath", "true", "refit_pred"] + [f"fold{j}_pred" for j in range(len(s["fold_pred"]))]
                    + [f"refit_score_{c}" for c in class_names])

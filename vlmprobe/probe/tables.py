@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache.chunks import write_atomic
+from ..cache.chunks import write_atomic, written_beside
 from ..provenance import provenance
-from ..validation import VlmprobeError
+from ..validation import VlmprobeError, read_npz
 from . import stats
 from .results import ProbeResult
 
@@ -70,8 +70,9 @@ def _write_grid(path_stem: Path, header: list[str], rows: list[list[str]], notes
     """The same table as Markdown, CSV and LaTeX (booktabs)."""
     md, csv_path, tex = (path_stem.with_name(path_stem.name + ext) for ext in (".md", ".csv", ".tex"))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md.write_text("\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n\n" + notes + "\n")
-    with open(csv_path, "w", newline="") as f:
+    write_atomic(md, "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n\n"
+                 + notes + "\n")
+    with written_beside(csv_path) as tmp, open(tmp, "w", newline="") as f:
         csv.writer(f).writerows([header] + rows)
 
     def esc(text: str) -> str:
@@ -79,10 +80,10 @@ def _write_grid(path_stem: Path, header: list[str], rows: list[list[str]], notes
                      ("#", "\\#"), ("±", "$\\pm$"), ("†", "$^\\dagger$")):
             text = text.replace(a, b)
         return text
-    tex.write_text("\\begin{tabular}{" + "l" * len(header) + "}\n\\toprule\n"
-                   + " & ".join(esc(h) for h in header) + " \\\\\n\\midrule\n"
-                   + "".join(" & ".join(esc(c) for c in r) + " \\\\\n" for r in rows)
-                   + "\\bottomrule\n\\end{tabular}\n% " + notes.replace("\n", " ") + "\n")
+    write_atomic(tex, "\\begin{tabular}{" + "l" * len(header) + "}\n\\toprule\n"
+                 + " & ".join(esc(h) for h in header) + " \\\\\n\\midrule\n"
+                 + "".join(" & ".join(esc(c) for c in r) + " \\\\\n" for r in rows)
+                 + "\\bottomrule\n\\end{tabular}\n% " + notes.replace("\n", " ") + "\n")
     return [md, csv_path, tex]
 
 
@@ -220,12 +221,13 @@ def read_table(json_path: Path) -> list[ProbeResult]:
     """The results a table holds (its JSON and per-image samples), as :class:`ProbeResult`."""
     try:
         doc = json.loads(Path(json_path).read_text())
-        samples = np.load(Path(json_path).with_suffix(".samples.npz"), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise VlmprobeError(f"{json_path} (with its .samples.npz) is not a readable probe table "
                             f"({e}); delete it to start the table afresh.") from None
+    samples = read_npz(Path(json_path).with_suffix(".samples.npz"), "probe table's samples",
+                       f"delete it and {json_path} to start the table afresh.")
     nested: dict[int, dict] = {}
-    for name in samples.files:
+    for name in samples:
         i, key, *sub = name.split("/")
         row, value = nested.setdefault(int(i), {}), samples[name]
         if value.dtype.kind == "U":  # image ids: a list, or one tuple of them per outer split

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..validation import (VlmprobeError, build_entry, merge_registry_files, read_yaml_entries,
                           unknown_key_error)
+from .models import check_field_types
 
 #: the built-in registry, shipped inside the package
 DATASETS_FILE = Path(str(files(__package__) / "datasets.yaml"))
@@ -119,8 +120,11 @@ class DatasetEntry:
 
 
 def load_datasets_file(path: Path = DATASETS_FILE) -> dict[str, DatasetEntry]:
+    entries = read_yaml_entries(path, "datasets")
+    for name, raw in entries.items():
+        check_field_types(DatasetEntry, path, name, raw)
     return {name: replace(build_entry(DatasetEntry, path, name, raw), defined_in=str(path))
-            for name, raw in read_yaml_entries(path, "datasets").items()}
+            for name, raw in entries.items()}
 
 
 def datasets_files(extra: list[Path] | tuple = ()) -> list[Path]:

@@ -105,7 +105,7 @@ class ModelEntry:
 
 
 _REQUIRED = ("family", "source", "embed_dim", "preprocess", "tap")
-_TYPES = {"str": str, "int": int, "bool": bool, "dict": dict}
+_TYPES = {"str": str, "int": int, "bool": bool, "dict": dict, "list": list}
 
 
 def check_field_types(cls, path: Path, name: str, raw: dict) -> None:
@@ -114,6 +114,7 @@ def check_field_types(cls, path: Path, name: str, raw: dict) -> None:
         if f.name not in raw or f.name == "preprocess":
             continue
         value, kinds = raw[f.name], str(f.type).replace(" ", "").split("|")
+        kinds = [k.split("[", 1)[0] for k in kinds]  # list[str] -> list
         if value is None and "None" in kinds:
             continue
         wanted = tuple(_TYPES[k] for k in kinds if k in _TYPES)

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure as MplFigure
 
 from ..cache import read_cache
+from ..cache.chunks import write_atomic
 from ..figures import save_figure, styled
 from ..probe import ProbeResult, read_table
 from ..probe.tables import (PAPER_HEADER, _significant_below_best, compare_models, compare_paper,
@@ -93,8 +94,8 @@ class Report:
         """``report.html`` (self-contained unless too large) and ``report.md`` in the folder."""
         self.folder.mkdir(parents=True, exist_ok=True)
         html_path, md_path = self.folder / "report.html", self.folder / "report.md"
-        html_path.write_text(to_html(self.document, self.folder, self.embed), encoding="utf-8")
-        md_path.write_text(to_markdown(self.document, self.folder), encoding="utf-8")
+        write_atomic(html_path, to_html(self.document, self.folder, self.embed))
+        write_atomic(md_path, to_markdown(self.document, self.folder))
         log.info(f"report: {html_path} ({html_path.stat().st_size / 1e6:.1f} MB), "
                  f"Markdown {md_path}")
         return html_path, md_path

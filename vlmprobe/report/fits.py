@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..cache import Cache
+from ..cache.chunks import write_atomic
 from ..probe import ProbeConfig, ProbeResult, read_table, run_probe
 from ..probe.tables import table_name
 from ..study.record import plain
@@ -54,5 +55,5 @@ def fit(caches: list[Cache], cfg: ProbeConfig, label: str | None, shuffled: bool
     run.save(folder)
     memo[slot] = signature
     folder.mkdir(parents=True, exist_ok=True)
-    memo_path.write_text(json.dumps(memo, indent=1) + "\n")
+    write_atomic(memo_path, json.dumps(memo, indent=1) + "\n")
     return list(run)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from ..cache import Cache, stage_dir, stage_inputs
+from ..cache.chunks import write_atomic, written_beside
 from ..data import file_digest, images_root, read_sample, sample_file
 from ..data.splits import read_split
 from ..encoders.transforms import input_transform
@@ -428,16 +429,17 @@ def _write_maps(ex: _Explainer, picked: list[int], images: list[tuple], stem: st
                             + (f", σ={cfg.blur_sigma:g}·side" if cfg.fill == "blur" else "") + ")",
                             meta)[0]
     maps_file = out_dir / f"{stem}.maps.npz"
-    np.savez_compressed(maps_file, relpaths=np.array(relpaths), probes=np.array(ex.labels),
-                        **{f"input_{k}": m for k, (_, m, _, _) in enumerate(images)},
-                        **{f"original_{k}": m for k, (_, _, m, _) in enumerate(images)})
+    with written_beside(maps_file) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, relpaths=np.array(relpaths), probes=np.array(ex.labels),
+                            **{f"input_{k}": m for k, (_, m, _, _) in enumerate(images)},
+                            **{f"original_{k}": m for k, (_, _, m, _) in enumerate(images)})
     records = [r for rows, _, _, _ in images for r in rows]
     table = out_dir / f"{stem}.csv"
-    with open(table, "w", newline="") as f:
+    with written_beside(table) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
-    (out_dir / f"{stem}.json").write_text(json.dumps(
+    write_atomic(out_dir / f"{stem}.json", json.dumps(
         {"config": cfg.to_dict(), "images": records, "provenance": meta}, indent=2, default=str))
     keys = ("lesion_mass", "lesion_area", "text_mass", "text_area", "lesion_enrichment",
             "text_enrichment", "split_half_r", "random_probe_rank_r", "deletion_auc",
