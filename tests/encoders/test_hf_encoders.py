@@ -57,6 +57,15 @@ def hub(tmp_path_factory):
         yield {name: write(cache) for name, write in WRITERS.items()}
 
 
+def _pinned(name: str, fx, **changes):
+    """The entry with ``changes``; a remote-code entry pinned to the fixture's commit, as hub
+    code runs only at a known revision."""
+    entry = get_model_entry(name)
+    if entry.trust_remote_code:
+        changes["revision"] = fx.snapshot.name
+    return dataclasses.replace(entry, **changes)
+
+
 def _reference(name):
     """(tap, wrong tap, processor) built with transformers only."""
     import transformers
@@ -81,7 +90,7 @@ def _reference(name):
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_tap_transform_and_checksum_are_the_official_ones(name, hub):
     fx = hub[name]
-    enc = load_encoder(dataclasses.replace(get_model_entry(name), embed_dim=fx.tap_dim), "cpu")
+    enc = load_encoder(_pinned(name, fx, embed_dim=fx.tap_dim), "cpu")
     tap, wrong, processor = _reference(name)
     for image in IMAGES.values():
         official = processor(images=image, return_tensors="pt").pixel_values[0]
@@ -101,7 +110,7 @@ def test_tap_transform_and_checksum_are_the_official_ones(name, hub):
 def test_processor_source_is_used_for_preprocessing(hub):
     """LLM2CLIP's repo has no preprocessor: it comes from openai/clip-vit-large-patch14-336."""
     assert not (hub["llm2clip"].snapshot / "preprocessor_config.json").exists()
-    enc = load_encoder(dataclasses.replace(get_model_entry("llm2clip"), embed_dim=18), "cpu")
+    enc = load_encoder(_pinned("llm2clip", hub["llm2clip"], embed_dim=18), "cpu")
     assert enc.transform_(IMAGES["chelsea"]).shape == (3, 336, 336)
     assert get_model_entry("llm2clip").processor_source == CLIP_L336_REPO
 
@@ -132,6 +141,7 @@ models:
     embed_dim: 18
     preprocess: {image_size: 336, resize: shortest, resize_size: 336, interpolation: bicubic, stats: clip}
     trust_remote_code: %s
+    revision: %s
 """
 
 
@@ -140,8 +150,8 @@ def test_extract_runs_remote_code_only_with_the_entry_and_the_user_opt_in(declar
                                                                           monkeypatch):
     """`vlmprobe extract` on LLM2CLIP's layout (tiny, remote modeling file): the entry's
     trust_remote_code alone is refused with a message naming --trust-remote-code; the flag
-    (or $VLMPROBE_TRUST_REMOTE_CODE=1) allows it; the flag never enables remote code for an
-    entry that does not declare it."""
+    (or $VLMPROBE_TRUST_REMOTE_CODE=1) allows it at a pinned commit, never at a branch; the flag
+    never enables remote code for an entry that does not declare it."""
     from typer.testing import CliRunner
 
     from vlmprobe.cli import app
@@ -150,16 +160,24 @@ def test_extract_runs_remote_code_only_with_the_entry_and_the_user_opt_in(declar
 
     use_hub_cache(monkeypatch, tmp_path / "hub")
     write_clip_l336(tmp_path / "hub")
-    write_remote_code_repo(tmp_path / "hub", "microsoft/LLM2CLIP-Openai-L-14-336")
+    fx = write_remote_code_repo(tmp_path / "hub", "microsoft/LLM2CLIP-Openai-L-14-336")
     registry = tmp_path / "remote.yaml"
-    registry.write_text(REMOTE_REGISTRY % str(declared).lower())
+    pinned = REMOTE_REGISTRY % (str(declared).lower(), fx.snapshot.name)  # the fixture's commit
+    registry.write_text(pinned)
     monkeypatch.setenv("VLMPROBE_REGISTRY", str(registry))
+    monkeypatch.setenv("VLMPROBE_CACHE", str(tmp_path / "vlmprobe_cache"))  # no lock there
     monkeypatch.delenv("VLMPROBE_TRUST_REMOTE_CODE", raising=False)
     root = make_phantom("breastus", tmp_path / "data", n=60, progress=False)
     cmd = ["extract", "--model", "tiny_remote", "--dataset", "breastus", "--root", str(root),
            "--out", str(tmp_path / "out"), "--workers", "0", "--device", "cpu"]
     runner = CliRunner()
     cache = tmp_path / "out" / "breastus" / "tiny_remote.h5"
+    if declared:  # opted in, but at a revision that can move (a branch): refused all the same
+        registry.write_text(REMOTE_REGISTRY % ("true", "main"))
+        moving = runner.invoke(app, [*cmd, "--trust-remote-code"])
+        assert "only at a known revision" in str(moving.exception) and not cache.exists()
+        assert "vlmprobe models fetch tiny_remote" in str(moving.exception)
+        registry.write_text(pinned)
     refused = runner.invoke(app, cmd)
     assert isinstance(refused.exception, VlmprobeError) and not cache.exists(), refused.output
     allowed = runner.invoke(app, [*cmd, "--trust-remote-code"])

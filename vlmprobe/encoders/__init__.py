@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -22,6 +23,8 @@ from .base import FAMILIES, Encoder, register_family
 __all__ = ["Encoder", "FAMILIES", "load_encoder", "register_family", "resolve_device"]
 
 TRUST_REMOTE_CODE_ENV = "VLMPROBE_TRUST_REMOTE_CODE"
+#: a full git commit hash: the only revision a hub repo cannot move
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def remote_code_allowed(trust_remote_code: bool | None = None) -> bool:
@@ -43,9 +46,30 @@ def load_encoder(model: str | ModelEntry, device: str = "auto",
     entry = get_model_entry(model) if isinstance(model, str) else model
     if entry.family not in FAMILIES:
         raise unknown_key_error("model family", entry.family, FAMILIES)
-    if entry.trust_remote_code and not remote_code_allowed(trust_remote_code):
-        raise VlmprobeError(
-            f"Model {entry.name!r} runs Python code from its hub repo {entry.source} "
-            "(trust_remote_code). Read that code, then pass --trust-remote-code (or set "
-            f"{TRUST_REMOTE_CODE_ENV}=1) to allow it.")
+    if problem := remote_code_problem(entry, trust_remote_code):
+        raise VlmprobeError(problem)
     return FAMILIES[entry.family](entry, device=torch.device(resolve_device(device))).load()
+
+
+def remote_code_problem(entry: ModelEntry, trust_remote_code: bool | None = None) -> str | None:
+    """Why ``entry`` may not load now, or None. Hub code runs only when the entry declares it and
+    the user opts in, and then only at a known revision (the entry's pinned commit, or the commit
+    ``vlmprobe models fetch`` locked), so the code the user read is the code that runs; a local
+    checkpoint (``weights:``) is the user's own code."""
+    if not entry.trust_remote_code:
+        return None
+    if not remote_code_allowed(trust_remote_code):
+        return (f"Model {entry.name!r} runs Python code from its hub repo {entry.source} "
+                "(trust_remote_code). Read that code, then pass --trust-remote-code (or set "
+                f"{TRUST_REMOTE_CODE_ENV}=1) to allow it.")
+    if entry.weights or (entry.revision and COMMIT.fullmatch(entry.revision)):
+        return None
+    from .fetch import lock_name, lock_path, read_lock
+
+    if read_lock(lock_name(entry)) is not None:
+        return None
+    return (f"Model {entry.name!r} runs Python code from its hub repo {entry.source}, and vlmprobe "
+            "runs hub code only at a known revision (a branch can move under you). Run "
+            f"`vlmprobe models fetch {entry.name}`: it downloads the repo and locks its commit and "
+            f"every file's sha256 in {lock_path(lock_name(entry))}; or pin `revision: <commit>` "
+            "(40 hex digits) in a user registry entry with `replaces: builtin`.")

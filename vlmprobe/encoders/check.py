@@ -70,7 +70,7 @@ def _lock_state(entry: ModelEntry, result: CheckResult) -> str | None:
 
 def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> CheckResult:
     """Can ``entry`` load here, and if not, why not (every reason, not only the first)."""
-    from . import remote_code_allowed
+    from . import remote_code_allowed, remote_code_problem
     from .hub import gated_hint, local_weights
 
     result = CheckResult(entry.name, "ready")
@@ -86,9 +86,12 @@ def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> Che
     extra = getattr(cls, "missing_requirement", None)  # what a family needs beyond `requires`
     if extra is not None and (problem := extra(entry)):
         result.reasons.append(problem)
+    locked = _lock_state(entry, result)
     if entry.trust_remote_code and not remote_code_allowed(trust_remote_code):
         result.reasons.append("runs the hub repo's own code: pass --trust-remote-code")
-    locked = _lock_state(entry, result)
+    elif remote_code_problem(entry, trust_remote_code):
+        result.reasons.append("runs the hub repo's own code only at a known revision: "
+                              f"`vlmprobe models fetch {entry.name}` locks one")
     if entry.gated and not entry.weights and not locked:  # a verified lock loads from disk
         from huggingface_hub import get_token
 
