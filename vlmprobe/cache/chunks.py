@@ -62,12 +62,12 @@ def io_error(path: Path, e: Exception, what: str) -> VlmprobeError:
     code = getattr(e, "errno", None) or next(  # h5py wraps errno in its message
         (c for c in hint if f"errno = {c}," in str(e)), None)
     return VlmprobeError(f"Could not {what} {path}: {getattr(e, 'strerror', None) or e} "
-                         f"({hint.get(code, 'see the system error')}). Chunks already written "
-                         "are kept; re-run the same command to continue.")
+                         f"({hint.get(code, 'see the system error')}). What was written before "
+                         "is kept; re-run the same command to continue.")
 
 
 @contextmanager
-def written_beside(path: Path) -> Iterator[Path]:
+def written_beside(path: Path, what: str = "write") -> Iterator[Path]:
     """A temporary name beside ``path`` to write to (``.<name>.tmp-<pid>``: a writer that takes
     the format from the suffix must be given it), fsynced and renamed onto ``path`` when the block ends
     without error, removed otherwise: a reader, or a run killed at any point, finds ``path``
@@ -79,8 +79,8 @@ def written_beside(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        raise io_error(path, e, "write") from None
+    except (OSError, RuntimeError) as e:  # h5py reports some failed writes as RuntimeError
+        raise io_error(path, e, what) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -267,44 +266,36 @@ def _json_attrs(cache: Cache) -> dict:
 
 
 def write_cache(path: Path, cache: Cache) -> Path:
+    """Write ``cache`` to ``path`` whole or not at all (beside, then renamed)."""
+    from .chunks import written_beside
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("embeddings", data=np.asarray(cache.embeddings, np.float32))
-            f.create_dataset("labels", data=np.asarray(cache.labels, np.int64))
-            f.create_dataset("relpaths", data=cache.relpaths, dtype=_STR)
-            meta = f.create_group("meta")
-            for col, values in cache.metadata.items():
-                meta.create_dataset(col, data=[str(v) for v in values], dtype=_STR)
-            files = f.create_group("files")
-            files.create_dataset("relpath", data=cache.files["relpath"], dtype=_STR)
-            files.create_dataset("size", data=np.asarray(cache.files["size"], np.int64))
-            files.create_dataset("digest", data=cache.files["digest"], dtype=_STR)
-            skipped = f.create_group("skipped")
-            for k in ("relpath", "error"):
-                skipped.create_dataset(k, data=cache.skipped[k], dtype=_STR)
-            if cache.taps:
-                taps = f.create_group("taps")
-                for name, emb in cache.taps.items():
-                    taps.create_dataset(name, data=np.asarray(emb, np.float32)).attrs[
-                        "sha256"] = embeddings_sha256(emb)
-            f.attrs.update({"schema_version": SCHEMA_VERSION, "model": cache.model,
-                            "dataset": cache.dataset, "class_names": json.dumps(cache.class_names),
-                            "dataset_fingerprint": cache.dataset_fingerprint,
-                            "cache_key": cache.cache_key, "embed_dim": cache.embed_dim,
-                            "embeddings_sha256": embeddings_sha256(cache.embeddings)})
-            f.attrs.update(_json_attrs(cache))
-            f.flush()
-            os.fsync(f.id.get_vfd_handle())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # h5py reports some failed writes as RuntimeError
-        from .chunks import io_error
-
-        raise io_error(path, e, "write cache") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written_beside(path, "write cache") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("embeddings", data=np.asarray(cache.embeddings, np.float32))
+        f.create_dataset("labels", data=np.asarray(cache.labels, np.int64))
+        f.create_dataset("relpaths", data=cache.relpaths, dtype=_STR)
+        meta = f.create_group("meta")
+        for col, values in cache.metadata.items():
+            meta.create_dataset(col, data=[str(v) for v in values], dtype=_STR)
+        files = f.create_group("files")
+        files.create_dataset("relpath", data=cache.files["relpath"], dtype=_STR)
+        files.create_dataset("size", data=np.asarray(cache.files["size"], np.int64))
+        files.create_dataset("digest", data=cache.files["digest"], dtype=_STR)
+        skipped = f.create_group("skipped")
+        for k in ("relpath", "error"):
+            skipped.create_dataset(k, data=cache.skipped[k], dtype=_STR)
+        if cache.taps:
+            taps = f.create_group("taps")
+            for name, emb in cache.taps.items():
+                taps.create_dataset(name, data=np.asarray(emb, np.float32)).attrs[
+                    "sha256"] = embeddings_sha256(emb)
+        f.attrs.update({"schema_version": SCHEMA_VERSION, "model": cache.model,
+                        "dataset": cache.dataset, "class_names": json.dumps(cache.class_names),
+                        "dataset_fingerprint": cache.dataset_fingerprint,
+                        "cache_key": cache.cache_key, "embed_dim": cache.embed_dim,
+                        "embeddings_sha256": embeddings_sha256(cache.embeddings)})
+        f.attrs.update(_json_attrs(cache))
     return path
 
 
