@@ -152,10 +152,11 @@ def datasets(ctx: typer.Context, user_files: Optional[List[Path]] = DatasetsOpt)
 def make_phantom_cmd(
     dataset: str = typer.Argument(..., help="Which dataset to imitate: any of the eight "
                                   "(brainmr, sarscov2ct, pneumoniamnist, breastus, breakhis, "
-                                  "hicervix, deepdrid, isic2019)."),
+                                  "hicervix, deepdrid, isic2019), ctdicom, or ct3d (CT "
+                                  "volumes)."),
     out: Path = typer.Option(..., "--out", help="Directory to write the phantom dataset into."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of images (default 600 for "
-                                    "breastus, 120 for the others)."),
+                                    "breastus, 40 volumes for ct3d, 120 for the others)."),
     seed: int = typer.Option(0, "--seed"),
     text_label_correlation: float = typer.Option(
         0.8, "--text-label-correlation",
@@ -176,6 +177,23 @@ def make_phantom_cmd(
 
 DatasetArg = typer.Argument(..., help="A registry key (see `vlmprobe datasets`), or your own: "
                             "imagefolder:DIR (one folder per class) or csv:MANIFEST.csv.")
+
+
+@datasets_app.command("qc-volumes")
+def qc_volumes_cmd(
+    model: str = typer.Argument(..., help="A 3-D encoder (merlin, astra): its transform is used, "
+                                "its weights are not loaded."),
+    dataset: str = DatasetArg,
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root."),
+    out: Path = typer.Option(Path("qc"), "--out", help="Directory for the figures."),
+    n: int = typer.Option(3, "--n", help="How many volumes (the first n listed)."),
+):
+    """Orthogonal slices of volumes as the 3-D model sees them (after its transform), through
+    the lesion where the manifest gives one: <out>/<dataset>.<model>.qc<k>.png/.svg."""
+    from .data.volume_qc import volume_qc
+
+    paths = volume_qc(model, dataset, root, out=out, n=n)
+    _say(f"{len(paths) // 2} QC figure(s) written to {out}")
 NameOpt = typer.Option(None, "--name", help="Key of an own dataset (default: <folder or file "
                        "name>-<8 hex of its resolved path>); caches and splits live under it.")
 PathColumnOpt = typer.Option(None, "--path-column", help="csv:FILE: the column of image paths "

@@ -161,6 +161,11 @@ class MerlinTransform:
             CenterSpatialCrop(roi_size=list(cfg.volume_size))])
 
     def __call__(self, volume) -> torch.Tensor:
+        return self.meta(volume).as_tensor().float().contiguous()
+
+    def meta(self, volume):
+        """The transformed volume as MONAI's MetaTensor, whose affine places its voxels in RAS
+        millimetres (the QC figure marks the lesion with it)."""
         from monai.data import MetaTensor
 
         from ..data.volumes import Volume
@@ -171,7 +176,7 @@ class MerlinTransform:
                                 "folders). Give the dataset `volume: whole`, or use a 2-D model.")
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array, np.float32))[None],
                            affine=torch.as_tensor(volume.affine, dtype=torch.float64))
-        return self.chain(image).as_tensor().float().contiguous()
+        return self.chain(image)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -72,7 +72,7 @@ def ct3d_volume(rng, lesion: bool, site: str) -> tuple[np.ndarray, np.ndarray, d
     body_r = (rng.uniform(135, 145), rng.uniform(100, 108))
     put(-90.0, (*jitter, 0), (*body_r, None))  # fat
     put(40.0, (*jitter, 0), (body_r[0] - 15, body_r[1] - 15, None))  # soft tissue
-    liver = (jitter[0] - 55, jitter[1] + 10, rng.uniform(-10, 10))
+    liver = (jitter[0] + 55, jitter[1] + 10, rng.uniform(-10, 10))  # the patient's right
     liver_r = (65.0, 55.0, 70.0)
     put(55.0, liver, liver_r)
     for side in (-1, 1):
