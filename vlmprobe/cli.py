@@ -115,7 +115,7 @@ def models(
         table = Table("name", "status", "why")
         for r in results:
             files = f" ({len(r.missing_files)} file(s), see --json)" if r.missing_files else ""
-            table.add_row(r.name, r.status, "; ".join(r.reasons) + files)
+            table.add_row(r.name, r.status, escape("; ".join(r.reasons) + files))
         stdout.print(table)
         return
     if as_json:

