@@ -100,3 +100,17 @@ def test_a_folder_mixing_two_series_is_refused(root, tmp_path):
     shutil.copy(same_class[1] / "slice_000.dcm", same_class[0] / "slice_999.dcm")
     with pytest.raises(VlmprobeError, match="mixes DICOM series"):
         load_dataset("ct3d", copy)
+
+
+def test_umap_thumbnails_of_whole_volumes_are_their_middle_slices(root):
+    from vlmprobe.cache import Cache
+    from vlmprobe.maps.figures import read_thumbnails
+
+    ds = load_dataset("ct3d", root)
+    cache = Cache(np.zeros((len(ds), 4), np.float32), np.array([s.label for s in ds.samples]),
+                  [s.relpath for s in ds.samples], ds.class_names, "m", "ct3d", "f", "k")
+    thumbs = read_thumbnails(cache, [0, 1], root, px=32)
+    assert sorted(thumbs) == [0, 1] and max(thumbs[0].size) == 32
+    expected = ds.load_image(1).middle_slice().convert("RGB")
+    expected.thumbnail((32, 32))
+    assert np.array_equal(np.asarray(thumbs[1]), np.asarray(expected))
