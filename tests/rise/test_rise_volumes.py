@@ -66,3 +66,14 @@ def test_volume_map_finds_the_evidence_box(tmp_path):
     assert len(save_figure(fig, tmp_path / "map", {"stage": "rise"})) == 2
     with pytest.raises(VlmprobeError, match="fill='blur' blurs 2-D images"):
         rise_saliency(model, volume, RiseConfig(n_masks=4, s=2, fill="blur"))
+
+
+def test_vlmprobe_rise_refuses_a_whole_volume_cache_with_the_way_to_do_it():
+    from vlmprobe.cache import Cache
+    from vlmprobe.rise import explain_cache
+
+    cache = Cache(np.zeros((2, 4), np.float32), np.array([0, 1]),
+                  ["a/v0.nii.gz#volume", "b/v1#volume"], ["a", "b"], "astra", "ct3d", "f", "k")
+    with pytest.raises(VlmprobeError, match="holds whole volumes.*rise_saliency on its "
+                                            "transformed tensor"):
+        explain_cache(cache)
