@@ -16,6 +16,8 @@ with the reason ``vlmprobe models --check`` gives.
     .venv/bin/python benchmarks/ct3d_merlin.py --device cuda   # on a GPU (minutes)
     .venv/bin/python benchmarks/ct3d_merlin.py --quick         # 14 volumes, the twins only:
                                                                # proves it runs
+    .venv/bin/python benchmarks/ct3d_merlin.py --cost 3        # per-volume forward seconds of
+                                                               # astra and its twin, interleaved
 """
 from __future__ import annotations
 
@@ -52,6 +54,33 @@ def extract_one(model: str, root: Path, out: Path, device: str, precision: str) 
                       "loadavg": os.getloadavg()[0]}), flush=True)
 
 
+def time_volumes(n: int, root: Path, device: str) -> None:
+    """Seconds per volume of astra and astra_random, forwards interleaved on the same n
+    transformed volumes in one process (so both see the same load), fp32 and bf16."""
+    import torch
+
+    from vlmprobe.data import load_dataset
+    from vlmprobe.encoders import load_encoder
+    from vlmprobe.extraction.batches import encode
+
+    encoders = {m: load_encoder(m, device) for m in ("astra", "astra_random")}
+    data = load_dataset("ct3d", root)
+    volumes = [encoders["astra"].transform_(data.load_image(i))[None] for i in range(n)]
+    for precision in ("fp32", "bf16"):
+        seconds = {m: [] for m in encoders}
+        for x in volumes:
+            for m, e in encoders.items():
+                t0 = time.perf_counter()
+                encode(e, x, precision)
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                seconds[m].append(time.perf_counter() - t0)
+        a, r = (float(np.median(seconds[m])) for m in ("astra", "astra_random"))
+        print(f"{precision}: astra {a:.1f} s per volume, astra_random {r:.1f} s (median of {n}; "
+              f"ratio {a / r:.2f}), load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB", flush=True)
+
+
 def slice_mean_cache(reference_path: Path, root: Path, out: Path, device: str) -> Path:
     """efficientnet_lite0 on every axial slice (soft-tissue window), averaged per volume into a
     cache beside the 3-D ones: same rows, files and fingerprint as ``reference_path``'s."""
@@ -83,11 +112,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cost", type=int, default=0, help="only time N volumes per model")
     ap.add_argument("--extract-one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     root, out = args.out / "ct3d", args.out / "caches"
     if args.extract_one:
         return extract_one(args.extract_one, root, out, args.device, args.precision)
+    if args.cost:
+        return time_volumes(args.cost, root, args.device)
 
     from vlmprobe.data.phantoms import make_phantom
     from vlmprobe.encoders.check import check_entry
