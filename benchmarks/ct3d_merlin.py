@@ -132,11 +132,15 @@ def main() -> None:
         make_phantom("ct3d", root, n=n, seed=0, text_label_correlation=args.r,
                      min_per_class=7, progress=False)
     models = ("astra_random",) if args.quick else MODELS_3D
-    costs, paths = [], []
+    costs, paths, skipped = [], [], set()
     for model in models:
         check = check_entry(get_model_entry(model))
-        if check.status == "blocked":
-            print(f"{model}: skipped ({'; '.join(check.reasons)})", flush=True)
+        if check.status == "blocked" or model.removesuffix("_random") in skipped:
+            # a twin without its model compares nothing (and equals the other twin: same seed)
+            why = "; ".join(check.reasons) if check.status == "blocked" else \
+                f"{model.removesuffix('_random')} cannot load here"
+            print(f"{model}: skipped ({why})", flush=True)
+            skipped.add(model)
             continue
         done = subprocess.run([sys.executable, __file__, "--extract-one", model, "--out",
                                str(args.out), "--device", args.device, "--precision",
