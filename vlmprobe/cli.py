@@ -134,7 +134,7 @@ def models(
         table = Table("name", "status", "why")
         for r in results:
             files = f" ({len(r.missing_files)} file(s), see --json)" if r.missing_files else ""
-            table.add_row(r.name, r.status, "; ".join(r.reasons) + files)
+            table.add_row(r.name, r.status, escape("; ".join(r.reasons) + files))
         stdout.print(table)
         return
     if as_json:
@@ -171,10 +171,11 @@ def datasets(ctx: typer.Context, user_files: Optional[List[Path]] = DatasetsOpt)
 def make_phantom_cmd(
     dataset: str = typer.Argument(..., help="Which dataset to imitate: any of the eight "
                                   "(brainmr, sarscov2ct, pneumoniamnist, breastus, breakhis, "
-                                  "hicervix, deepdrid, isic2019)."),
+                                  "hicervix, deepdrid, isic2019), ctdicom, or ct3d (CT "
+                                  "volumes)."),
     out: Path = typer.Option(..., "--out", help="Directory to write the phantom dataset into."),
     n: Optional[int] = typer.Option(None, "--n", help="Number of images (default 600 for "
-                                    "breastus, 120 for the others)."),
+                                    "breastus, 40 volumes for ct3d, 120 for the others)."),
     seed: int = typer.Option(0, "--seed"),
     text_label_correlation: float = typer.Option(
         0.8, "--text-label-correlation",
@@ -195,6 +196,23 @@ def make_phantom_cmd(
 
 DatasetArg = typer.Argument(..., help="A registry key (see `vlmprobe datasets`), or your own: "
                             "imagefolder:DIR (one folder per class) or csv:MANIFEST.csv.")
+
+
+@datasets_app.command("qc-volumes")
+def qc_volumes_cmd(
+    model: str = typer.Argument(..., help="A 3-D encoder (merlin, astra): its transform is used, "
+                                "its weights are not loaded."),
+    dataset: str = DatasetArg,
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset root."),
+    out: Path = typer.Option(Path("qc"), "--out", help="Directory for the figures."),
+    n: int = typer.Option(3, "--n", help="How many volumes (the first n listed)."),
+):
+    """Orthogonal slices of volumes as the 3-D model sees them (after its transform), through
+    the lesion where the manifest gives one: <out>/<dataset>.<model>.qc<k>.png/.svg."""
+    from .data.volume_qc import volume_qc
+
+    paths = volume_qc(model, dataset, root, out=out, n=n)
+    _say(f"{len(paths) // 2} QC figure(s) written to {out}")
 NameOpt = typer.Option(None, "--name", help="Key of an own dataset (default: <folder or file "
                        "name>-<8 hex of its resolved path>); caches and splits live under it.")
 PathColumnOpt = typer.Option(None, "--path-column", help="csv:FILE: the column of image paths "
@@ -209,6 +227,8 @@ SliceStepOpt = typer.Option(None, "--slice-step", help="Volumes (NIfTI, DICOM se
                             "k-th axial slice (default 1).")
 DicomSeriesOpt = typer.Option(False, "--dicom-series", help="Read each folder of .dcm files as "
                               "one series (axial slices after RAS orientation), not as images.")
+VolumeOpt = typer.Option(None, "--volume", help="Volumes: 'slices' (axial 2-D samples, the "
+                         "default) or 'whole' (one sample per volume, for 3-D encoders).")
 LabelLevelOpt = typer.Option(None, "--label-level", help="Level of a label hierarchy (HiCervix: "
                              "1, 2 or 3; default the entry's).")
 ClassesOpt = typer.Option(None, "--classes", help="Comma list: only these classes (e.g. the "
@@ -219,13 +239,13 @@ WindowOpt = typer.Option(None, "--dicom-window", help="DICOM window: tags | minm
 
 
 def _own_options(name, path_column, label_column, group_column, meta_columns, slice_step,
-                 dicom_series) -> dict:
+                 dicom_series, volume=None) -> dict:
     """The own-dataset options every dataset command takes, as :func:`load_dataset` options."""
     from .data import dataset_options
 
     return dataset_options(name=name, path_column=path_column, label_column=label_column,
                            group_column=group_column, meta_columns=meta_columns,
-                           slice_step=slice_step, dicom_series=dicom_series)
+                           slice_step=slice_step, dicom_series=dicom_series, volume=volume)
 
 
 @datasets_app.command("info")
@@ -235,13 +255,14 @@ def info_cmd(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """What a dataset is, where to get it (source, licence) and the folder structure expected."""
     from .data.dataset import resolve_dataset, root_rule
 
     entry = resolve_dataset(dataset, user_files or (), **_own_options(
-        name, path_column, label_column, group_column, meta_columns, slice_step, dicom_series))
+        name, path_column, label_column, group_column, meta_columns, slice_step, dicom_series,
+        volume))
     _say(entry.describe())
     _say(root_rule(entry))
 
@@ -263,7 +284,7 @@ def check_cmd(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """Verify a dataset copy: counts, unreadable files, duplicates, split leakage (exit 1 on errors)."""
     from collections import Counter
@@ -275,7 +296,7 @@ def check_cmd(
                       workers=workers, datasets=user_files or (),
                       **dataset_options(label_level, classes, size, dicom_window),
                       **_own_options(name, path_column, label_column, group_column, meta_columns,
-                                     slice_step, dicom_series))
+                                     slice_step, dicom_series, volume))
     _say(f"{r.dataset}: {r.n_images} images listed under {r.root}")
     table = Table("class", "found", "expected")
     for c, (n, e) in r.counts.items():
@@ -316,7 +337,7 @@ def split_cmd(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """Write the shared train/test split(s) of a dataset and report the groups that cross them."""
     from .data import dataset_options
@@ -326,7 +347,7 @@ def split_cmd(
                            repeats=repeats, datasets=user_files or (),
                            **dataset_options(label_level, classes, size, dicom_window),
                            **_own_options(name, path_column, label_column, group_column,
-                                          meta_columns, slice_step, dicom_series)):
+                                          meta_columns, slice_step, dicom_series, volume)):
         _say(f"Split ({r.grouping}, seed {r.split.spec.seed}): {r.split.path}")
         msg = f"{r.n_crossing} of {r.n_groups} groups ({r.group_source}) cross train/test"
         stdout.print(f"[bold red]warning:[/] {escape(msg)}" if r.n_crossing else escape(msg))
@@ -376,7 +397,7 @@ def extract(
     name: Optional[str] = NameOpt, path_column: Optional[str] = PathColumnOpt,
     label_column: Optional[str] = LabelColumnOpt, group_column: Optional[str] = GroupColumnOpt,
     meta_columns: Optional[str] = MetaColumnsOpt, slice_step: Optional[int] = SliceStepOpt,
-    dicom_series: bool = DicomSeriesOpt,
+    dicom_series: bool = DicomSeriesOpt, volume: Optional[str] = VolumeOpt,
 ):
     """Embed every image of a dataset with one model into an HDF5 cache (resumable: re-run
     the same command after a crash to continue)."""
@@ -391,7 +412,7 @@ def extract(
     r = run(model, dataset, root=root, out=out, config=cfg, force=force,
             dataset_options={**dataset_options(label_level, classes, size, dicom_window, intensity),
                              **_own_options(name, path_column, label_column, group_column,
-                                            meta_columns, slice_step, dicom_series)},
+                                            meta_columns, slice_step, dicom_series, volume)},
             trust_remote_code=trust_remote_code or None, registry=registry or (),
             datasets=user_files or ())
     _say(r.summary())

@@ -22,7 +22,8 @@ TESTS = Path(__file__).parent
 FIXTURE_TESTS = {"timm": "test_timm_encoders.py", "open_clip": "test_hub_encoders.py",
                  "transformers": "test_hub_encoders.py", "llava_tower": "test_llava_encoders.py",
                  "torchvision": "test_torchvision_encoders.py",
-                 "upstream": "test_upstream_encoders.py", "pixels": "test_pixels_family.py"}
+                 "upstream": "test_upstream_encoders.py", "pixels": "test_pixels_family.py",
+                 "merlin": "test_merlin_encoder.py"}
 ISSUE_ENTRIES = ("biomedclip medsiglip conceptclip unimedclip cxrclip conch uni uni2h flair monet "
                  "llavamed llavamedpp medgemma clip_b16 clip_l14 clip_g14 eva02 siglip llava "
                  "llm2clip dinov2 vgg16 resnet50 vit_l16 clip_l14_336 efficientnet_lite0").split()

@@ -23,7 +23,8 @@ from scipy.sparse.csgraph import connected_components
 from ..cache.paths import cache_dir
 from ..validation import VlmprobeError
 from .dataset import ImageDataset, load_dataset
-from .decode import read_sample, sample_kind
+from .decode import read_sample, sample_file, sample_kind
+from .volumes import Volume, volume_geometry
 from .splits import Split, SplitSpec, crossing_groups, load_or_create_split, read_split
 
 HASH_SIZE = 8  # dHash of a 9x8 thumbnail: 64 bits
@@ -93,7 +94,10 @@ def _scan_one(args: tuple[Path, str, str]) -> tuple[str, np.ndarray | None, str,
         im = read_sample(root, relpath, window)
     except Exception as e:  # noqa: BLE001 — reported by path, never silently dropped
         return "", None, f"{type(e).__name__}: {e}", 1
-    a = np.asarray(im)
+    if isinstance(im, Volume):  # a whole volume: all its values hashed, its middle slice dHashed
+        a, im = im.array, im.middle_slice()
+    else:
+        a = np.asarray(im)
     digest = hashlib.blake2b(a.tobytes() + str(a.shape).encode(), digest_size=16).hexdigest()
     return digest, dhash_bits(im), "", exif_orientation(root, relpath)
 
@@ -214,6 +218,7 @@ def check_dataset(dataset, root: str | Path | None = None,
         add(Finding(count_level, "count", f"{len(ds)} images; the paper used "
                     f"{entry.expected_total} ({entry.subset})"))
 
+    _check_volumes(report, ds, readable)
     ok_paths = [r for r, k in zip(relpaths, readable) if k]
     exact = _groups_of([d for d, k in zip(digests, readable) if k], ok_paths)
     label_of = {s.relpath: ds.class_names[s.label] for s in ds.samples}
@@ -235,6 +240,37 @@ def check_dataset(dataset, root: str | Path | None = None,
         report.split = str(s.path or "")
         _check_split(report, s, relpaths, clusters, ds)
     return report
+
+
+def _mm(values) -> str:
+    return " x ".join(f"{v:.3g}" for v in values)
+
+
+def _check_volumes(report: CheckReport, ds: ImageDataset, readable: np.ndarray) -> None:
+    """One line per distinct voxel spacing and stored orientation, the slice gaps of DICOM series
+    (uneven gaps: the volume is unreadable, reported above), and a warning when spacings differ:
+    a 3-D encoder resamples them, a 2-D one sees slices of unlike thickness."""
+    volumes = sorted({sample_file(s.relpath) for s, ok in zip(ds.samples, readable)
+                      if ok and sample_kind(s.relpath) in ("volume", "volume3d")})
+    if not volumes:
+        return
+    geometry = {v: volume_geometry(ds.root / v) for v in volumes}
+    by_spacing = defaultdict(list)
+    for v, g in geometry.items():
+        by_spacing[(tuple(round(x, 3) for x in g["spacing"]), g["orientation"])].append(v)
+    for (spacing, orientation), vs in sorted(by_spacing.items(), key=lambda kv: -len(kv[1])):
+        add = f" ({len(vs)} volumes, e.g. {vs[0]})" if len(vs) > 1 else f" ({vs[0]})"
+        report.findings.append(Finding("info", "volume_geometry", f"spacing {_mm(spacing)} mm, "
+                                       f"stored orientation {orientation}{add}", tuple(vs)))
+    gaps = [(v, g["slice_gaps"]) for v, g in geometry.items() if g["slice_gaps"]]
+    if gaps:
+        low, high = min(g[0] for _, g in gaps), max(g[1] for _, g in gaps)
+        report.findings.append(Finding("info", "slice_gaps", f"{len(gaps)} DICOM series, slice "
+                                       f"gaps {low:.3g}-{high:.3g} mm", tuple(v for v, _ in gaps)))
+    spacings = {s for s, _ in by_spacing}
+    if len(spacings) > 1:
+        report.findings.append(Finding("warning", "mixed_spacing", f"{len(spacings)} different "
+                                       "voxel spacings across volumes", tuple(volumes)))
 
 
 def _check_split(report: CheckReport, split: Split, relpaths: list[str], clusters: np.ndarray,

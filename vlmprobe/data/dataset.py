@@ -17,7 +17,8 @@ from .decode import (FLOAT_PIPELINE, INTENSITIES, INTENSITY_PIPELINE, NPZ_FLOAT_
                      require_pydicom, sample_file, sample_kind)
 from .loaders import LOADERS, MEDMNIST_SIZES, Sample, assign_groups, join_metadata, manifest_classes
 from .own import is_own_spec, own_entry
-from .volumes import expand_volumes, is_nifti, volume_pipeline
+from .volumes import (VOLUME_MODES, WHOLE_VOLUME_PIPELINE, expand_volumes, is_nifti,
+                      volume_pipeline)
 
 DATA_ENV = "VLMPROBE_DATA"
 
@@ -117,7 +118,8 @@ class ImageDataset:
         parts = {"raster": FLOAT_PIPELINE if as_float else INTENSITY_PIPELINE,
                  "npz": NPZ_FLOAT_PIPELINE if as_float else NPZ_PIPELINE,
                  "dicom": dicom_pipeline(self.entry.dicom_window, self.entry.intensity),
-                 "volume": volume_pipeline(self.entry.dicom_window, self.entry.intensity)}
+                 "volume": volume_pipeline(self.entry.dicom_window, self.entry.intensity),
+                 "volume3d": WHOLE_VOLUME_PIPELINE}
         return " + ".join(v for k, v in parts.items() if k in kinds)
 
 
@@ -126,7 +128,8 @@ def dataset_options(label_level: int | None = None, classes: str | list[str] | N
                     intensity: str | None = None, *, name: str | None = None,
                     path_column: str | None = None, label_column: str | None = None,
                     group_column: str | None = None, meta_columns: str | list[str] | None = None,
-                    slice_step: int | None = None, dicom_series: bool | None = None) -> dict:
+                    slice_step: int | None = None, dicom_series: bool | None = None,
+                    volume: str | None = None) -> dict:
     """:func:`load_dataset` options from command-line values (None: the entry's default).
 
     ``classes`` and ``meta_columns`` may be comma lists ("a,b"); these choices define what a
@@ -139,7 +142,7 @@ def dataset_options(label_level: int | None = None, classes: str | list[str] | N
             "dicom_window": dicom_window, "intensity": intensity, "name": name,
             "path_column": path_column, "label_column": label_column,
             "group_column": group_column, "metadata_columns": meta_columns,
-            "slice_step": slice_step, "dicom_series": dicom_series or None}
+            "slice_step": slice_step, "dicom_series": dicom_series or None, "volume": volume}
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -223,6 +226,10 @@ def load_dataset(dataset: str | DatasetEntry, root: str | Path | None = None, *,
     if not isinstance(entry.slice_step, int) or entry.slice_step < 1:
         raise VlmprobeError(f"slice_step {entry.slice_step!r}: give a positive integer (every "
                             "k-th axial slice of a volume).")
+    if entry.volume not in VOLUME_MODES:
+        raise VlmprobeError(f"volume {entry.volume!r}: choose one of {', '.join(VOLUME_MODES)} "
+                            "(slices: axial 2-D samples; whole: one sample per volume, for 3-D "
+                            "encoders).")
     if is_own_spec(dataset) and entry.layout == "imagefolder" and root is not None \
             and Path(root).expanduser().resolve() != Path(entry.root):
         raise VlmprobeError(f"{dataset} names its folder already; leave out --root {root} (or "
@@ -255,7 +262,8 @@ def load_dataset(dataset: str | DatasetEntry, root: str | Path | None = None, *,
     if not samples:
         raise VlmprobeError(f"No images of classes {entry.class_subset} under {root}.")
     dicom = next((s.relpath for s in samples if sample_kind(s.relpath) == "dicom"
-                  or sample_kind(s.relpath) == "volume" and not is_nifti(sample_file(s.relpath))),
+                  or sample_kind(s.relpath) in ("volume", "volume3d")
+                  and not is_nifti(sample_file(s.relpath))),
                  None)
     if dicom is not None:
         require_pydicom(root / sample_file(dicom))

@@ -38,6 +38,7 @@ INTENSITIES = ("8bit", "float")
 
 MEMBER_SEP = "#"  # "<file>.npz#train_images/17": the file, then the array key and index inside it
 AXIAL = "axial"  # "<volume>#axial/12": an axial slice of a NIfTI file or DICOM series folder
+WHOLE = "volume"  # "<volume>#volume": the whole volume, one sample for a 3-D encoder
 
 
 # -- decoding and fingerprints ---------------------------------------------------------------
@@ -46,9 +47,17 @@ def sample_file(relpath: str) -> str:
     return relpath.split(MEMBER_SEP, 1)[0]
 
 
+def whole_volume_file(relpath: str) -> str | None:
+    """The NIfTI file or series folder of a whole-volume sample, None for any other sample."""
+    return relpath.removesuffix(MEMBER_SEP + WHOLE) if relpath.endswith(MEMBER_SEP + WHOLE) \
+        else None
+
+
 def sample_kind(relpath: str) -> str:
     if f"{MEMBER_SEP}{AXIAL}/" in relpath:
         return "volume"
+    if whole_volume_file(relpath) is not None:
+        return "volume3d"
     suffix = Path(sample_file(relpath)).suffix.lower()
     # a file without a suffix is listed only if it is a DICOM (:func:`is_dicom_file`)
     return {".npz": "npz", ".dcm": "dicom", "": "dicom"}.get(suffix, "raster")
@@ -74,6 +83,10 @@ def read_sample(root: Path, relpath: str, dicom_window: str = "tags",
         from .volumes import read_slice  # nibabel only where volumes are read
 
         return read_slice(Path(root), relpath, dicom_window, intensity)
+    if sample_kind(relpath) == "volume3d":
+        from .volumes import load_volume
+
+        return load_volume(Path(root) / whole_volume_file(relpath))
     file, member = relpath.split(MEMBER_SEP, 1)
     key, index = member.rsplit("/", 1)
     return _as_intensity(Image.fromarray(_npz_array(root / file, key)[int(index)]), intensity)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..registry import DatasetEntry
 from ..validation import VlmprobeError
-from .decode import MEMBER_SEP, sample_file
+from .decode import MEMBER_SEP, sample_file, whole_volume_file
 from .own import is_image_file
 
 MEDMNIST_SIZES = (28, 64, 128, 224)
@@ -226,6 +226,14 @@ def _medmnist_file(entry: DatasetEntry, root: Path) -> Path:
                         f"for {entry.name}: {entry.layout_help}; or choose another size.")
 
 
+def _metadata_row(rows: dict, sample: Sample, key: str) -> dict:
+    """The CSV row of ``sample``: by relpath (or, for a whole volume, its file or series folder),
+    else by the sample's own ``key`` column."""
+    if key != "path":
+        return rows.get(sample.metadata.get(key, ""), {})
+    return rows.get(sample.relpath) or rows.get(whole_volume_file(sample.relpath), {})
+
+
 def join_metadata(samples: list[Sample], csv_path: Path, key: str = "path") -> list[Sample]:
     """Add the columns of a CSV to each sample, matched on ``key``: the relpath for ``path``,
     else the sample's manifest column of that name (ISIC's ``image`` id)."""
@@ -236,8 +244,7 @@ def join_metadata(samples: list[Sample], csv_path: Path, key: str = "path") -> l
         raise VlmprobeError(f"Metadata file {csv_path} is unreadable or has no {key!r} column "
                             f"({e!r}); fix or remove it.") from None
     return [replace(s, metadata={**s.metadata, **{
-        k: v for k, v in rows.get(s.relpath if key == "path" else s.metadata.get(key, ""),
-                                  {}).items() if k != "label"}})
+        k: v for k, v in _metadata_row(rows, s, key).items() if k != "label"}})
             for s in samples]
 
 

@@ -11,19 +11,21 @@ volume, so grouped splits never put two slices of one scan on both sides.
 The window comes from the dataset entry (``dicom_window``): "tags" is the series' first file's
 WindowCenter/Width (a NIfTI has none: the volume's min-max), "minmax" the volume's min-max,
 "C,W" fixed; then as :func:`vlmprobe.data.decode.read_dicom` (linear window, 8-bit RGB or
-float). Whole volumes as samples (3-D CT encoders) can reuse :func:`read_volume`.
+float). Whole volumes (3-D CT encoders) are read by :func:`load_volume`: the same RAS array in
+Hounsfield units with its affine, so the model's own resampling sees the true voxel spacing.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..validation import VlmprobeError
-from .decode import (AXIAL, MEMBER_SEP, _as_intensity, _series_files, apply_window, fixed_window,
-                     minmax_window, require_pydicom, window_tags)
+from .decode import (AXIAL, MEMBER_SEP, WHOLE, _as_intensity, _series_files, apply_window,
+                     fixed_window, minmax_window, require_pydicom, window_tags)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: what installs nibabel (pyproject's ``volumes`` extra)
@@ -115,9 +117,17 @@ def _series_affine(headers: list) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS (DICOM) -> RAS (NIfTI)
 
 
+#: what every whole-volume sample goes through before the model's own transform
+WHOLE_VOLUME_PIPELINE = ("whole volume: NIfTI (nibabel) or DICOM series (sorted by position, "
+                         "evenly spaced, per-file rescale) -> closest RAS, float32 values (HU) "
+                         "with the voxel-to-RAS affine -> the 3-D model's own transform")
+VOLUME_MODES = ("slices", "whole")
+
+
 def expand_volumes(entry, root: Path, samples: list) -> list:
     """Each NIfTI sample, and with ``entry.dicom_series`` each folder of .dcm samples, replaced
-    by its axial slices (every ``entry.slice_step``-th), grouped by volume."""
+    by its axial slices (every ``entry.slice_step``-th), grouped by volume; with ``entry.volume``
+    "whole", by one sample ``<volume>#volume`` (a 3-D encoder's input)."""
     step = entry.slice_step
     series: dict[str, list] = {}
     out = []
@@ -136,21 +146,122 @@ def expand_volumes(entry, root: Path, samples: list) -> list:
         if volume is None:
             expanded.append(s)
             continue
-        if n is None:  # a DICOM series
-            members = series[volume]
+        members = series.get(volume, [s])  # a DICOM series' files, or the NIfTI sample
+        if len(members) > 1:
             labels = {m.label for m in members}
             if len(labels) > 1:
                 odd = next(m for m in members if m.label != s.label)
                 raise VlmprobeError(f"{root / volume} is one DICOM series but its files carry "
                                     f"different labels ({s.relpath}: {s.label}, {odd.relpath}: "
                                     f"{odd.label}); a series has one label.")
+        if n is None:
             headers = _series_headers(root / volume, [root / m.relpath for m in members])
+            if entry.volume == "whole":
+                check_slice_gaps(root / volume, headers)
             n = _axial_count((int(headers[0].Columns), int(headers[0].Rows), len(headers)),
                              _series_affine(headers))
+        if entry.volume == "whole":
+            expanded.append(replace(s, relpath=f"{volume}{MEMBER_SEP}{WHOLE}"))
+            continue
         group = s.metadata.get("group") or volume
         expanded += [replace(s, relpath=f"{volume}{MEMBER_SEP}{AXIAL}/{k}",
                              metadata={**s.metadata, "group": group}) for k in range(0, n, step)]
     return expanded
+
+
+def slice_gaps(headers: list) -> np.ndarray:
+    """Distances (mm) between consecutive slices of a sorted series, along the slice normal."""
+    orient = np.asarray(headers[0].ImageOrientationPatient, float)
+    normal = np.cross(orient[:3], orient[3:])
+    return np.diff([float(np.dot(normal, np.asarray(h.ImagePositionPatient, float)))
+                    for h in headers])
+
+
+def check_slice_gaps(folder: Path, headers: list, tolerance: float = 0.01) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing slice, two slices at one
+    position, mixed spacings): its affine would stretch the volume silently."""
+    gaps = slice_gaps(headers)
+    if not len(gaps):
+        return
+    step = float(np.median(gaps))
+    bad = np.flatnonzero(np.abs(gaps - step) > tolerance * max(abs(step), 1e-6))
+    if len(bad):
+        i = int(bad[0])
+        raise VlmprobeError(
+            f"{folder}: slices are not evenly spaced: {Path(headers[i].filename).name} -> "
+            f"{Path(headers[i + 1].filename).name} is {gaps[i]:.3g} mm apart, the series' step is "
+            f"{step:.3g} mm ({len(bad)} uneven gap(s)); a slice is missing or the folder mixes "
+            "spacings. Export the complete series, one spacing per folder.")
+
+
+def volume_geometry(path: Path) -> dict:
+    """What ``datasets check`` reports of a volume, from its headers only: voxels, spacing (mm),
+    the stored orientation (nibabel axis codes, e.g. LPS) and, for a DICOM series, the smallest
+    and largest gap between consecutive slices."""
+    import nibabel.orientations as orientations
+
+    nib = require_nibabel(path)
+    if path.is_dir():
+        headers = _series_headers(path, _series_files(path))
+        affine = _series_affine(headers)
+        shape = (int(headers[0].Columns), int(headers[0].Rows), len(headers))
+        gaps = slice_gaps(headers)
+        gap_range = (float(gaps.min()), float(gaps.max())) if len(gaps) else None
+    else:
+        img = nib.load(path)
+        affine, shape, gap_range = img.affine, tuple(int(n) for n in img.shape[:3]), None
+    return {"shape": shape, "spacing": tuple(float(v) for v in
+                                             np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)),
+            "orientation": "".join(orientations.aff2axcodes(affine)), "slice_gaps": gap_range}
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A whole volume as a 3-D encoder reads it: float32 values (Hounsfield units for CT) in
+    the closest RAS orientation, and the voxel -> RAS millimetre affine."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    source: str
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    def middle_slice(self) -> Image.Image:
+        """The middle axial slice, min-max windowed to 8-bit grey (what duplicate checks hash)."""
+        plane = self.array[::-1, ::-1, self.array.shape[2] // 2].T
+        return Image.fromarray(np.round(apply_window(plane, *minmax_window(plane)) * 255)
+                               .astype(np.uint8))
+
+
+def _canonical_image(path: Path):
+    """(nibabel image in the closest RAS orientation, the series' first window tags or None,
+    whether it is MONOCHROME1), from a NIfTI file or a DICOM series folder."""
+    nib = require_nibabel(path)
+    if path.is_dir():
+        pydicom = require_pydicom(path)
+        from pydicom.pixels import apply_rescale
+
+        headers = _series_headers(path, _series_files(path))
+        check_slice_gaps(path, headers)
+        planes = [apply_rescale(pydicom.dcmread(h.filename).pixel_array, h).astype(np.float32).T
+                  for h in headers]
+        tags = window_tags(headers[0])
+        inverted = headers[0].get("PhotometricInterpretation", "") == "MONOCHROME1"
+        img = nib.Nifti1Image(np.stack(planes, axis=2), _series_affine(headers))
+    else:
+        try:
+            img = nib.load(path)
+        except Exception as e:  # noqa: BLE001 — nibabel's many ways of saying "not a NIfTI"
+            raise VlmprobeError(f"{path} is not a readable NIfTI file ({e}).") from None
+        tags, inverted = None, False
+        if img.ndim == 4 and img.shape[3] == 1:
+            img = img.slicer[..., 0]
+        if img.ndim != 3:
+            raise VlmprobeError(f"{path} has shape {img.shape}, not a 3-D volume. Split a 4-D "
+                                "series into 3-D files first.")
+    return nib.as_closest_canonical(img), tags, inverted
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -159,22 +270,15 @@ def read_volume(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, boo
     """(float32 volume in the closest RAS orientation, the series' first window tags or None,
     whether it is MONOCHROME1). Kept for the next slice: workers read a volume's slices one
     after another."""
-    nib = require_nibabel(path)
-    if path.is_dir():
-        pydicom = require_pydicom(path)
-        from pydicom.pixels import apply_rescale
+    img, tags, inverted = _canonical_image(path)
+    return np.asarray(img.get_fdata(dtype=np.float32)), tags, inverted
 
-        headers = _series_headers(path, _series_files(path))
-        planes = [apply_rescale(pydicom.dcmread(h.filename).pixel_array, h).astype(np.float32).T
-                  for h in headers]
-        tags = window_tags(headers[0])
-        inverted = headers[0].get("PhotometricInterpretation", "") == "MONOCHROME1"
-        img = nib.Nifti1Image(np.stack(planes, axis=2), _series_affine(headers))
-    else:
-        img, tags, inverted = nib.load(path), None, False
-        if img.ndim == 4:
-            img = img.slicer[..., 0]
-    return np.asarray(nib.as_closest_canonical(img).get_fdata(dtype=np.float32)), tags, inverted
+
+def load_volume(path: Path) -> Volume:
+    """The whole volume at ``path`` (NIfTI file or DICOM series folder) for a 3-D encoder."""
+    img, _, _ = _canonical_image(Path(path))
+    return Volume(np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine, float),
+                  str(path))
 
 
 def read_slice(root: Path, relpath: str, window: str = "tags", intensity: str = "8bit"):

@@ -12,6 +12,7 @@ from ..validation import VlmprobeError, unknown_key_error
 from . import (  # noqa: F401  (the families register themselves on import)
     hf_family,
     llava_family,
+    merlin_family,
     open_clip_family,
     pixels_family,
     timm_family,

@@ -31,6 +31,7 @@ import torch
 from ..cache import Cache, cache_dir, cache_key, cache_path, read_cache, read_cache_key, write_cache
 from ..cache.chunks import Chunk, ChunkWriter, WorkDir, WriterLock, chunk_batches
 from ..data import ImageDataset, load_dataset
+from ..data.decode import sample_kind
 from ..devices import torch_threads
 from ..encoders import Encoder, load_encoder
 from ..encoders.transforms import fast_transform, input_transform
@@ -210,6 +211,22 @@ class _Request:
         return [self.entry.tap, *self.extra_taps]
 
 
+def check_input_kind(entry: ModelEntry, data: ImageDataset) -> None:
+    """A 3-D encoder takes whole volumes only and a 2-D encoder none: refused before the model
+    loads, so nothing is computed or written for a pairing that cannot work."""
+    whole = [s.relpath for s in data.samples if sample_kind(s.relpath) == "volume3d"]
+    if entry.preprocess.is_volume and len(whole) < len(data):
+        other = next(s.relpath for s in data.samples if sample_kind(s.relpath) != "volume3d")
+        raise VlmprobeError(f"Model {entry.name!r} is a 3-D CT encoder and reads whole volumes, "
+                            f"but {data.root / other} is a 2-D sample of {data.entry.name!r}. "
+                            "Give the dataset `volume: whole` (NIfTI files or DICOM series "
+                            "folders), or use a 2-D model.")
+    if whole and not entry.preprocess.is_volume:
+        raise VlmprobeError(f"Model {entry.name!r} reads 2-D images, but {data.root / whole[0]} "
+                            f"is a whole volume ({data.entry.name!r} has `volume: whole`). Use a "
+                            "3-D encoder (merlin, astra), or `volume: slices` for axial slices.")
+
+
 def _request(model: str | ModelEntry, dataset: str | DatasetEntry | ImageDataset, root, out,
              cfg: ExtractConfig, dataset_options: dict | None, trust_remote_code: bool | None,
              prof: Profile, registry=(), datasets=()) -> _Request:
@@ -222,6 +239,7 @@ def _request(model: str | ModelEntry, dataset: str | DatasetEntry | ImageDataset
             data = dataset
         else:
             data = load_dataset(dataset, root, datasets=datasets, **(dataset_options or {}))
+    check_input_kind(entry, data)
     final = cache_path(cache_dir(out), data.entry.name, entry.name, data.cache_view)
     part = parse_shard(cfg.shard)
     if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):

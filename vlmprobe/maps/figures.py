@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..cache import Cache
 from ..data import MEMBER_SEP, images_root, read_image, read_sample, sample_file
+from ..data.volumes import Volume
 from ..figures import save_figure, styled
 from ..provenance import provenance
 from .config import seed_text
@@ -110,6 +111,8 @@ def read_thumbnails(cache: Cache, indices, root: Path | None = None,
         except Exception:  # noqa: BLE001 - a missing or unreadable image costs its thumbnail only
             missing.append(str(folder / sample_file(rel)))
             continue
+        if isinstance(image, Volume):  # a whole volume: its middle axial slice
+            image = image.middle_slice().convert("RGB")
         image.thumbnail((px, px))
         out[int(i)] = image
     if missing:

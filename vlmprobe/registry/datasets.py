@@ -67,6 +67,9 @@ class DatasetEntry:
     # files as one series, are read as axial slices after RAS orientation, every slice_step-th.
     slice_step: int = 1
     dicom_series: bool = False
+    # "slices" (the default: axial 2-D samples) or "whole": each volume one sample, read by
+    # vlmprobe.data.volumes.load_volume for a 3-D encoder (one embedding per volume)
+    volume: str = "slices"
     #: where the images are when no --root is given (an own dataset's folder; a user entry may
     #: set it); else $VLMPROBE_DATA/<name>
     root: str | None = None

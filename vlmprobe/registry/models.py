@@ -46,8 +46,27 @@ class PreprocessCfg:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     pad_color: tuple[int, int, int] = (0, 0, 0)
+    #: 3-D encoders (CT volumes): voxel spacing in mm after resampling (RAS x, y, z), the HU
+    #: window scaled to [0, 1], and the fixed input the volume is padded and centre-cropped to
+    spacing: tuple[float, float, float] | None = None
+    hu_window: tuple[float, float] | None = None
+    volume_size: tuple[int, int, int] | None = None
 
     RESIZE_MODES = ("shortest", "squash", "pad_square", "longest_pad")
+    #: the volume fields, left out of :meth:`to_dict` when unset so 2-D entries keep their keys
+    VOLUME_FIELDS = ("spacing", "hu_window", "volume_size")
+
+    @property
+    def is_volume(self) -> bool:
+        """The model reads whole 3-D volumes, not 2-D images."""
+        return self.volume_size is not None
+
+    @property
+    def summary(self) -> str:
+        """The input in a few words: ``224 shortest``, or a volume's ``224x224x160 CT volume``."""
+        if self.is_volume:
+            return "x".join(map(str, self.volume_size)) + " CT volume"
+        return f"{self.image_size} {self.resize}"
 
     @property
     def crop_pct(self) -> float:
@@ -56,6 +75,9 @@ class PreprocessCfg:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["resize_size"] = self.resize_size or self.image_size
+        for key in self.VOLUME_FIELDS:
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -133,7 +155,7 @@ def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
                                 f"{sorted(_NAMED_STATS)} or give mean/std explicitly.")
         raw.setdefault("mean", _NAMED_STATS[stats][0])
         raw.setdefault("std", _NAMED_STATS[stats][1])
-    for key in ("mean", "std", "pad_color"):
+    for key in ("mean", "std", "pad_color", "spacing", "hu_window", "volume_size"):
         if key in raw:
             raw[key] = tuple(raw[key])
     check_field_types(PreprocessCfg, where, name, raw)
@@ -141,6 +163,11 @@ def _parse_preprocess(name: str, raw: dict, where: Path) -> PreprocessCfg:
         cfg = PreprocessCfg(**raw)
     except TypeError as e:
         raise VlmprobeError(f"{where}: model {name!r} has a bad preprocess block ({e}).") from None
+    volume = [k for k in PreprocessCfg.VOLUME_FIELDS if getattr(cfg, k) is not None]
+    if volume and len(volume) != len(PreprocessCfg.VOLUME_FIELDS):
+        raise VlmprobeError(f"{where}: model {name!r} gives preprocess {', '.join(volume)} but a "
+                            "volume model needs all of "
+                            f"{', '.join(PreprocessCfg.VOLUME_FIELDS)}.")
     if cfg.resize not in PreprocessCfg.RESIZE_MODES:
         raise VlmprobeError(f"{where}: model {name!r} has preprocess.resize={cfg.resize!r}; "
                             f"valid: {', '.join(PreprocessCfg.RESIZE_MODES)}.")
@@ -228,9 +255,8 @@ def markdown_table(entries: dict[str, ModelEntry] | None = None) -> str:
     rows = ["| model | family | source | tap | dim | input | licence | gated | remote code |",
             "|---|---|---|---|---|---|---|---|---|"]
     for e in entries.values():
-        p = e.preprocess
         rows.append(f"| `{e.name}`{' (medical)' if e.medical else ''} | {e.family} | "
-                    f"`{e.source}` | {e.tap} | {e.embed_dim} | {p.image_size} {p.resize} | "
+                    f"`{e.source}` | {e.tap} | {e.embed_dim} | {e.preprocess.summary} | "
                     f"{e.licence} | {'yes' if e.gated else ''} | "
                     f"{'yes' if e.trust_remote_code else ''} |")
     return "\n".join(rows)

@@ -16,6 +16,7 @@ from PIL import Image
 from ..cache import Cache, stage_dir, stage_inputs
 from ..cache.chunks import write_atomic, written_beside
 from ..data import file_digest, images_root, read_sample, sample_file
+from ..data.decode import whole_volume_file
 from ..data.splits import read_split
 from ..encoders.transforms import input_transform
 from ..extraction.batches import check_precision, precision_autocast
@@ -392,6 +393,11 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     ``trust_remote_code``: the user's opt-in for entries that run hub code (as in extract).
     """
     cfg.check()
+    if any(whole_volume_file(r) is not None for r in cache.relpaths[:1]):
+        raise VlmprobeError(f"{cache.path} holds whole volumes: `vlmprobe rise` explains 2-D "
+                            "images. For a volume, call vlmprobe.rise.rise_saliency on its "
+                            "transformed tensor [1, X, Y, Z] (3-D masks; each mask is a full "
+                            "forward, so use a GPU) and vlmprobe.rise.volumes to save and draw it.")
     ex = _explainer(cache, cfg, labels, target, root, device, out, text_box_file, detect_text,
                     causal_steps, trust_remote_code)
     picked = choose_images(cache, ex.probes[0], choice, cfg.seed, ex.test)

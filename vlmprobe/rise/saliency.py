@@ -83,7 +83,7 @@ class RiseConfig:
         image, and cost memory); on a GPU 256 images of 224 x 224 px, scaled by pixel count."""
         if self.batch_size is not None:
             return self
-        n = 64 if device.type == "cpu" else max(16, int(256 * 224 * 224 / (size[0] * size[1])))
+        n = 64 if device.type == "cpu" else max(16, int(256 * 224 * 224 / math.prod(size)))
         return replace(self, batch_size=n)
 
 
@@ -96,7 +96,7 @@ class RiseResult:
     :meth:`centred` removes it exactly, which is what mass-based metrics need.
     """
 
-    saliency: np.ndarray      # float32 [C, H, W]
+    saliency: np.ndarray      # float32 [C, H, W] ([C, X, Y, Z] for a volume)
     split_half_r: np.ndarray  # float64 [C], NaN where a half-map is constant
     n_masks: int
     config: dict
@@ -107,12 +107,14 @@ class RiseResult:
     def centred(self) -> np.ndarray:
         """sum_i (score_c,i - mean score_c) mask_i / (N p): > 0 where keeping a pixel raises the
         score above its average under masking, < 0 where it lowers it."""
-        return (self.saliency - self.mean_score[:, None, None] * self.coverage).astype(np.float32)
+        offset = self.mean_score.reshape(-1, *(1,) * self.coverage.ndim) * self.coverage
+        return (self.saliency - offset).astype(np.float32)
 
 
-def iter_masks(cfg: RiseConfig, size: tuple[int, int],
+def iter_masks(cfg: RiseConfig, size: tuple[int, ...],
                device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
-    """Yield float masks [b, 1, H, W] in [0, 1], b <= batch_size, n_masks in all, on ``device``.
+    """Yield float masks [b, 1, H, W] in [0, 1], b <= batch_size, n_masks in all, on ``device``;
+    for a 3-D ``size`` (a volume) masks [b, 1, X, Y, Z] from s x s x s grids, the same estimator.
 
     Petsiuk et al.: a binary s x s grid with keep probability p, bilinearly upsampled to
     (s + 1) * ceil(H / s) per axis and cropped to H x W at a random shift within one cell, so the
@@ -126,18 +128,24 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, int],
     masks on every device); the chunks are built on ``device``, one at a time.
     """
     device = torch.device(device)
+    if len(size) not in (2, 3):
+        raise VlmprobeError(f"RISE masks are 2-D or 3-D; got a size of {len(size)} axes {size}.")
     cfg = cfg.check().resolved(device, size)
-    h, w = size
-    cell = (math.ceil(h / cfg.s), math.ceil(w / cfg.s))
+    cell = [math.ceil(n / cfg.s) for n in size]
     gen = torch.Generator().manual_seed(cfg.seed)
-    grids = (torch.rand(cfg.n_masks, cfg.s, cfg.s, generator=gen) < cfg.p).float()
-    dy = torch.randint(0, cell[0], (cfg.n_masks, 1), generator=gen) + torch.arange(h)
-    dx = torch.randint(0, cell[1], (cfg.n_masks, 1), generator=gen) + torch.arange(w)
-    ry, rx = (_upsampling_matrix(cfg.s, (cfg.s + 1) * c) for c in cell)
-    grids, dy, dx, ry, rx = (t.to(device) for t in (grids, dy, dx, ry, rx))
+    grids = (torch.rand(cfg.n_masks, *(cfg.s,) * len(size), generator=gen) < cfg.p).float()
+    shifts = [torch.randint(0, c, (cfg.n_masks, 1), generator=gen) + torch.arange(n)
+              for c, n in zip(cell, size)]
+    resize = [_upsampling_matrix(cfg.s, (cfg.s + 1) * c) for c in cell]
+    grids, shifts, resize = grids.to(device), [t.to(device) for t in shifts], \
+        [t.to(device) for t in resize]
     for start in range(0, cfg.n_masks, cfg.batch_size):
         b = slice(start, start + cfg.batch_size)
-        masks = ry[dy[b]] @ grids[b] @ rx[dx[b]].transpose(1, 2)
+        rows = [r[d[b]] for r, d in zip(resize, shifts)]  # per axis [b, n, s]
+        if len(size) == 2:
+            masks = rows[0] @ grids[b] @ rows[1].transpose(1, 2)
+        else:
+            masks = torch.einsum("bxi,byj,bzk,bijk->bxyz", *rows, grids[b])
         yield masks.clamp_(0, 1)[:, None]  # float rounding can overshoot 1 by an ulp
 
 
@@ -175,8 +183,12 @@ def gaussian_blur(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _fill(cfg: RiseConfig, fill_value, pixels: torch.Tensor) -> torch.Tensor:
-    """What masked pixels take (normalized space): a per-channel value [3, 1, 1], or for
-    ``fill="blur"`` the blurred image [3, H, W]."""
+    """What masked pixels take (normalized space): a per-channel value [3, 1, 1] ([C, 1, 1, 1]
+    for a volume), or for ``fill="blur"`` the blurred image [3, H, W]."""
+    ones = (1,) * (pixels.ndim - 1)
+    if cfg.fill == "blur" and pixels.ndim != 3:
+        raise VlmprobeError("fill='blur' blurs 2-D images; for a volume use fill='mean' or "
+                            "'black'.")
     if cfg.fill in ("mean", "blur"):
         if fill_value is not None:
             raise VlmprobeError(f"fill_value is only used with fill='black'; with fill="
@@ -184,11 +196,11 @@ def _fill(cfg: RiseConfig, fill_value, pixels: torch.Tensor) -> torch.Tensor:
                                 "space) or the blurred image.")
         if cfg.fill == "blur":
             return gaussian_blur(pixels, blur_sigma_px(cfg, tuple(pixels.shape[1:])))
-        return torch.zeros(pixels.shape[0], 1, 1, dtype=pixels.dtype, device=pixels.device)
+        return torch.zeros(pixels.shape[0], *ones, dtype=pixels.dtype, device=pixels.device)
     if fill_value is None:
         raise VlmprobeError("fill='black' needs fill_value: the normalized value of a raw 0 pixel, "
                             "(0 - mean) / std per channel of the model's preprocessing.")
-    value = torch.as_tensor(fill_value, dtype=pixels.dtype, device=pixels.device).reshape(-1, 1, 1)
+    value = torch.as_tensor(fill_value, dtype=pixels.dtype, device=pixels.device).reshape(-1, *ones)
     if value.shape[0] not in (1, pixels.shape[0]):
         raise VlmprobeError(f"fill_value must have 1 or {pixels.shape[0]} values (one per "
                             f"channel); got {value.shape[0]}.")
@@ -219,8 +231,9 @@ def _scorer(score_fn: ScoreFn, cfg: RiseConfig,
 
 
 def _check_pixels(pixels: torch.Tensor) -> None:
-    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 3:
-        raise VlmprobeError("pixels must be one preprocessed image, a tensor [3, H, W]; got "
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim not in (3, 4):
+        raise VlmprobeError("pixels must be one preprocessed image, a tensor [3, H, W], or one "
+                            "volume [C, X, Y, Z]; got "
                             f"{getattr(pixels, 'shape', type(pixels).__name__)}.")
 
 
@@ -233,7 +246,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = RiseConfig(),
                   fill_value=None, progress: Callable[[int], None] | None = None,
                   groups: Sequence[int] | None = None) -> RiseResult:
-    """RISE maps of one preprocessed image [3, H, W] for every class ``score_fn`` returns.
+    """RISE maps of one preprocessed image [3, H, W] (or volume [C, X, Y, Z], with 3-D masks)
+    for every class ``score_fn`` returns.
 
     masked_i = pixels * mask_i + fill * (1 - mask_i); saliency_c = sum_i score_c(masked_i) *
     mask_i / (N p). ``progress(n)`` is called with the number of masks just scored (a
@@ -245,18 +259,18 @@ def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = Ris
     """
     cfg.check()
     _check_pixels(pixels)
-    cfg = cfg.resolved(pixels.device, tuple(pixels.shape[1:]))
+    size = tuple(pixels.shape[1:])
+    cfg = cfg.resolved(pixels.device, size)
     fill = _fill(cfg, fill_value, pixels)
     scores = _scorer(score_fn, cfg, groups)
-    _, h, w = pixels.shape
     dev = pixels.device
     base = scores(pixels[None])[0].cpu()
     # per half k of the masks: sum_i s_i mask_i, sum_i s_i, sum_i mask_i (float64, on the device)
-    sm = torch.zeros(2, base.numel(), h * w, dtype=torch.float64, device=dev)
+    sm = torch.zeros(2, base.numel(), math.prod(size), dtype=torch.float64, device=dev)
     s_sum = torch.zeros(2, base.numel(), dtype=torch.float64, device=dev)
-    m_sum = torch.zeros(2, h * w, dtype=torch.float64, device=dev)
+    m_sum = torch.zeros(2, math.prod(size), dtype=torch.float64, device=dev)
     done = 0
-    for masks in iter_masks(cfg, (h, w), dev):
+    for masks in iter_masks(cfg, size, dev):
         s = scores(((pixels - fill) * masks.to(pixels.dtype)).add_(fill)).to(dev)  # [b, C]
         flat = masks.reshape(len(masks), -1).double()              # [b, H*W]
         cut = min(max(cfg.n_masks // 2 - done, 0), len(masks))     # first index of half 2
@@ -273,11 +287,11 @@ def rise_saliency(score_fn: ScoreFn, pixels: torch.Tensor, cfg: RiseConfig = Ris
     r = np.array([_pearson(centred_halves[0, c].numpy(), centred_halves[1, c].numpy())
                   for c in range(base.numel())])
     norm = cfg.n_masks * cfg.p
-    return RiseResult(saliency=(sm.sum(0) / norm).reshape(-1, h, w).numpy().astype(np.float32),
+    return RiseResult(saliency=(sm.sum(0) / norm).reshape(-1, *size).numpy().astype(np.float32),
                       split_half_r=r, n_masks=cfg.n_masks,
                       config=cfg.to_dict() | _fill_record(cfg, fill),
                       base_scores=base.numpy(), mean_score=(s_sum.sum(0) / cfg.n_masks).numpy(),
-                      coverage=(m_sum.sum(0) / norm).reshape(h, w).numpy().astype(np.float32))
+                      coverage=(m_sum.sum(0) / norm).reshape(size).numpy().astype(np.float32))
 
 
 def _fill_record(cfg: RiseConfig, fill: torch.Tensor) -> dict:

@@ -7,7 +7,7 @@ text box, lesion geometry, mask) and ``phantom.json`` (generator, version, every
 
 Modules: :mod:`.breastus` (BUSI, with the burnt-in word), :mod:`.study` (the other seven
 datasets, with a site mark), :mod:`.ctdicom` (DICOM whose class shows only inside a window),
-:mod:`.common` (what they share).
+:mod:`.ct3d` (whole CT volumes, NIfTI and DICOM series), :mod:`.common` (what they share).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Callable
 from ...validation import VlmprobeError, unknown_key_error
 from .breastus import write_breastus
 from .common import MIN_PER_CLASS
+from .ct3d import write_ct3d
 from .ctdicom import write_ctdicom
 from .study import WRITERS
 
@@ -27,8 +28,8 @@ GENERATOR_VERSION = "1"
 
 #: dataset key -> writer(out, n, seed, r, progress, size, minimum) -> facts for phantom.json
 GENERATORS: dict[str, Callable[..., dict]] = {"breastus": write_breastus, **WRITERS,
-                                              "ctdicom": write_ctdicom}
-DEFAULT_N = {"breastus": 600}  # others: PHANTOM_N, small and fast
+                                              "ctdicom": write_ctdicom, "ct3d": write_ct3d}
+DEFAULT_N = {"breastus": 600, "ct3d": 40}  # others: PHANTOM_N, small and fast
 
 
 PHANTOM_N = 120

@@ -50,8 +50,9 @@ def _ct_hu(rng, lesion: bool, side: int) -> tuple[np.ndarray, dict]:
     return hu, fields
 
 
-def _ct_dicom(hu: np.ndarray, variant: int, path: Path) -> None:
-    """Write ``hu`` as a single-frame CT DICOM in one of :data:`CT_VARIANTS`."""
+def _ct_dicom(hu: np.ndarray, variant: int, path: Path, **tags) -> None:
+    """Write ``hu`` as a single-frame CT DICOM in one of :data:`CT_VARIANTS`; ``tags``: more
+    elements (a series' UIDs and position tags)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
 
@@ -78,6 +79,9 @@ def _ct_dicom(hu: np.ndarray, variant: int, path: Path) -> None:
     ds.PhotometricInterpretation = "MONOCHROME1" if variant == 2 else "MONOCHROME2"
     ds.WindowCenter, ds.WindowWidth = centre, width
     ds.PixelData = stored.tobytes()
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if variant == 3:
         ds.compress(RLELossless, stored, generate_instance_uid=False)  # seeded: same bytes
     ds.save_as(path, enforce_file_format=True)
