@@ -35,7 +35,7 @@ def test_the_demo_study_ends_in_a_summary_of_what_it_found_and_where(tiny_model,
         assert f"The nuisance ({nuisance}) is predictable" in text
     assert text.count("**Where the probes look (RISE, 1 test image(s)") == 2
     page = report.read_text()  # the study's report, beside the summary
-    assert report == tmp_path / "demo" / "report" / "report.html"
+    assert report == tmp_path / "demo" / "report" / "report.html" and f"`{report}`" in text
     assert all(f"<section id=\"audit-{_slug(name)}\">" in page for name in DATASETS)
     assert "declares no nuisance column" not in page  # the demo declares word and site
 

@@ -155,6 +155,10 @@ def summary(record: dict, models: tuple[str, str]) -> str:
               f"- the study: `{record['study_file']}`; its run record (options, versions, "
               f"durations per job): `{Path(record['out']) / 'run_record.json'}`; one log per job "
               f"in `{Path(record['out']) / 'logs'}`"]
+    report = (record["runs"][-1].get("report") or {}).get("html")
+    if report:
+        lines.append(f"- the report (every table, map and saliency figure, the bias audit, CKA "
+                     f"and provenance in one self-contained page): `{report}`")
     lines += [f"- probe table: `{md}` (CSV `{csv}`, full results + provenance "
               f"`{Path(md).with_suffix('.json')}`)" for md, csv in tables.items()]
     lines += where
