@@ -39,6 +39,7 @@ def grid_run(tmp_path_factory):
     return cache, tmp / "umap", pngs
 
 
+@pytest.mark.slow  # 11 s; the kNN module's own tests stay in the fast tier
 def test_sliced_knn_graph_and_map_equal_a_fresh_fit():
     import umap
 
