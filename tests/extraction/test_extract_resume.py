@@ -71,8 +71,11 @@ def test_sigkill_at_several_points_then_rerun_is_bitwise_identical(busi, referen
 
 
 @pytest.mark.slow
-def test_ctrl_c_says_where_to_resume_and_the_rerun_is_bitwise_identical(busi, reference,
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_ctrl_c_says_where_to_resume_and_the_rerun_is_bitwise_identical(busi, reference, workers,
                                                                          tmp_path):
+    """Ctrl-C as a terminal sends it, to the whole foreground process group: with decode workers
+    (``--workers 2``) they are interrupted too, and the run still ends with the resume hint."""
     import signal
     import time
 
@@ -80,17 +83,18 @@ def test_ctrl_c_says_where_to_resume_and_the_rerun_is_bitwise_identical(busi, re
 
     out = tmp_path / "out"
     work = WorkDir(_target(out))
-    p = subprocess.Popen(_cmd(busi, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+    cmd = [*_cmd(busi, out), "--workers", workers]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     deadline = time.monotonic() + 120
     while len(work.done()) < 3:
         assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
         time.sleep(0.002)
-    p.send_signal(signal.SIGINT)
+    os.killpg(p.pid, signal.SIGINT)
     _, err = p.communicate()
     assert p.returncode == 130 and RESUME_HINT in err and "Traceback" not in err, err
     assert not _target(out).exists() and len(work.done()) >= 3
-    done = subprocess.run(_cmd(busi, out), capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0 and "Resuming" in done.stderr, done.stderr
     assert_same_cache(read_cache(_target(out)), reference)
 
