@@ -52,11 +52,13 @@ def load_encoder(model: str | ModelEntry, device: str = "auto",
     return FAMILIES[entry.family](entry, device=torch.device(resolve_device(device))).load()
 
 
-def remote_code_problem(entry: ModelEntry, trust_remote_code: bool | None = None) -> str | None:
+def remote_code_problem(entry: ModelEntry, trust_remote_code: bool | None = None,
+                        locked: bool | None = None) -> str | None:
     """Why ``entry`` may not load now, or None. Hub code runs only when the entry declares it and
     the user opts in, and then only at a known revision (the entry's pinned commit, or the commit
     ``vlmprobe models fetch`` locked), so the code the user read is the code that runs; a local
-    checkpoint (``weights:``) is the user's own code."""
+    checkpoint (``weights:``) is the user's own code. ``locked``: whether the entry has a verified
+    lock, where the caller has read it already (None: read it here)."""
     if not entry.trust_remote_code:
         return None
     if not remote_code_allowed(trust_remote_code):
@@ -67,7 +69,7 @@ def remote_code_problem(entry: ModelEntry, trust_remote_code: bool | None = None
         return None
     from .fetch import lock_name, lock_path, read_lock
 
-    if read_lock(lock_name(entry)) is not None:
+    if locked or (locked is None and read_lock(lock_name(entry)) is not None):
         return None
     return (f"Model {entry.name!r} runs Python code from its hub repo {entry.source}, and vlmprobe "
             "runs hub code only at a known revision (a branch can move under you). Run "

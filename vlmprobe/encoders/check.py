@@ -89,7 +89,7 @@ def check_entry(entry: ModelEntry, trust_remote_code: bool | None = None) -> Che
     locked = _lock_state(entry, result)
     if entry.trust_remote_code and not remote_code_allowed(trust_remote_code):
         result.reasons.append("runs the hub repo's own code: pass --trust-remote-code")
-    elif remote_code_problem(entry, trust_remote_code):
+    elif remote_code_problem(entry, trust_remote_code, locked=locked is not None):
         result.reasons.append("runs the hub repo's own code only at a known revision: "
                               f"`vlmprobe models fetch {entry.name}` locks one")
     if entry.gated and not entry.weights and not locked:  # a verified lock loads from disk

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cache.chunks import write_atomic
 from ..provenance import sha256_file
 from ..registry import ModelEntry
 from ..registry.models import RANDOM_SUFFIX
@@ -149,9 +149,7 @@ def fetch_model(entry: ModelEntry, update: bool = False) -> FetchResult:
                  "huggingface_hub": _hub_version()})
     path = lock_path(lock_name(entry))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(lock, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(lock, indent=2, sort_keys=True) + "\n")
     note = ""
     if old is not None and not update and lock.get("newer"):
         note = (f"the hub has moved on ({lock['newer']}); `vlmprobe models fetch {entry.name} "
