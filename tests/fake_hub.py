@@ -172,6 +172,7 @@ def use_fake_hub(monkeypatch, hub: FakeHub, cache: Path) -> None:
     import huggingface_hub.file_download as file_download
     import transformers.utils.hub as transformers_hub
     from hub_fixtures import use_hub_cache
+    from huggingface_hub.utils import reset_sessions
 
     use_hub_cache(monkeypatch, cache)
     template = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
@@ -183,13 +184,16 @@ def use_fake_hub(monkeypatch, hub: FakeHub, cache: Path) -> None:
     monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(transformers_hub, "_is_offline_mode", False)
+    reset_sessions()  # a session made while offline would refuse every request
 
 
 def go_offline(monkeypatch) -> None:
     """What ``HF_HUB_OFFLINE=1`` does to an imported huggingface_hub and transformers."""
     import huggingface_hub.constants as constants
     import transformers.utils.hub as transformers_hub
+    from huggingface_hub.utils import reset_sessions
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(transformers_hub, "_is_offline_mode", True)
+    reset_sessions()

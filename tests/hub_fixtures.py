@@ -35,10 +35,13 @@ def use_hub_cache(monkeypatch, cache: Path) -> None:
     """Point huggingface_hub and transformers at ``cache``, offline.
 
     Setting the environment alone is not enough once the libraries are imported: both copy
-    HF_HUB_CACHE / HF_HUB_OFFLINE into module constants at import time, so those are patched too.
+    HF_HUB_CACHE / HF_HUB_OFFLINE into module constants at import time, so those are patched too,
+    and huggingface_hub's HTTP sessions (cached per thread, made offline or online as the mode
+    was when they were first used) are dropped.
     """
     import huggingface_hub.constants as hub_constants
     import transformers.utils.hub as transformers_hub
+    from huggingface_hub.utils import reset_sessions
 
     monkeypatch.setenv("HF_HOME", str(cache.parent))
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -47,6 +50,7 @@ def use_hub_cache(monkeypatch, cache: Path) -> None:
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(transformers_hub, "TRANSFORMERS_CACHE", str(cache))
     monkeypatch.setattr(transformers_hub, "_is_offline_mode", True)
+    reset_sessions()
 
 
 def registry_facts_transform(cfg):
