@@ -53,7 +53,7 @@ def compare_models(results: list[ProbeResult], metric: str = "macro_f1") -> list
     return out
 
 
-def _significant_below_best(results: list[ProbeResult], comparisons: list[dict], metric: str):
+def significant_below_best(results: list[ProbeResult], comparisons: list[dict], metric: str):
     """Names per (dataset, label) whose metric is below that column's best with Holm p < 0.05."""
     marked = set()
     for c in comparisons:
@@ -110,7 +110,7 @@ def write_table(results: list[ProbeResult], out_dir: Path, name: str = "probe_re
     md, csv_path, _ = _write_grid(out_dir / name, cols, [[str(r[c]) for c in cols] for r in rows],
                                   notes)
     comparisons = compare_models(results)
-    marked = _significant_below_best(results, comparisons, "macro_f1")
+    marked = significant_below_best(results, comparisons, "macro_f1")
     columns = list(dict.fromkeys((r.dataset, r.label_view) for r in results))
     models = list(dict.fromkeys(r.name for r in results))
     by_key = {(r.name, r.dataset, r.label_view): r for r in results}

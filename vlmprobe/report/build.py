@@ -22,10 +22,10 @@ from ..cache import read_cache
 from ..cache.chunks import write_atomic
 from ..figures import save_figure, styled
 from ..probe import ProbeResult, read_table
-from ..probe.tables import (PAPER_HEADER, _significant_below_best, compare_models, compare_paper,
+from ..probe.tables import (PAPER_HEADER, compare_models, compare_paper, significant_below_best,
                             solver_note)
 from ..provenance import provenance
-from ..rise.explain import _mean
+from ..rise.explain import means_by_probe
 from ..validation import VlmprobeError, config, with_options
 from . import fits
 from .cka import CkaResult, cka_matrix
@@ -228,7 +228,7 @@ class _Builder:
             if real:
                 best = max(real, key=lambda r: r.test["macro_f1"])
                 marks[(d.name, best.name)] = "best"
-            for _, _, name in _significant_below_best(real, compare_models(real), "macro_f1"):
+            for _, _, name in significant_below_best(real, compare_models(real), "macro_f1"):
                 marks[(d.name, name)] = "below"
         rows, missing = [], {}
         for name in real_names + null_names:
@@ -353,10 +353,9 @@ class _Builder:
         """Per probe the mean of each RISE number over the explained images, and the config."""
         doc = read_json(path)
         images = doc.get("images", [])
-        probes = list(dict.fromkeys(r["probe"] for r in images))
-        return ({p: {k: _mean([r.get(k) for r in images if r["probe"] == p])
-                     for k, _ in RISE_NUMBERS} | {"n": sum(r["probe"] == p for r in images)}
-                 for p in probes}, doc)
+        means = means_by_probe(images, [k for k, _ in RISE_NUMBERS])
+        return ({p: m | {"n": sum(r["probe"] == p for r in images)} for p, m in means.items()},
+                doc)
 
     def rise(self) -> Section:
         blocks = []

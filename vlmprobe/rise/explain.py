@@ -450,14 +450,23 @@ def _write_maps(ex: _Explainer, picked: list[int], images: list[tuple], stem: st
     keys = ("lesion_mass", "lesion_area", "text_mass", "text_area", "lesion_enrichment",
             "text_enrichment", "split_half_r", "random_probe_rank_r", "deletion_auc",
             "insertion_auc")
-    by_probe = {label: {f"mean_{key}": _mean([r[key] for r in records if r["probe"] == label])
-                        for key in keys} for label in ex.labels}
+    by_probe = {label: {f"mean_{key}": m for key, m in means.items()}
+                for label, means in means_by_probe(records, keys, ex.labels).items()}
     maps = RiseMaps(cache, cfg, ex.labels, relpaths, [m for _, m, _, _ in images],
                     [m for _, _, m, _ in images], records, by_probe, figure,
                     out_dir / f"{stem}.panels", table, maps_file)
     log.info(f"{cache.model} / {cache.dataset}: RISE overview {figure}, per-image panels "
              f"{maps.panels}, numbers {table}")
     return maps
+
+
+def means_by_probe(records: list[dict], keys, probes=None) -> dict[str, dict[str, float]]:
+    """Per probe (``probes``, default: in the records' order), the mean of each of ``keys`` over
+    its images' records, undefined values (None, NaN: e.g. no lesion mask) left out; NaN where
+    none is left."""
+    probes = probes or list(dict.fromkeys(r["probe"] for r in records))
+    return {p: {k: _mean([r.get(k) for r in records if r["probe"] == p]) for k in keys}
+            for p in probes}
 
 
 def _mean(values) -> float:
