@@ -127,17 +127,19 @@ def make_split(relpaths: list[str], labels: np.ndarray, spec: SplitSpec, source:
 
 
 def write_split(split: Split, labels_by_path: dict[str, str], path: Path, extra: dict) -> Path:
+    """The JSON sidecar, then the CSV: readers look for the CSV, so one that finds it (say a
+    second run making the same split at once) finds its sidecar too."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with written_beside(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["relpath", "label", "test", "fold"])
-        for r, t, k in zip(split.relpaths, split.test, split.fold):
-            w.writerow([r, labels_by_path[r], int(t), int(k)])
     write_atomic(path.with_suffix(".json"), json.dumps(
         {"spec": split.spec.__dict__, "columns": {"relpath": "path relative to the dataset root",
          "label": "label name", "test": "1 = held-out test image",
          "fold": "cross-validation fold of a training image, -1 for test images"},
          **extra, "provenance": provenance(stage="split")}, indent=2, default=str))
+    with written_beside(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["relpath", "label", "test", "fold"])
+        for r, t, k in zip(split.relpaths, split.test, split.fold):
+            w.writerow([r, labels_by_path[r], int(t), int(k)])
     split.path = path
     return path
 
