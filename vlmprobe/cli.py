@@ -361,8 +361,9 @@ def extract(
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset root (default "
                                         "$VLMPROBE_DATA/<dataset>)."),
     out: Optional[Path] = OutOpt,
-    batch_size: str = typer.Option("32", "--batch-size", help="Images per batch, or 'auto' "
-                                   "(GPU: largest that fits; CPU: fastest of a few, timed)."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Images per batch "
+                                             "(default 32; 1 for whole volumes), or 'auto' (GPU: "
+                                             "largest that fits; CPU: fastest of a few, timed)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     workers: Optional[int] = typer.Option(None, "--workers", help="Decoding worker processes "
                                           "beside the model (default: chosen; on a CPU, one "
@@ -405,7 +406,7 @@ def extract(
     from .extraction import ExtractConfig
     from .extraction import extract as run
 
-    cfg = ExtractConfig(batch_size=batch_size if batch_size == "auto"
+    cfg = ExtractConfig(batch_size=batch_size if batch_size in ("auto", None)
                         else _positive_int(batch_size, "--batch-size"),
                         device=device, num_workers=workers, precision=precision, shard=shard,
                         fast_decode=fast_decode, taps=tap)

@@ -2,6 +2,7 @@
 the model in the main process, the profile's split, the chunk writer's errors."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -17,23 +18,40 @@ from vlmprobe.extraction.plan import choose_plan
 from vlmprobe.validation import VlmprobeError
 
 GiB = 2**30
+REAL = "efficientnet_lite0"  # the embedded pretrained weights
 
 
 def test_cpu_plan_runs_the_model_in_one_worker_per_core_at_one_thread():
     plan = choose_plan("cpu", 32, cores=2, fork_ok=True, n_batches=63)
     assert (plan.workers, plan.model_in_workers, plan.threads, plan.prefetch) == (2, True, 1, 2)
-    # more cores than batches: idle workers would only cost memory; the cores become threads
-    few = choose_plan("cpu", 32, cores=8, fork_ok=True, n_batches=2)
-    assert (few.workers, few.threads) == (2, 4) and "2 batch(es) to do" in few.why
-    # a batch's forward needs 1 GiB: 6 GiB free holds 3 at half the free memory
-    capped = choose_plan("cpu", 32, cores=8, fork_ok=True, n_batches=100, memory_free=6 * GiB,
-                         batch_memory=GiB)
-    assert (capped.workers, capped.threads) == (3, 2) and "capped by memory" in capped.why
+    # fewer batches than cores: a worker each, the rest idle while at least half the cores work
+    five = choose_plan("cpu", 32, cores=8, fork_ok=True, n_batches=5)
+    assert (five.workers, five.threads) == (5, 1) and "5 batch(es) to do" in five.why
     roomy = choose_plan("cpu", 32, cores=8, fork_ok=True, n_batches=100, memory_free=64 * GiB,
                         batch_memory=GiB)
     assert (roomy.workers, roomy.threads) == (8, 1)
-    starved = choose_plan("cpu", 32, cores=8, fork_ok=True, memory_free=GiB, batch_memory=GiB)
-    assert (starved.workers, starved.threads) == (1, 8)
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    (dict(cores=2, n_batches=1), "1 batch(es) to do"),     # one batch: one worker is no gain
+    (dict(cores=8, n_batches=3), "3 batch(es) to do"),     # most cores would idle
+    # a batch's forward needs 1 GiB: 6 GiB free holds 3 at half the free memory
+    (dict(cores=8, n_batches=100, memory_free=6 * GiB, batch_memory=GiB), "capped by memory"),
+    (dict(cores=8, memory_free=GiB, batch_memory=GiB), "capped by memory")])
+def test_cpu_plan_with_most_cores_idle_runs_in_this_process_at_every_core(kwargs, why):
+    plan = choose_plan("cpu", 32, fork_ok=True, **kwargs)
+    assert (plan.workers, plan.model_in_workers, plan.threads) == (0, False, kwargs["cores"])
+    assert why in plan.why
+
+
+def test_a_forked_worker_that_runs_the_model_never_gets_more_than_one_thread():
+    """GNU OpenMP is not fork-safe: such a worker hangs in its first parallel region."""
+    for cores in (2, 3, 8, 16):
+        for n_batches in (1, 2, 5, 9, 100):
+            for memory_free in (None, GiB, 6 * GiB):
+                plan = choose_plan("cpu", 32, cores=cores, fork_ok=True, n_batches=n_batches,
+                                   memory_free=memory_free, batch_memory=GiB // 2)
+                assert plan.threads == 1 or not plan.model_in_workers, plan
 
 
 def test_cpu_plan_without_fork_or_a_second_core_keeps_everything_in_this_process():
@@ -61,6 +79,29 @@ def test_gpu_plan_sizes_workers_from_the_measured_balance():
     assert light.workers == 1 and light.workers * light.prefetch >= 8
     assert choose_plan("cuda", 256, cores=16).workers == 15  # unmeasured: all but this core
     assert not light.model_in_workers and choose_plan("cuda", 256, cores=1).workers == 1
+
+
+@pytest.mark.parametrize("batch_size", [64, 4])  # one batch (fewer than the cores), eight
+def test_the_default_plan_finishes_at_the_machines_own_thread_count(tiny_busi, tiny_model,
+                                                                   tmp_path, batch_size):
+    """The command as users run it, OpenMP at its default thread count (the test session pins
+    one thread): a forked worker given more than one thread hung in its first parallel region
+    once the parent had used its thread pool (loading real weights does), so a one-batch
+    dataset never finished."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cmd = [sys.executable, "-m", "vlmprobe", "extract", "--model", REAL, "--dataset", DATASET,
+           "--root", str(tiny_busi), "--out", str(tmp_path), "--batch-size", str(batch_size),
+           "--profile"]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`vlmprobe extract --batch-size {batch_size}` hung at default threads")
+    assert done.returncode == 0, done.stderr[-2000:]
+    cache = read_cache(next(tmp_path.rglob("*.h5")))
+    here = extract(REAL, DATASET, root=tiny_busi, out=tmp_path / "here", num_workers=0,
+                   batch_size=batch_size, progress=False)
+    assert cache.relpaths == read_cache(here.path).relpaths
+    assert np.allclose(cache.embeddings, read_cache(here.path).embeddings, atol=1e-5)
 
 
 def test_peak_memory_of_sees_a_temporary_allocation():

@@ -94,16 +94,6 @@ class _Collate:
         return batch
 
 
-class WorkerThreads:
-    """``worker_init_fn``: torch threads of a worker that runs the model (the DataLoader sets 1)."""
-
-    def __init__(self, threads: int):
-        self.threads = threads
-
-    def __call__(self, worker_id: int) -> None:
-        torch.set_num_threads(self.threads)
-
-
 def check_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
         raise VlmprobeError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}.")

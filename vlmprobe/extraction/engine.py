@@ -39,7 +39,7 @@ from ..messages import progress_bar
 from ..provenance import provenance
 from ..registry import DatasetEntry, ModelEntry, get_model_entry
 from ..validation import VlmprobeError, config, with_options
-from .batches import (WorkerThreads, _channels_last, _Collate, _DecodedImages, _first_sample,
+from .batches import (_channels_last, _Collate, _DecodedImages, _first_sample,
                       auto_batch_size, check_precision, encode, encode_async)
 from .gpu_decode import (GPU_PIPELINE, JpegBytes, batch_pixels, choose_gpu_decode,
                          gpu_decode_record)
@@ -55,7 +55,9 @@ class ExtractConfig:
     """How an extraction runs. ``precision``, ``fast_decode`` and ``taps`` change the embeddings
     and are part of the cache key; the others change only speed and memory."""
 
-    batch_size: int | str = 32  # or "auto": GPU the largest that fits, CPU the fastest (timed)
+    # None: 32 images, or 1 whole volume (a CT volume's forward alone takes gigabytes);
+    # "auto": GPU the largest that fits, CPU the fastest (timed)
+    batch_size: int | str | None = None
     device: str = "auto"
     # None: the machine decides (.plan: on a CPU one worker per core runs decode + model);
     # a number: the model here beside that many decoding workers
@@ -242,7 +244,8 @@ def _request(model: str | ModelEntry, dataset: str | DatasetEntry | ImageDataset
     check_input_kind(entry, data)
     final = cache_path(cache_dir(out), data.entry.name, entry.name, data.cache_view)
     part = parse_shard(cfg.shard)
-    if cfg.batch_size != "auto" and (not isinstance(cfg.batch_size, int) or cfg.batch_size < 1):
+    if cfg.batch_size not in ("auto", None) and (not isinstance(cfg.batch_size, int)
+                                                 or cfg.batch_size < 1):
         raise VlmprobeError(f"--batch-size {cfg.batch_size!r}: give a positive integer or 'auto'.")
     log.info(f"Fingerprinting {len(data)} files under {data.root} ...")
     device, local_rank = cfg.device, os.environ.get("LOCAL_RANK")
@@ -325,7 +328,7 @@ def _embed(req: _Request, cfg: ExtractConfig, progress: bool, prof: Profile):
     resumed = work.resumable(want)
     if resumed:
         bs = resumed["batch_size"]
-        if cfg.batch_size not in ("auto", bs):
+        if cfg.batch_size not in ("auto", None, bs):
             log.warning(f"Resuming with batch size {bs} (the interrupted run's), not "
                         f"{cfg.batch_size}, so the batch boundaries stay the same.")
     elif cfg.batch_size == "auto":
@@ -335,7 +338,7 @@ def _embed(req: _Request, cfg: ExtractConfig, progress: bool, prof: Profile):
             bs = auto_batch_size(encoder, sample, precision, channels_last)
         log.info(f"--batch-size auto: {bs} on {encoder.device}")
     else:
-        bs = cfg.batch_size
+        bs = cfg.batch_size or (1 if req.entry.preprocess.is_volume else 32)
     work.start(dict(want, batch_size=bs))
     i, n = req.part or (0, 1)
     mine = [k for k in range(math.ceil(len(data) / bs)) if k % n == i]
@@ -354,7 +357,6 @@ def _embed(req: _Request, cfg: ExtractConfig, progress: bool, prof: Profile):
     loader = torch.utils.data.DataLoader(
         images, batch_sampler=batches, collate_fn=_Collate(not req.gpu, in_workers),
         num_workers=plan.workers, prefetch_factor=plan.prefetch,
-        worker_init_fn=WorkerThreads(plan.threads) if plan.model_in_workers else None,
         multiprocessing_context="fork" if plan.model_in_workers else None,
         pin_memory=encoder.device.type == "cuda")
     prof.end("setup")

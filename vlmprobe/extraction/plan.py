@@ -8,8 +8,9 @@ whose OpenMP threads also spin at every barrier while a decode worker holds a co
 worker beside a model in the main process either idles or takes a core from the model; so by
 default each of ``cores`` DataLoader workers decodes *and* encodes its own batches at one
 thread, the model's weights shared with the main process by fork (copy-on-write), and the main
-process only writes chunks. Fewer workers, with more threads each, where the machine's free
-memory cannot hold one batch's activations per core.
+process only writes chunks. A worker runs at one thread (a forked child must not start an
+OpenMP pool), so where the batches to do or the machine's free memory leave most cores without
+a worker, the model runs in this process at every core instead.
 
 On a GPU the model runs in the main process and workers only prepare batches; their number is
 chosen from the measured balance of a worker's time per image against the GPU's forward time per
@@ -86,6 +87,10 @@ def peak_memory_of(fn) -> int | None:
         return None
 
 
+def _in_process(cores: int, why: str) -> Plan:
+    return Plan(0, False, cores, None, f"{why}, {cores} thread(s)")
+
+
 def choose_plan(device_type: str, batch_size: int, num_workers: int | None = None, *,
                 n_batches: int | None = None, cores: int | None = None,
                 fork_ok: bool | None = None,
@@ -96,8 +101,10 @@ def choose_plan(device_type: str, batch_size: int, num_workers: int | None = Non
 
     CPU (``fork_ok``): one worker per core, each decoding and encoding its batches at one
     thread; capped so that ``batch_memory`` (one batch's forward at one thread, measured) per
-    worker fits in half of ``memory_free``, and at ``n_batches``, the cores then split as
-    threads among the workers. GPU: ``ceil(1.5 * worker_s / forward_s)`` workers, 1 to
+    worker fits in half of ``memory_free``, and at ``n_batches``. A forked worker runs at one
+    thread only: GNU OpenMP is not fork-safe, so a child whose parent has used a thread pool
+    hangs in its first parallel region. Where the cap leaves fewer than half the cores a worker
+    (or just one), everything runs in this process at every core instead. GPU: ``ceil(1.5 * worker_s / forward_s)`` workers, 1 to
     cores - 1, with ``worker_s`` a worker's seconds per image and ``forward_s`` the GPU's;
     unmeasured, cores - 1.
     """
@@ -110,18 +117,17 @@ def choose_plan(device_type: str, batch_size: int, num_workers: int | None = Non
     if device_type == "cpu":
         if cores < 2 or not fork_ok:
             why = "1 core" if cores < 2 else f"no fork on {sys.platform}"
-            return Plan(0, False, cores, None, f"{why}: decoding and the model in this process, "
-                        f"{cores} thread(s)")
+            return _in_process(cores, f"{why}: decoding and the model in this process")
         workers = min(cores, n_batches or cores)
         memo = f", {workers} batch(es) to do" if workers < cores else ""
         if memory_free and batch_memory and memory_free / 2 // batch_memory < workers:
             workers = max(1, int(memory_free / 2 // batch_memory))
             memo = (f", capped by memory ({batch_memory / 2**20:.0f} MiB per batch of "
                     f"{batch_size}, {memory_free / 2**30:.1f} GiB free)")
-        threads = cores // workers
-        return Plan(workers, True, threads, 2,
-                    f"{workers} worker(s) decoding and encoding their own batches at "
-                    f"{threads} thread(s) each on {cores} cores{memo}")
+        if 2 * workers < cores or workers == 1:  # most cores idle: they serve better as threads
+            return _in_process(cores, f"decoding and the model in this process{memo}")
+        return Plan(workers, True, 1, 2, f"{workers} worker(s) decoding and encoding their own "
+                                         f"batches at 1 thread each on {cores} cores{memo}")
     most = max(1, cores - 1)
     if worker_s is None or not forward_s:
         workers, basis = most, "unmeasured"
