@@ -2,6 +2,8 @@
 encoder + probe whose evidence lies in a known box; maps saved as NIfTI and drawn through it."""
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 import torch
@@ -68,12 +70,101 @@ def test_volume_map_finds_the_evidence_box(tmp_path):
         rise_saliency(model, volume, RiseConfig(n_masks=4, s=2, fill="blur"))
 
 
-def test_vlmprobe_rise_refuses_a_whole_volume_cache_with_the_way_to_do_it():
+@pytest.fixture(scope="module")
+def ct3d_probed(tmp_path_factory):
+    """The ct3d phantom (16 volumes, NIfTI and DICOM series) through ct_32_random at default
+    extraction settings, and its class probe."""
+    pytest.importorskip("merlin")
+    pytest.importorskip("nibabel")
+    from tiny_models import CT
+
+    from conftest import write_tiny_registry
+    from vlmprobe import extract, make_phantom, run_probe
+
+    folder = tmp_path_factory.mktemp("ct3d")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLMPROBE_REGISTRY", str(write_tiny_registry(folder)))
+        root = make_phantom("ct3d", folder / "ct3d", n=16, seed=0, progress=False)
+        cache = extract(f"{CT}_random", "ct3d", root=root, out=folder / "out", progress=False)
+        run_probe([cache.path], out=folder / "out", n_bootstrap=50)
+    return folder, root, cache
+
+
+@pytest.mark.slow
+def test_vlmprobe_rise_explains_whole_volumes_in_the_models_grid(ct3d_probed, monkeypatch):
+    """`vlmprobe rise` on a whole-volume cache: 3-D masks through the real 3-D tower, maps as
+    NIfTI placed by the transformed volume's affine, the lesion mask carried onto the model's
+    grid and scored, one figure per volume and the overview."""
+    from typer.testing import CliRunner
+
+    from tiny_models import CT
+    from vlmprobe.cache import read_cache
+    from vlmprobe.cli import app
+    from vlmprobe.data.volumes import load_volume
+    from vlmprobe.encoders.merlin_family import MerlinTransform
+    from vlmprobe.registry import get_model_entry
+
+    nib = pytest.importorskip("nibabel")
+    folder, root, extracted = ct3d_probed
+    monkeypatch.setenv("VLMPROBE_REGISTRY", str(folder / "tiny_registry.yaml"))
+    cache = read_cache(extracted.path)
+    assert cache.batch_size == 1  # whole volumes: one per batch unless asked
+    lesion = next(r for r in cache.relpaths if r.startswith("lesion/"))
+    out = folder / "out"
+    done = CliRunner().invoke(app, ["rise", str(extracted.path), "--out", str(out), "--ids",
+                                    lesion, "--n-masks", "24", "--s", "4", "--causal-steps", "3",
+                                    "--include-baselines", "--root", str(root)])
+    assert done.exit_code == 0, done.output
+    assert "every mask a full forward" in done.output  # the cost, said before the work
+    rise = out / "ct3d" / "rise"
+    rows = list(csv.DictReader(open(rise / f"{CT}_random.csv")))
+    assert [r["relpath"] for r in rows] == [lesion]
+    row = rows[0]
+    # the lesion is carried onto the 32 x 32 x 16 grid, so its numbers exist
+    assert 0 < float(row["lesion_area"]) < 0.01 and row["lesion_mass"] != ""
+    assert row["text_mass"] == "" and float(row["unseen_fraction"]) == 0
+    assert 0 <= float(row["deletion_auc"]) <= 1 and 0 <= float(row["insertion_auc"]) <= 1
+    maps = np.load(rise / f"{CT}_random.maps.npz")
+    assert maps["input_0"].shape == (1, 32, 32, 16)
+    transform = MerlinTransform(get_model_entry(CT).preprocess)
+    volume_file = root / lesion.removesuffix("#volume")
+    affine = np.asarray(transform.meta(load_volume(volume_file)).affine, float)
+    assert np.allclose(maps["affine_0"], affine)
+    panel = next((rise / f"{CT}_random.panels").glob("000-*.class.nii.gz"))
+    saved = nib.load(panel)
+    assert np.allclose(saved.affine, affine) and np.allclose(saved.get_fdata(), maps["input_0"][0])
+    assert len(list((rise / f"{CT}_random.panels").glob("*.random-probe.nii.gz"))) == 1
+    assert len(list((rise / f"{CT}_random.panels").glob("000-*.png"))) == 1
+    assert (rise / f"{CT}_random.png").stat().st_size > 10_000
+
+
+def test_a_lesion_mask_lands_on_the_models_grid_even_below_its_voxel_size(tmp_path):
+    """Carried as the image is (interpolated overlap, at least half inside); a lesion smaller
+    than the model's voxels keeps the voxel it overlaps most instead of vanishing."""
+    pytest.importorskip("monai")
+    from vlmprobe.data.volumes import Volume
+    from vlmprobe.encoders.merlin_family import MerlinTransform
+    from vlmprobe.registry import get_model_entry
+
+    mask = np.zeros((96, 96, 40), np.float32)
+    mask[40:48, 50:58, 18:22] = 1  # 8 x 8 x 4 voxels of 3.2 x 3.2 x 5 mm: 13,107 mm3
+    volume = Volume(mask, np.diag([3.2, 3.2, 5.0, 1.0]), "mask")
+    merlin = MerlinTransform(get_model_entry("astra").preprocess)  # 1.5 x 1.5 x 3 mm
+    seen = merlin.mask(volume)
+    assert seen.shape == (224, 224, 160)
+    assert abs(seen.sum() * 1.5 * 1.5 * 3 / 13107 - 1) < 0.2  # the same volume in mm3
+    coarse = get_model_entry("astra").preprocess
+    coarse = type(coarse)(**{**coarse.__dict__, "spacing": (40.0, 40.0, 40.0),
+                             "volume_size": (8, 8, 5)})
+    small = MerlinTransform(coarse).mask(volume)
+    assert small.sum() >= 1  # 1 of a 40 mm voxel's 64,000 mm3 would round away
+
+
+def test_vlmprobe_rise_refuses_black_fill_on_volumes_with_the_fill_to_use():
     from vlmprobe.cache import Cache
     from vlmprobe.rise import explain_cache
 
     cache = Cache(np.zeros((2, 4), np.float32), np.array([0, 1]),
                   ["a/v0.nii.gz#volume", "b/v1#volume"], ["a", "b"], "astra", "ct3d", "f", "k")
-    with pytest.raises(VlmprobeError, match="holds whole volumes.*rise_saliency on its "
-                                            "transformed tensor"):
-        explain_cache(cache)
+    with pytest.raises(VlmprobeError, match="holds whole volumes: fill='black'.*fill='mean'"):
+        explain_cache(cache, RiseConfig(fill="black"))

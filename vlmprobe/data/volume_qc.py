@@ -21,31 +21,42 @@ def orthogonal_slices(volume: np.ndarray, spacing, point=None, title: str = "",
                       marker=None) -> Figure:
     """Axial, coronal and sagittal slices of ``volume`` [X, Y, Z] (RAS voxel order, values in
     [0, 1]) through voxel ``point`` (default the centre); ``marker``: a voxel drawn as a cross."""
+    with styled():
+        fig = Figure(figsize=(9, 3.4))
+        draw_orthogonal_slices(fig.subplots(1, 3), volume, spacing, point, marker)
+        if title:
+            fig.suptitle(title)
+    return fig
+
+
+def slice_planes(volume: np.ndarray, point=None) -> list[tuple[str, np.ndarray]]:
+    """(name, plane) of the axial, coronal and sagittal slices through voxel ``point`` (default
+    the centre), oriented as drawn: axial rows A->P and columns R->L, coronal and sagittal S->I."""
     volume = np.asarray(volume)
     if volume.ndim != 3:
-        raise VlmprobeError(f"orthogonal_slices takes a 3-D volume [X, Y, Z], got shape "
+        raise VlmprobeError(f"orthogonal slices take a 3-D volume [X, Y, Z], got shape "
                             f"{volume.shape}.")
     shape = np.asarray(volume.shape)
     i, j, k = (shape // 2 if point is None else
                np.clip(np.round(point).astype(int), 0, shape - 1))
+    return [(f"axial z={k}", volume[::-1, ::-1, k].T), (f"coronal y={j}", volume[::-1, j, ::-1].T),
+            (f"sagittal x={i}", volume[i, :, ::-1].T)]  # sagittal columns P->A
+
+
+def draw_orthogonal_slices(axes, volume: np.ndarray, spacing, point=None, marker=None) -> None:
+    """:func:`orthogonal_slices` drawn on three given axes, each keeping the spacing's aspect."""
     sx, sy, sz = spacing
+    shape = np.asarray(np.shape(volume))
     x, y, z = (shape - 1 - np.asarray(marker, float)) if marker is not None else (None,) * 3
-    # (name, plane, aspect, the marker's (column, row)); axial rows A->P, columns R->L
-    panels = [(f"axial z={k}", volume[::-1, ::-1, k].T, sy / sx, (x, y)),
-              (f"coronal y={j}", volume[::-1, j, ::-1].T, sz / sx, (x, z)),  # rows S->I
-              (f"sagittal x={i}", volume[i, :, ::-1].T, sz / sy,  # columns P->A, rows S->I
-               (None if marker is None else marker[1], z))]
-    with styled():
-        fig = Figure(figsize=(9, 3.4))
-        for ax, (name, plane, aspect, (col, row)) in zip(fig.subplots(1, 3), panels):
-            ax.imshow(plane, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
-            ax.set_title(name)
-            ax.set_axis_off()
-            if marker is not None:
-                ax.plot([col], [row], marker="+", color="red", markersize=12, mew=1.5)
-        if title:
-            fig.suptitle(title)
-    return fig
+    aspects = (sy / sx, sz / sx, sz / sy)
+    where = ((x, y), (x, z), (None if marker is None else marker[1], z))  # (column, row)
+    for ax, (name, plane), aspect, (col, row) in zip(axes, slice_planes(volume, point), aspects,
+                                                     where):
+        ax.imshow(plane, cmap="gray", vmin=0, vmax=1, aspect=aspect, interpolation="nearest")
+        ax.set_title(name)
+        ax.set_axis_off()
+        if marker is not None:
+            ax.plot([col], [row], marker="+", color="red", markersize=12, mew=1.5)
 
 
 def voxel_of(affine, ras_mm) -> np.ndarray:

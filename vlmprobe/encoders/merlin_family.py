@@ -153,10 +153,18 @@ class MerlinTransform:
             raise VlmprobeError(f"Merlin's preprocessing needs MONAI: {CT_EXTRA}") from None
         self.cfg = cfg
         low, high = cfg.hu_window
+        # MONAI's default labels, given so that its announced change of default moves nothing
+        ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
         self.chain = Compose([
-            Orientation(axcodes="RAS"),
+            ras,
             Spacing(pixdim=cfg.spacing, mode=cfg.interpolation),
             ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+            SpatialPad(spatial_size=list(cfg.volume_size)),
+            CenterSpatialCrop(roi_size=list(cfg.volume_size))])
+        # the same grid for a mask: its overlap with each voxel (interpolated as the image is),
+        # no intensity window
+        self.mask_chain = Compose([
+            ras, Spacing(pixdim=cfg.spacing, mode=cfg.interpolation),
             SpatialPad(spatial_size=list(cfg.volume_size)),
             CenterSpatialCrop(roi_size=list(cfg.volume_size))])
 
@@ -177,6 +185,31 @@ class MerlinTransform:
         image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array, np.float32))[None],
                            affine=torch.as_tensor(volume.affine, dtype=torch.float64))
         return self.chain(image)
+
+    def mask(self, mask) -> np.ndarray:
+        """A lesion mask (a :class:`~vlmprobe.data.volumes.Volume` of 0/1 on its image's grid)
+        on the grid the model sees: bool [X, Y, Z], the voxels at least half inside it,
+        interpolated as the image is. A lesion too small for any voxel to be half inside keeps
+        the voxel(s) holding most of its own voxels' centres, rather than vanishing; one
+        cropped away stays empty."""
+        from monai.data import MetaTensor
+
+        inside = np.ascontiguousarray(mask.array > 0.5, np.float32)
+        label = self.mask_chain(MetaTensor(torch.from_numpy(inside)[None],
+                                           affine=torch.as_tensor(mask.affine,
+                                                                  dtype=torch.float64)))
+        overlap = label.as_tensor()[0].numpy()
+        if overlap.max() >= 0.5 or not inside.any():
+            return overlap >= 0.5
+        to_model = np.linalg.inv(np.asarray(label.affine, float)) @ np.asarray(mask.affine, float)
+        points = np.argwhere(inside)
+        voxels = np.rint(points @ to_model[:3, :3].T + to_model[:3, 3]).astype(int)
+        voxels = voxels[((voxels >= 0) & (voxels < overlap.shape)).all(1)]
+        seen = np.zeros(overlap.shape, bool)
+        if len(voxels):
+            found, counts = np.unique(voxels, axis=0, return_counts=True)
+            seen[tuple(found[counts == counts.max()].T)] = True
+        return seen
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -213,7 +214,9 @@ class RiseMaps:
     probes: list[str]                 # the labels explained: "class", or metadata columns
     relpaths: list[str]               # the images explained
     maps_input: list[np.ndarray]      # per image [probes, h, w]: centred map, model input
-    maps_original: list[np.ndarray]   # per image [probes, H, W]: the same on the image (NaN unseen)
+    # per image [probes, H, W]: the same on the image (NaN unseen); for a volume [probes, X, Y,
+    # Z] in the model's input grid, which its NIfTI maps place in RAS
+    maps_original: list[np.ndarray]
     records: list[dict]               # per image and probe: region numbers and sanity checks
     by_probe: dict[str, dict]         # per probe: the mean of each number over the images
     figure: Path                      # overview (rows per class), PNG with SVG beside
@@ -274,6 +277,11 @@ class _Explainer:
     def offsets(self) -> np.ndarray:
         return np.cumsum([0] + [len(h.class_names) for h in self.heads])
 
+    @property
+    def volumes(self) -> bool:
+        """Whether the cache holds whole volumes (3-D masks, maps in the model's input grid)."""
+        return is_volume_cache(self.cache)
+
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
         with precision_autocast(self.encoder.device, self.precision):
             emb = self.encoder.encode_taps(batch, [self.tap])[self.tap]
@@ -296,10 +304,33 @@ class _Explainer:
         return image, self.transform(source).to(self.encoder.device)
 
 
+def is_volume_cache(cache: Cache) -> bool:
+    """Whether ``cache`` holds whole volumes (a sample per NIfTI file or DICOM series)."""
+    return any(whole_volume_file(r) is not None for r in cache.relpaths[:1])
+
+
+def _log_volume_cost(ex: _Explainer, picked: list[int]) -> None:
+    """Every mask of a volume is a full forward of a 3-D model: time one, say what the run costs."""
+    _, pixels = ex.pixels(ex.cache.relpaths[picked[0]])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        ex.scores(pixels[None])
+    forward = time.perf_counter() - t0
+    total = forward * len(picked) * (ex.cfg.n_masks + 2 * (ex.causal_steps + 1))
+    took = f"{total / 3600:.1f} h" if total > 3600 else f"{total / 60:.0f} min"
+    log.warning(f"RISE on {len(picked)} volume(s): {ex.cfg.n_masks} masks each, every mask a full "
+                f"forward of {ex.cache.model} ({forward:.2f} s here on {ex.encoder.device}): about "
+                f"{took}. Fewer masks (--n-masks) or a GPU shorten it.")
+
+
 def _explainer(cache: Cache, cfg: RiseConfig, labels: Sequence[str], target: str | None,
                root: Path | None, device: str, out: Path | None, text_box_file: Path | None,
                detect_text: bool, causal_steps: int,
                trust_remote_code: bool | None) -> _Explainer:
+    if cfg.fill == "black" and is_volume_cache(cache):
+        raise VlmprobeError(f"{cache.path} holds whole volumes: fill='black' is a raw 0 pixel of "
+                            "a 2-D image. Use fill='mean', which for a volume is the model "
+                            "input's 0 (for Merlin's transform: -1000 HU, air).")
     labels = list(dict.fromkeys(labels))
     probes = [_load_probe(cache, label, out) for label in labels]
     if target is not None and target not in probes[0].class_names:
@@ -315,10 +346,48 @@ def _explainer(cache: Cache, cfg: RiseConfig, labels: Sequence[str], target: str
         causal_steps)
 
 
+@dataclass
+class _View:
+    """Where one sample's maps are scored and drawn: on the original image for a 2-D image
+    (maps carried back through the transform's geometry), in the model's input grid for a
+    volume (placed in RAS by ``affine``; the NIfTI maps overlay the original in any viewer)."""
+
+    to_original: object             # input-grid map -> the grid the numbers are taken on
+    unseen_fraction: float
+    lesion: np.ndarray | None
+    text: np.ndarray | None
+    boxes: list
+    box_source: str
+    affine: np.ndarray | None = None
+
+
+def _image_view(ex: _Explainer, i: int, image) -> _View:
+    geometry = ex.encoder.geometry(*image.size)
+    boxes, box_source = _text_boxes(ex.cache, i, image, ex.box_file, ex.detect_text)
+    return _View(geometry.to_original, geometry.unseen_fraction,
+                 _lesion_mask(ex.cache, i, ex.root, image.size),
+                 boxes_mask(boxes, image.size) if boxes else None, boxes, box_source)
+
+
+def _volume_view(ex: _Explainer, i: int, volume) -> _View:
+    """A volume's lesion mask (its ``mask`` / ``mask_paths`` files, NIfTI) carried onto the
+    model's input grid by the transform's own resampling; no burnt-in text in a volume."""
+    from ..data.volumes import load_volume
+
+    meta, lesion = ex.cache.metadata, None
+    files = [m for column in ("mask_paths", "mask") if column in meta
+             for m in str(meta[column][i]).split(";") if m]
+    for m in files:
+        seen = ex.transform.mask(load_volume(ex.root / m))
+        lesion = seen if lesion is None else lesion | seen
+    return _View(lambda m: m, 0.0, lesion if lesion is not None and lesion.any() else None,
+                 None, [], "", np.asarray(ex.transform.meta(volume).affine, float))
+
+
 def _explain_image(ex: _Explainer, i: int, advance) -> tuple[list[dict], np.ndarray, np.ndarray,
                                                                dict]:
-    """One image: RISE over every head at once, the maps back on the image, the numbers per
-    probe, and the row its figures are drawn from."""
+    """One image (or volume): RISE over every head at once, the maps back on the image, the
+    numbers per probe, and the row its figures are drawn from."""
     from scipy.stats import spearmanr
 
     cache, cfg, offsets = ex.cache, ex.cfg, ex.offsets
@@ -326,10 +395,7 @@ def _explain_image(ex: _Explainer, i: int, advance) -> tuple[list[dict], np.ndar
     image, pixels = ex.pixels(rel)
     res = rise_saliency(ex.scores, pixels, cfg, ex.fill_value, progress=advance,
                         groups=[len(h.class_names) for h in ex.heads])
-    geometry = ex.encoder.geometry(*image.size)
-    lesion = _lesion_mask(cache, i, ex.root, image.size)
-    boxes, box_source = _text_boxes(cache, i, image, ex.box_file, ex.detect_text)
-    text = boxes_mask(boxes, image.size) if boxes else None
+    view = _volume_view(ex, i, image) if ex.volumes else _image_view(ex, i, image)
     centred = res.centred()
     predicted = [int(np.argmax(res.base_scores[offsets[j]:offsets[j + 1]]))
                  for j in range(len(ex.probes))]
@@ -338,7 +404,7 @@ def _explain_image(ex: _Explainer, i: int, advance) -> tuple[list[dict], np.ndar
     maps_in = [centred[offsets[j] + t] for j, t in enumerate(targets)]
     random_in = centred[offsets[len(ex.probes)] + targets[0]]
     rank_r = float(spearmanr(maps_in[0].ravel(), random_in.ravel()).statistic)
-    maps_orig = [geometry.to_original(m) for m in maps_in]
+    maps_orig = [view.to_original(m) for m in maps_in]
     causal = ({f"{name}_auc": v for name, v in deletion_insertion_auc(
         ex.primary_scores, pixels, maps_in[0], targets[0], replace(cfg, score="softmax"),
         ex.fill_value, steps=ex.causal_steps).items()} if ex.causal_steps else {})
@@ -351,9 +417,10 @@ def _explain_image(ex: _Explainer, i: int, advance) -> tuple[list[dict], np.ndar
             "true": names[y[i]], "target": probe.class_names[targets[j]],
             "predicted": probe.class_names[predicted[j]],
             "score": float(res.base_scores[c]), "split_half_r": float(res.split_half_r[c]),
-            "unseen_fraction": geometry.unseen_fraction,
-            **_region_numbers(maps_orig[j], lesion, "lesion"),
-            **_region_numbers(maps_orig[j], text, "text"), "text_box_source": box_source,
+            "unseen_fraction": view.unseen_fraction,
+            **_region_numbers(maps_orig[j], view.lesion, "lesion"),
+            **_region_numbers(maps_orig[j], view.text, "text"),
+            "text_box_source": view.box_source,
             "random_probe_rank_r": rank_r if j == 0 else None,
             "deletion_auc": causal.get("deletion_auc") if j == 0 else None,
             "insertion_auc": causal.get("insertion_auc") if j == 0 else None})
@@ -363,15 +430,21 @@ def _explain_image(ex: _Explainer, i: int, advance) -> tuple[list[dict], np.ndar
     maps = [{"saliency": m, "title": f"{label}: {ex.probes[j].class_names[targets[j]]}",
              "cbar_label": "centred RISE saliency"}
             for j, (label, m) in enumerate(zip(ex.labels, maps_orig))]
-    maps.append({"saliency": geometry.to_original(random_in),
+    maps.append({"saliency": view.to_original(random_in),
                  "title": "random-weight probe (sanity check)",
                  "cbar_label": f"rank r with trained map = {rank_r:.2f}"})
-    row = {"image": np.asarray(image), "maps": maps, "mask": lesion, "text_boxes": boxes,
+    row = {"maps": maps, "mask": view.lesion, "text_boxes": view.boxes, "true": first["true"],
            "caption": f"{rel}: true {first['true']}, predicted {first['predicted']}, "
                       f"split-half r = {first['split_half_r']:.2f}",
            "short_caption": f"pred. {first['predicted']}" + (
                f" · text {100 * first['text_mass']:.0f}%" if first["text_mass"] is not None
                else "")}
+    if ex.volumes:
+        focus = view.lesion if view.lesion is not None else maps_in[0] == maps_in[0].max()
+        row.update(volume=pixels[0].cpu().numpy(), affine=view.affine,
+                   point=np.argwhere(focus).mean(0), spacing=ex.encoder.entry.preprocess.spacing)
+    else:
+        row["image"] = np.asarray(image)
     return records, np.stack(maps_in), np.stack(maps_orig).astype(np.float32), row
 
 
@@ -393,14 +466,11 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     ``trust_remote_code``: the user's opt-in for entries that run hub code (as in extract).
     """
     cfg.check()
-    if any(whole_volume_file(r) is not None for r in cache.relpaths[:1]):
-        raise VlmprobeError(f"{cache.path} holds whole volumes: `vlmprobe rise` explains 2-D "
-                            "images. For a volume, call vlmprobe.rise.rise_saliency on its "
-                            "transformed tensor [1, X, Y, Z] (3-D masks; each mask is a full "
-                            "forward, so use a GPU) and vlmprobe.rise.volumes to save and draw it.")
     ex = _explainer(cache, cfg, labels, target, root, device, out, text_box_file, detect_text,
                     causal_steps, trust_remote_code)
     picked = choose_images(cache, ex.probes[0], choice, cfg.seed, ex.test)
+    if ex.volumes:
+        _log_volume_cost(ex, picked)
     images = []
     with progress_bar(f"rise {cache.model}", len(picked) * cfg.n_masks, unit="mask") as advance:
         for i in picked:
@@ -423,22 +493,18 @@ def _write_maps(ex: _Explainer, picked: list[int], images: list[tuple], stem: st
                       causal_score="softmax probability of the explained class",
                       text_boxes=str(text_box_file) if text_box_file else
                       ("detector" if ex.detect_text else "dataset"))
-    grid_rows = {name: [] for name in cache.label_view(_column(ex.labels[0]))[1]}
-    for k, (rel, (records, _, _, row)) in enumerate(zip(relpaths, images)):
-        grid_rows[records[0]["true"]].append(row)
-        plot_rise_panels([row], out_dir / f"{stem}.panels" / f"{k:03d}-{_safe_name(rel)}",
-                         f"RISE: {cache.model} on {cache.dataset}", {"relpath": rel})
-    base = " (null baseline)" if cache.baseline else ""
-    figure = plot_rise_grid(grid_rows, out_dir / stem,
-                            f"RISE: {cache.model}{base} + {ex.labels[0]} probe on {cache.dataset} "
-                            f"(N={cfg.n_masks} masks, s={cfg.s}, p={cfg.p:g}, fill={cfg.fill}"
-                            + (f", σ={cfg.blur_sigma:g}·side" if cfg.fill == "blur" else "") + ")",
-                            meta)[0]
+    write_figures = _write_volume_figures if ex.volumes else _write_image_figures
+    figure = write_figures(ex, relpaths, [row for *_, row in images], out_dir, stem, meta)
     maps_file = out_dir / f"{stem}.maps.npz"
     with written_beside(maps_file) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, relpaths=np.array(relpaths), probes=np.array(ex.labels),
-                            **{f"input_{k}": m for k, (_, m, _, _) in enumerate(images)},
-                            **{f"original_{k}": m for k, (_, _, m, _) in enumerate(images)})
+        arrays = {}
+        for k, (_, m_input, m_original, row) in enumerate(images):
+            arrays[f"input_{k}"] = m_input
+            if ex.volumes:  # the maps stay in the input grid; its affine places them in RAS
+                arrays[f"affine_{k}"] = row["affine"]
+            else:
+                arrays[f"original_{k}"] = m_original
+        np.savez_compressed(f, relpaths=np.array(relpaths), probes=np.array(ex.labels), **arrays)
     records = [r for rows, _, _, _ in images for r in rows]
     table = out_dir / f"{stem}.csv"
     with written_beside(table) as tmp, open(tmp, "w", newline="") as f:
@@ -458,6 +524,49 @@ def _write_maps(ex: _Explainer, picked: list[int], images: list[tuple], stem: st
     log.info(f"{cache.model} / {cache.dataset}: RISE overview {figure}, per-image panels "
              f"{maps.panels}, numbers {table}")
     return maps
+
+
+def _figure_title(ex: _Explainer) -> str:
+    cfg, cache = ex.cfg, ex.cache
+    base = " (null baseline)" if cache.baseline else ""
+    return (f"RISE: {cache.model}{base} + {ex.labels[0]} probe on {cache.dataset} "
+            f"(N={cfg.n_masks} masks, s={cfg.s}, p={cfg.p:g}, fill={cfg.fill}"
+            + (f", σ={cfg.blur_sigma:g}·side" if cfg.fill == "blur" else "") + ")")
+
+
+def _write_image_figures(ex: _Explainer, relpaths: list[str], rows: list[dict], out_dir: Path,
+                         stem: str, meta: dict) -> Path:
+    """One figure per image (every map) and the overview (rows per true class)."""
+    cache = ex.cache
+    grid_rows = {name: [] for name in cache.label_view(_column(ex.labels[0]))[1]}
+    for k, (rel, row) in enumerate(zip(relpaths, rows)):
+        grid_rows[row["true"]].append(row)
+        plot_rise_panels([row], out_dir / f"{stem}.panels" / f"{k:03d}-{_safe_name(rel)}",
+                         f"RISE: {cache.model} on {cache.dataset}", {"relpath": rel})
+    return plot_rise_grid(grid_rows, out_dir / stem, _figure_title(ex), meta)[0]
+
+
+def _write_volume_figures(ex: _Explainer, relpaths: list[str], rows: list[dict], out_dir: Path,
+                          stem: str, meta: dict) -> Path:
+    """Per volume: every map as NIfTI and one figure (a row per map: orthogonal slices through
+    the lesion); the overview: a row per volume with its first map."""
+    from .volumes import plot_volume_rise, write_volume_map
+
+    cache, overview = ex.cache, []
+    for k, (rel, row) in enumerate(zip(relpaths, rows)):
+        panel = out_dir / f"{stem}.panels" / f"{k:03d}-{_safe_name(rel)}"
+        names = [*ex.labels, "random-probe"]
+        for name, m in zip(names, row["maps"]):
+            write_volume_map(m["saliency"], row["affine"],
+                             panel.with_name(f"{panel.name}.{_safe_name(name)}.nii.gz"))
+        view = {key: row[key] for key in ("volume", "spacing", "point", "mask")}
+        plot_volume_rise([{**view, "saliency": m["saliency"],
+                           "caption": f"{m['title']} ({m['cbar_label']})"} for m in row["maps"]],
+                         panel, f"RISE: {cache.model} on {cache.dataset}: {row['caption']}",
+                         {"relpath": rel})
+        overview.append({**view, "saliency": row["maps"][0]["saliency"],
+                         "caption": row["caption"]})
+    return plot_volume_rise(overview, out_dir / stem, _figure_title(ex), meta)[0]
 
 
 def means_by_probe(records: list[dict], keys, probes=None) -> dict[str, dict[str, float]]:

@@ -306,32 +306,34 @@ def deletion_insertion_auc(score_fn: ScoreFn, pixels: torch.Tensor, saliency_map
                            steps: int = 50) -> dict[str, float]:
     """RISE's causal metrics for one map (Petsiuk et al. §4.1), in the config's score mode.
 
-    Pixels are ranked by ``saliency_map`` [H, W] (input coordinates). Deletion replaces the top
-    fraction t with the fill, insertion starts from the all-fill image and reveals the top
-    fraction t, t = 0, 1/steps, ..., 1; each AUC is the trapezoid mean of ``target``'s score over
+    Pixels are ranked by ``saliency_map`` [H, W] (input coordinates; voxels [X, Y, Z] for a
+    volume). Deletion replaces the top fraction t with the fill, insertion starts from the
+    all-fill image and reveals the top fraction t, t = 0, 1/steps, ..., 1; each AUC is the trapezoid mean of ``target``'s score over
     t. Good maps: low deletion, high insertion. The paper's insertion starts from a blurred image;
     here both use the RISE fill, so the three numbers share one notion of "removed".
     """
     cfg.check()
     _check_pixels(pixels)
-    cfg = cfg.resolved(pixels.device, tuple(pixels.shape[1:]))
+    size = tuple(pixels.shape[1:])
+    cfg = cfg.resolved(pixels.device, size)
     if not isinstance(steps, numbers.Integral) or steps < 1:
         raise VlmprobeError(f"steps must be an int >= 1; got {steps!r}.")
-    _, h, w = pixels.shape
     sal = np.asarray(saliency_map, dtype=np.float64)
-    if sal.shape != (h, w):
-        raise VlmprobeError(f"saliency_map has shape {sal.shape}; the pixels are {h} x {w}.")
+    if sal.shape != size:
+        raise VlmprobeError(f"saliency_map has shape {sal.shape}; the input is "
+                            f"{' x '.join(map(str, size))}.")
     fill = _fill(cfg, fill_value, pixels)
     scores = _scorer(score_fn, cfg)
-    rank = np.empty(h * w, dtype=np.int64)
-    rank[np.argsort(-sal.ravel(), kind="stable")] = np.arange(h * w)
-    rank = torch.as_tensor(rank.reshape(h, w), device=pixels.device)
-    counts = np.round(np.linspace(0, h * w, steps + 1)).astype(int)
+    n = sal.size
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.argsort(-sal.ravel(), kind="stable")] = np.arange(n)
+    rank = torch.as_tensor(rank.reshape(size), device=pixels.device)
+    counts = np.round(np.linspace(0, n, steps + 1)).astype(int)
     out = {}
     for name, keep_top in (("deletion", False), ("insertion", True)):
         curve = []
         for start in range(0, len(counts), cfg.batch_size):
-            top = torch.stack([rank < int(n) for n in counts[start:start + cfg.batch_size]])
+            top = torch.stack([rank < int(k) for k in counts[start:start + cfg.batch_size]])
             keep = (top if keep_top else ~top)[:, None].to(pixels.dtype)
             curve.append(scores(((pixels - fill) * keep).add_(fill))[:, target].cpu())
         out[name] = float(np.trapezoid(torch.cat(curve).numpy(), dx=1.0 / steps))
