@@ -136,6 +136,20 @@ def test_vlmprobe_rise_explains_whole_volumes_in_the_models_grid(ct3d_probed, mo
     assert len(list((rise / f"{CT}_random.panels").glob("*.random-probe.nii.gz"))) == 1
     assert len(list((rise / f"{CT}_random.panels").glob("000-*.png"))) == 1
     assert (rise / f"{CT}_random.png").stat().st_size > 10_000
+    # a mask that went missing stops the run before its first mask, naming the file; the
+    # outputs of the run before stay as they were
+    table = (rise / f"{CT}_random.csv").read_bytes()
+    mask = root / cache.metadata["mask"][cache.relpaths.index(lesion)]
+    mask.rename(mask.with_name("moved.nii.gz"))
+    try:
+        again = CliRunner().invoke(app, ["rise", str(extracted.path), "--out", str(out), "--ids",
+                                         lesion, "--n-masks", "24", "--s", "4",
+                                         "--include-baselines", "--root", str(root)])
+    finally:
+        mask.with_name("moved.nii.gz").rename(mask)
+    assert again.exit_code != 0 and str(mask) in again.output + str(again.exception)
+    assert "every mask a full forward" not in again.output
+    assert (rise / f"{CT}_random.csv").read_bytes() == table
 
 
 def test_a_lesion_mask_lands_on_the_models_grid_even_below_its_voxel_size(tmp_path):

@@ -290,18 +290,22 @@ class _Explainer:
     def primary_scores(self, batch: torch.Tensor) -> torch.Tensor:
         return self.scores(batch)[:, :len(self.probes[0].class_names)]
 
-    def pixels(self, rel: str):
-        """(the 8-bit image, drawn and searched for text; the model's input tensor, float for a
-        float cache), after checking the file is the one the cache was made from."""
+    def sample(self, rel: str):
+        """The 8-bit image (drawn and searched for text) or the volume, after checking the file
+        is the one the cache was made from."""
         path = self.root / sample_file(rel)
         digest = dict(zip(self.cache.files["relpath"], self.cache.files["digest"]))[rel]
         if not path.exists() or file_digest(path) != digest:
             raise VlmprobeError(f"{path} is missing or differs from the file {self.cache.path} "
                                 "was extracted from; pass --root pointing at that dataset copy.")
+        return read_sample(self.root, rel, self.cache.dicom_window)
+
+    def pixels(self, rel: str, image) -> torch.Tensor:
+        """The model's input tensor of ``image`` (``rel``'s :meth:`sample`), float for a float
+        cache."""
         window, intensity = self.cache.dicom_window, self.cache.intensity
-        image = read_sample(self.root, rel, window)
         source = image if intensity == "8bit" else read_sample(self.root, rel, window, intensity)
-        return image, self.transform(source).to(self.encoder.device)
+        return self.transform(source).to(self.encoder.device)
 
 
 def is_volume_cache(cache: Cache) -> bool:
@@ -311,7 +315,8 @@ def is_volume_cache(cache: Cache) -> bool:
 
 def _log_volume_cost(ex: _Explainer, picked: list[int]) -> None:
     """Every mask of a volume is a full forward of a 3-D model: time one, say what the run costs."""
-    _, pixels = ex.pixels(ex.cache.relpaths[picked[0]])
+    rel = ex.cache.relpaths[picked[0]]
+    pixels = ex.pixels(rel, ex.sample(rel))
     t0 = time.perf_counter()
     with torch.no_grad():
         ex.scores(pixels[None])
@@ -361,6 +366,12 @@ class _View:
     affine: np.ndarray | None = None
 
 
+def _view(ex: _Explainer, i: int) -> _View:
+    """Sample ``i``'s :class:`_View`: its file checked, its masks and text boxes read."""
+    image = ex.sample(ex.cache.relpaths[i])
+    return _volume_view(ex, i, image) if ex.volumes else _image_view(ex, i, image)
+
+
 def _image_view(ex: _Explainer, i: int, image) -> _View:
     geometry = ex.encoder.geometry(*image.size)
     boxes, box_source = _text_boxes(ex.cache, i, image, ex.box_file, ex.detect_text)
@@ -384,18 +395,19 @@ def _volume_view(ex: _Explainer, i: int, volume) -> _View:
                  None, [], "", np.asarray(ex.transform.meta(volume).affine, float))
 
 
-def _explain_image(ex: _Explainer, i: int, advance) -> tuple[list[dict], np.ndarray, np.ndarray,
-                                                               dict]:
-    """One image (or volume): RISE over every head at once, the maps back on the image, the
-    numbers per probe, and the row its figures are drawn from."""
+def _explain_image(ex: _Explainer, i: int, view: _View,
+                   advance) -> tuple[list[dict], np.ndarray, np.ndarray, dict]:
+    """One image (or volume, its ``view`` read first by :func:`_view`): RISE over every head at
+    once, the maps back on the image, the numbers per probe, and the row its figures are drawn
+    from."""
     from scipy.stats import spearmanr
 
     cache, cfg, offsets = ex.cache, ex.cfg, ex.offsets
     rel = cache.relpaths[i]
-    image, pixels = ex.pixels(rel)
+    image = ex.sample(rel)
+    pixels = ex.pixels(rel, image)
     res = rise_saliency(ex.scores, pixels, cfg, ex.fill_value, progress=advance,
                         groups=[len(h.class_names) for h in ex.heads])
-    view = _volume_view(ex, i, image) if ex.volumes else _image_view(ex, i, image)
     centred = res.centred()
     predicted = [int(np.argmax(res.base_scores[offsets[j]:offsets[j + 1]]))
                  for j in range(len(ex.probes))]
@@ -469,12 +481,13 @@ def explain_cache(cache: Cache, cfg: RiseConfig = RiseConfig(), choice: ImageCho
     ex = _explainer(cache, cfg, labels, target, root, device, out, text_box_file, detect_text,
                     causal_steps, trust_remote_code)
     picked = choose_images(cache, ex.probes[0], choice, cfg.seed, ex.test)
+    views = [_view(ex, i) for i in picked]  # a missing or changed file stops before any mask
     if ex.volumes:
         _log_volume_cost(ex, picked)
     images = []
     with progress_bar(f"rise {cache.model}", len(picked) * cfg.n_masks, unit="mask") as advance:
-        for i in picked:
-            images.append(_explain_image(ex, i, advance))
+        for i, view in zip(picked, views):
+            images.append(_explain_image(ex, i, view, advance))
     return _write_maps(ex, picked, images, probe_path(cache, ex.labels[0], out).name,
                        stage_dir(cache.path, cache.dataset, "rise", out), text_box_file)
 
