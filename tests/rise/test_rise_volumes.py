@@ -45,6 +45,30 @@ def test_3d_masks_are_seeded_and_batch_independent():
         next(iter_masks(cfg, (4, 4, 4, 4)))
 
 
+def test_3d_masks_are_built_one_axis_at_a_time_at_merlins_size():
+    """The separable upsampling of each axis, as one four-operand einsum would compute it; at
+    Merlin's 224 x 224 x 160 input that einsum's intermediate needed 65 GB for one batch."""
+    from vlmprobe.rise.saliency import _upsampling_matrix
+
+    cfg = RiseConfig(n_masks=3, s=3, seed=4)
+    size = (8, 6, 5)
+    masks = torch.cat(list(iter_masks(cfg, size)))[:, 0]
+    gen = torch.Generator().manual_seed(cfg.seed)  # the draws iter_masks makes, in its order
+    grids = (torch.rand(3, 3, 3, 3, generator=gen) < cfg.p).float()
+    cell = [-(-n // cfg.s) for n in size]
+    shifts = [torch.randint(0, c, (3, 1), generator=gen) + torch.arange(n)
+              for c, n in zip(cell, size)]
+    rows = [_upsampling_matrix(cfg.s, (cfg.s + 1) * c)[d] for c, d in zip(cell, shifts)]
+    naive = torch.einsum("bxi,byj,bzk,bijk->bxyz", *rows, grids).clamp(0, 1)
+    assert torch.allclose(masks, naive, atol=1e-6)
+    big = RiseConfig(n_masks=2, s=8)
+    assert big.resolved(torch.device("cpu"), (224, 224, 160)).batch_size == 1
+    assert big.resolved(torch.device("cuda"), (224, 224, 160)).batch_size == 1
+    assert big.resolved(torch.device("cpu"), (224, 224)).batch_size == 64
+    first = next(iter_masks(big, (224, 224, 160)))
+    assert first.shape == (1, 1, 224, 224, 160)
+
+
 def test_volume_map_finds_the_evidence_box(tmp_path):
     nib = pytest.importorskip("nibabel")
     volume = torch.rand(1, *SIZE, generator=torch.Generator().manual_seed(0)) + 0.5

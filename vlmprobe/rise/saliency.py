@@ -80,10 +80,15 @@ class RiseConfig:
 
     def resolved(self, device: torch.device, size: tuple[int, int]) -> "RiseConfig":
         """batch_size None -> 64 on a CPU (larger batches no longer speed up a forward per
-        image, and cost memory); on a GPU 256 images of 224 x 224 px, scaled by pixel count."""
+        image, and cost memory); on a GPU 256 images of 224 x 224 px, scaled by pixel count. A
+        volume: as many as hold the voxels of that many images (one CT volume of Merlin's
+        224 x 224 x 160 is worth 160 images: a batch of one)."""
         if self.batch_size is not None:
             return self
-        n = 64 if device.type == "cpu" else max(16, int(256 * 224 * 224 / math.prod(size)))
+        per = 64 if device.type == "cpu" else 256
+        scaled = int(per * 224 * 224 / math.prod(size))
+        n = (max(1, scaled) if len(size) == 3 else
+             per if device.type == "cpu" else max(16, scaled))
         return replace(self, batch_size=n)
 
 
@@ -145,7 +150,11 @@ def iter_masks(cfg: RiseConfig, size: tuple[int, ...],
         if len(size) == 2:
             masks = rows[0] @ grids[b] @ rows[1].transpose(1, 2)
         else:
-            masks = torch.einsum("bxi,byj,bzk,bijk->bxyz", *rows, grids[b])
+            # one axis at a time (b x s x s x Z, then b x s x Y x Z): a single four-operand
+            # einsum contracts left to right through a b x X x s x Y x s x Z x s intermediate
+            masks = torch.einsum("bzk,bijk->bijz", rows[2], grids[b])
+            masks = torch.einsum("byj,bijz->biyz", rows[1], masks)
+            masks = torch.einsum("bxi,biyz->bxyz", rows[0], masks)
         yield masks.clamp_(0, 1)[:, None]  # float rounding can overshoot 1 by an ulp
 
 
