@@ -153,20 +153,20 @@ class MerlinTransform:
             raise VlmprobeError(f"Merlin's preprocessing needs MONAI: {CT_EXTRA}") from None
         self.cfg = cfg
         low, high = cfg.hu_window
-        # MONAI's default labels, given so that its announced change of default moves nothing
-        ras = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
-        self.chain = Compose([
-            ras,
-            Spacing(pixdim=cfg.spacing, mode=cfg.interpolation),
-            ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-            SpatialPad(spatial_size=list(cfg.volume_size)),
-            CenterSpatialCrop(roi_size=list(cfg.volume_size))])
-        # the same grid for a mask: its overlap with each voxel (interpolated as the image is),
-        # no intensity window
-        self.mask_chain = Compose([
-            ras, Spacing(pixdim=cfg.spacing, mode=cfg.interpolation),
-            SpatialPad(spatial_size=list(cfg.volume_size)),
-            CenterSpatialCrop(roi_size=list(cfg.volume_size))])
+
+        def onto_grid(*values):  # RAS, resampled, the ``values`` steps, padded and cropped
+            return Compose([
+                # MONAI's default labels, given so that its announced change of default moves
+                # nothing
+                Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+                Spacing(pixdim=cfg.spacing, mode=cfg.interpolation), *values,
+                SpatialPad(spatial_size=list(cfg.volume_size)),
+                CenterSpatialCrop(roi_size=list(cfg.volume_size))])
+
+        self.chain = onto_grid(ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0,
+                                                   clip=True))
+        # a mask: its overlap with each voxel (interpolated as the image is), no window
+        self.mask_chain = onto_grid()
 
     def __call__(self, volume) -> torch.Tensor:
         return self.meta(volume).as_tensor().float().contiguous()
@@ -174,17 +174,13 @@ class MerlinTransform:
     def meta(self, volume):
         """The transformed volume as MONAI's MetaTensor, whose affine places its voxels in RAS
         millimetres (the QC figure marks the lesion with it)."""
-        from monai.data import MetaTensor
-
         from ..data.volumes import Volume
 
         if not isinstance(volume, Volume):
             raise VlmprobeError(f"A 2-D image ({type(volume).__name__}) was given to a 3-D CT "
                                 "encoder, which reads whole volumes (NIfTI files or DICOM series "
                                 "folders). Give the dataset `volume: whole`, or use a 2-D model.")
-        image = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume.array, np.float32))[None],
-                           affine=torch.as_tensor(volume.affine, dtype=torch.float64))
-        return self.chain(image)
+        return self.chain(_meta_tensor(volume.array, volume.affine))
 
     def mask(self, mask) -> np.ndarray:
         """A lesion mask (a :class:`~vlmprobe.data.volumes.Volume` of 0/1 on its image's grid)
@@ -192,12 +188,8 @@ class MerlinTransform:
         interpolated as the image is. A lesion too small for any voxel to be half inside keeps
         the voxel(s) holding most of its own voxels' centres, rather than vanishing; one
         cropped away stays empty."""
-        from monai.data import MetaTensor
-
-        inside = np.ascontiguousarray(mask.array > 0.5, np.float32)
-        label = self.mask_chain(MetaTensor(torch.from_numpy(inside)[None],
-                                           affine=torch.as_tensor(mask.affine,
-                                                                  dtype=torch.float64)))
+        inside = mask.array > 0.5
+        label = self.mask_chain(_meta_tensor(inside, mask.affine))
         overlap = label.as_tensor()[0].numpy()
         if overlap.max() >= 0.5 or not inside.any():
             return overlap >= 0.5
@@ -215,3 +207,11 @@ class MerlinTransform:
         c = self.cfg
         return (f"MerlinTransform(RAS, spacing={c.spacing} {c.interpolation}, HU {c.hu_window} -> "
                 f"[0, 1] clipped, pad + centre-crop {c.volume_size})")
+
+
+def _meta_tensor(array: np.ndarray, affine):
+    """A volume [X, Y, Z] as MONAI's float32 MetaTensor [1, X, Y, Z] placed by ``affine``."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array, np.float32))[None],
+                      affine=torch.as_tensor(affine, dtype=torch.float64))

@@ -104,9 +104,9 @@ def choose_plan(device_type: str, batch_size: int, num_workers: int | None = Non
     worker fits in half of ``memory_free``, and at ``n_batches``. A forked worker runs at one
     thread only: GNU OpenMP is not fork-safe, so a child whose parent has used a thread pool
     hangs in its first parallel region. Where the cap leaves fewer than half the cores a worker
-    (or just one), everything runs in this process at every core instead. GPU: ``ceil(1.5 * worker_s / forward_s)`` workers, 1 to
-    cores - 1, with ``worker_s`` a worker's seconds per image and ``forward_s`` the GPU's;
-    unmeasured, cores - 1.
+    (or just one), everything runs in this process at every core instead. GPU:
+    ``ceil(1.5 * worker_s / forward_s)`` workers, 1 to cores - 1, with ``worker_s`` a worker's
+    seconds per image and ``forward_s`` the GPU's; unmeasured, cores - 1.
     """
     cores = usable_cores() if cores is None else cores
     fork_ok = can_fork_workers() if fork_ok is None else fork_ok

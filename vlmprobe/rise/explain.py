@@ -17,7 +17,7 @@ from PIL import Image
 from ..cache import Cache, stage_dir, stage_inputs
 from ..cache.chunks import write_atomic, written_beside
 from ..data import file_digest, images_root, read_sample, sample_file
-from ..data.decode import whole_volume_file
+from ..data.decode import sample_kind
 from ..data.splits import read_split
 from ..encoders.transforms import input_transform
 from ..extraction.batches import check_precision, precision_autocast
@@ -310,7 +310,7 @@ class _Explainer:
 
 def is_volume_cache(cache: Cache) -> bool:
     """Whether ``cache`` holds whole volumes (a sample per NIfTI file or DICOM series)."""
-    return any(whole_volume_file(r) is not None for r in cache.relpaths[:1])
+    return bool(cache.relpaths) and sample_kind(cache.relpaths[0]) == "volume3d"
 
 
 def _log_volume_cost(ex: _Explainer, picked: list[int]) -> None:

@@ -317,8 +317,8 @@ def deletion_insertion_auc(score_fn: ScoreFn, pixels: torch.Tensor, saliency_map
 
     Pixels are ranked by ``saliency_map`` [H, W] (input coordinates; voxels [X, Y, Z] for a
     volume). Deletion replaces the top fraction t with the fill, insertion starts from the
-    all-fill image and reveals the top fraction t, t = 0, 1/steps, ..., 1; each AUC is the trapezoid mean of ``target``'s score over
-    t. Good maps: low deletion, high insertion. The paper's insertion starts from a blurred image;
+    all-fill image and reveals the top fraction t, t = 0, 1/steps, ..., 1; each AUC is the
+    trapezoid mean of ``target``'s score over t. Good maps: low deletion, high insertion. The paper's insertion starts from a blurred image;
     here both use the RISE fill, so the three numbers share one notion of "removed".
     """
     cfg.check()

@@ -8,14 +8,15 @@ so 4,096 masks are days on a CPU and minutes on a GPU; the estimator is tested o
 """
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..cache.chunks import written_beside
-from ..data.volume_qc import draw_orthogonal_slices, orthogonal_slices, slice_planes
+from ..cache.chunks import write_atomic
+from ..data.volume_qc import draw_orthogonal_slices, slice_planes
 from ..data.volumes import require_nibabel
 from ..figures import save_figure, styled
 from ..validation import VlmprobeError
@@ -29,12 +30,8 @@ def write_volume_map(saliency: np.ndarray, affine, path: str | Path) -> Path:
     nib = require_nibabel(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with written_beside(path) as tmp:
-        # nibabel takes the format from the suffix: give the temporary the real one
-        suffixed = tmp.with_name(tmp.name + "".join(path.suffixes))
-        nib.save(nib.Nifti1Image(np.asarray(saliency, np.float32), np.asarray(affine, float)),
-                 suffixed)
-        suffixed.replace(tmp)
+    data = nib.Nifti1Image(np.asarray(saliency, np.float32), np.asarray(affine, float)).to_bytes()
+    write_atomic(path, gzip.compress(data) if path.suffix == ".gz" else data)
     return path
 
 
@@ -64,8 +61,11 @@ def volume_map_figure(volume: np.ndarray, result: RiseResult, spacing, target: i
                       point=None, title: str = "") -> Figure:
     """Orthogonal slices of the model's input through ``point`` (e.g. the lesion), the centred
     map of class ``target`` drawn over them (positive: keeping the voxel raises the score)."""
-    fig = orthogonal_slices(volume, spacing, point, title, marker=point)
-    draw_volume_map(fig.axes, volume, result.centred()[target], spacing, point)
+    with styled():
+        fig = Figure(figsize=(9, 3.4))
+        draw_volume_map(fig.subplots(1, 3), volume, result.centred()[target], spacing, point)
+        if title:
+            fig.suptitle(title)
     return fig
 
 
